@@ -1,0 +1,1 @@
+"""Pure parsers: any bytes in, a result or None out, never an exception."""
