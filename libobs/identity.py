@@ -1,0 +1,154 @@
+"""Who acted: process facts, container / pod identity, and session keys.
+
+Short-lived processes vanish from /proc before user space can look, so the kernel header of
+every record carries pid, ppid, comm, uid, cgroup id, process group and start time; /proc is
+only consulted (and cached) for what the kernel does not give: the cgroup *path* behind a
+cgroup id, from which container id and pod UID are parsed.
+
+Default session: `<pgid>@<start>` — the process group is what shells make per command line and
+what an agent's subprocesses inherit, so an agent and the tools it runs share one value without
+any configuration. obs-merge refines this with the full process tree and LLM-calling roots.
+`<start>` is the group leader's start time in clock ticks since boot, as in /proc/<pid>/stat, so
+every tool (kernel or /proc based) computes the same key. On Kubernetes the pod UID is the
+session, and the agent is the pod.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from typing import Any
+
+from libobs.records import Hdr, comm
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_NS_PER_TICK = 1_000_000_000 // CLK_TCK
+
+# 64-hex container ids as the runtimes write them into cgroup paths:
+#   docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope,
+#   /docker/<id>, /kubepods/.../<id>, containerd's /k8s.io/<id>
+_CONTAINER = re.compile(r"(?:^|[/-])(?:docker-|cri-containerd-|crio-|libpod-|containerd-)?"
+                        r"([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+# pod UIDs: /kubepods/burstable/pod<uid>/ (cgroupfs, dashes) or
+#           kubepods-burstable-pod<uid_with_underscores>.slice (systemd driver)
+_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def parse_cgroup_file(text: str) -> str:
+    """The most specific cgroup path from /proc/<pid>/cgroup (v2 line "0::/…" preferred,
+    else the longest v1 path)."""
+    best = ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, _controllers, path = parts
+        if hid == "0":
+            return path
+        if len(path) > len(best):
+            best = path
+    return best
+
+
+def container_id(cgroup_path: str) -> str | None:
+    m = None
+    for m in _CONTAINER.finditer(cgroup_path):
+        pass  # the innermost (last) match is the container itself
+    return m.group(1) if m else None
+
+
+def pod_uid(cgroup_path: str) -> str | None:
+    m = _POD.search(cgroup_path)
+    return m.group(1).replace("_", "-") if m else None
+
+
+def session_key(root_pid: int, start_bt_ns: int) -> str:
+    return f"{root_pid}@{start_bt_ns // _NS_PER_TICK}"
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_cgroup_path(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return parse_cgroup_file(f.read())
+    except OSError:
+        return None
+
+
+class Identities:
+    """Turns a record header into the envelope's `identity` and `process` objects.
+    Caches are bounded LRUs: a long-running collector's memory stays flat."""
+
+    def __init__(self, max_entries: int = 8192):
+        self.max = max_entries
+        self._cgroups: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
+        self._roots: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pgid -> (ticks, comm)
+
+    def _lru_put(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        if len(cache) > self.max:
+            cache.popitem(last=False)
+
+    def container(self, cgroup_id: int, pid: int) -> tuple[str | None, str | None]:
+        """(container_id, pod_uid) for a cgroup id, learnt from the first live pid in it."""
+        hit = self._cgroups.get(cgroup_id)
+        if hit is not None:
+            return hit
+        path = read_cgroup_path(pid)
+        if path is None:
+            return None, None  # process gone: unknown, and not cached
+        value = (container_id(path), pod_uid(path))
+        self._lru_put(self._cgroups, cgroup_id, value)
+        return value
+
+    def root(self, h: Hdr) -> tuple[int, str] | None:
+        """(start ticks, comm) of the record's process-group leader."""
+        if h.pgid == 0:
+            return None
+        if h.pid == h.pgid:
+            value = (h.start_bt // _NS_PER_TICK, comm(h))
+            self._lru_put(self._roots, h.pgid, value)
+            return value
+        hit = self._roots.get(h.pgid)
+        if hit is not None:
+            return hit
+        ticks = proc_start_ticks(h.pgid)
+        if ticks is None:
+            return None
+        try:
+            with open(f"/proc/{h.pgid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            name = ""
+        value = (ticks, name)
+        self._lru_put(self._roots, h.pgid, value)
+        return value
+
+    def forget(self, pid: int) -> None:
+        """A process-group leader exited: a new process may reuse its pid."""
+        self._roots.pop(pid, None)
+
+    def of(self, h: Hdr) -> tuple[dict[str, str | None], dict[str, Any]]:
+        cid, pod = self.container(h.cgroup_id, h.pid)
+        root = self.root(h)
+        if pod:
+            session: str | None = pod
+            agent: str | None = pod
+        else:
+            session = f"{h.pgid}@{root[0]}" if root else None
+            agent = cid or (root[1] if root and root[1] else comm(h))
+        identity = {"agent": agent, "task": str(h.pid), "session": session}
+        process = {"pid": h.pid, "ppid": h.ppid, "comm": comm(h), "uid": h.uid,
+                   "cgroup_id": h.cgroup_id, "container_id": cid, "pod_uid": pod}
+        return identity, process

@@ -1,0 +1,62 @@
+"""Decoding of the records BPF programs write: the common header and path slots.
+
+`Hdr` mirrors `struct obs_hdr` in bpf/common.h (tests/kernel/test_records.py checks sizes and
+offsets against what bcc compiled).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+HDR = struct.Struct("<8I3Q16s")
+PATH_SLOT = 256  # bpf/common.h PATH_SLOT
+
+
+class Hdr(NamedTuple):
+    kind: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    len: int
+    pgid: int
+    pad: int
+    ts: int
+    cgroup_id: int
+    start_bt: int
+    comm: bytes
+
+
+def hdr(raw: bytes) -> Hdr:
+    return Hdr._make(HDR.unpack_from(raw, 0))
+
+
+def comm(h: Hdr) -> str:
+    return h.comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+
+
+def cstring(raw: bytes | memoryview, off: int, limit: int) -> bytes:
+    """Bytes of a NUL-terminated string at raw[off:off+limit]."""
+    chunk = bytes(raw[off:off + limit])
+    return chunk.split(b"\0", 1)[0]
+
+
+def join_slots(raw: bytes | memoryview, off: int, slots: int, complete: bool) -> bytes:
+    """A path from leaf-first dentry-name slots: b"/a/b/c". An empty slot is a mount crossing.
+    An incomplete walk (too deep) is marked with a leading "…/" instead of a false root."""
+    names = []
+    for i in range(slots):
+        name = cstring(raw, off + i * PATH_SLOT, PATH_SLOT)
+        if name and name != b"/":
+            names.append(name)
+    names.reverse()
+    path = b"/" + b"/".join(names)
+    return path if complete else "…".encode() + path
+
+
+def split_argv(block: bytes) -> list[bytes]:
+    """The NUL-separated argv block of mm->arg_start..arg_end."""
+    if block.endswith(b"\0"):
+        block = block[:-1]
+    return block.split(b"\0") if block else []

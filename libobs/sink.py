@@ -1,0 +1,179 @@
+"""Writers for events: NDJSON (the contract) and a human-readable line format.
+
+Output never stalls the kernel side: when stdout is a pipe it is made non-blocking and lines
+wait in a bounded buffer; if the reader stops reading and the buffer is full, new lines are
+dropped and counted (`output_dropped`, reported in the heartbeat) while the tool keeps draining
+the ring buffers. A closed pipe (`obs-x | head -1`) raises OutputClosed, which tools turn into a
+quiet exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+from collections import Counter, deque
+from typing import Any
+
+import orjson
+
+from libobs.events import event_kind
+
+DEFAULT_BUFFER = 16 << 20
+
+
+class OutputClosed(Exception):
+    """The reader went away (EPIPE)."""
+
+
+def default_format(fd: int = 1) -> str:
+    """human on a terminal, json otherwise."""
+    try:
+        return "human" if os.isatty(fd) else "json"
+    except OSError:
+        return "json"
+
+
+def dumps(ev: dict[str, Any]) -> bytes:
+    # OPT_NON_STR_KEYS guards against int keys from decoders; ints >= 2**64 and bytes must
+    # never reach here (decoders convert them), but default= keeps one bad value from killing
+    # the stream.
+    return orjson.dumps(ev, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
+                        default=_fallback)
+
+
+def _fallback(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", errors="replace")
+    if isinstance(obj, int):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError
+
+
+def human(ev: dict[str, Any]) -> bytes:
+    """One line: time, kind, pid/comm, then the event's fields as key=value."""
+    kind = event_kind(ev) or "?"
+    fields = ev["event"].get(kind, {}) if kind != "?" else {}
+    ts = ev.get("ts")
+    when = (time.strftime("%H:%M:%S", time.localtime(ts / 1e9)) + f".{ts % 10**9 // 10**6:03d}"
+            if isinstance(ts, int) else "--:--:--.---")
+    proc = ev.get("process") or {}
+    ident = ev.get("identity") or {}
+    parts = [when, f"{kind:<14}"]
+    pid = fields.get("pid", proc.get("pid"))
+    if pid is not None:
+        parts.append(f"pid={pid}")
+    comm = fields.get("comm", proc.get("comm"))
+    if comm:
+        parts.append(f"comm={comm}")
+    if ev.get("provider"):
+        parts.append(f"provider={ev['provider']}")
+    for key, val in fields.items():
+        if key in ("pid", "comm"):
+            continue
+        parts.append(f"{key}={_human_value(val)}")
+    if ident.get("session"):
+        parts.append(f"session={ident['session']}")
+    return (" ".join(parts) + "\n").encode("utf-8", errors="replace")
+
+
+def _human_value(val: Any) -> str:
+    if isinstance(val, dict) and set(val) == {"secs", "nanos"}:
+        ms = val["secs"] * 1000 + val["nanos"] / 1e6
+        return f"{ms:.1f}ms"
+    if isinstance(val, list):
+        return orjson.dumps(val).decode()
+    if isinstance(val, str) and (" " in val or not val):
+        return orjson.dumps(val).decode()
+    if isinstance(val, dict):
+        return orjson.dumps(val).decode()
+    return str(val)
+
+
+class Sink:
+    """Serialises events to an fd with per-line delivery and bounded buffering."""
+
+    def __init__(self, fmt: str = "json", fd: int = 1, max_buffer: int = DEFAULT_BUFFER):
+        if fmt not in ("json", "human"):
+            raise ValueError(f"unknown format {fmt!r}")
+        self.fd = fd
+        self.render = dumps if fmt == "json" else human
+        self.max_buffer = max_buffer
+        self.pending: deque[memoryview] = deque()
+        self.pending_bytes = 0
+        self.counts: Counter[str] = Counter()
+        self.output_dropped = 0
+        self._nonblocking = False
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                os.set_blocking(fd, False)
+                self._nonblocking = True
+        except OSError:
+            pass
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        kind = event_kind(ev)
+        line = self.render(ev)
+        if self.pending_bytes + len(line) > self.max_buffer:
+            self.output_dropped += 1
+            self.flush()
+            return
+        if kind:
+            self.counts[kind] += 1
+        self.pending.append(memoryview(line))
+        self.pending_bytes += len(line)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the fd accepts now; raises OutputClosed when the reader is gone."""
+        while self.pending:
+            chunk = self.pending[0]
+            try:
+                n = os.write(self.fd, chunk)
+            except BlockingIOError:
+                return
+            except BrokenPipeError as e:
+                raise OutputClosed from e
+            except OSError as e:
+                if e.errno == errno.EPIPE:
+                    raise OutputClosed from e
+                raise
+            self.pending_bytes -= n
+            if n == len(chunk):
+                self.pending.popleft()
+            else:
+                self.pending[0] = chunk[n:]
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """At exit: give a slow reader a little time to take what is buffered."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            self.flush()
+            if self.pending:
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        except OutputClosed:
+            pass
+        if self._nonblocking:
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
+
+
+def quiet_broken_pipe() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
