@@ -1,0 +1,51 @@
+"""Credential redaction for captured TLS plaintext (SslContent.content).
+
+Runs on every captured chunk, so it is a few precompiled byte regexes behind substring
+checks that let the common chunk (a response body without credentials) through at memory
+speed. Bytes that are not a credential come out unchanged, and redacting twice changes
+nothing more (the rules run in an order where no replacement can expose a new match).
+Chunks are cut anywhere, so a header split across two chunks can escape the header rule;
+the key-shape rules still catch whatever looks like a key.
+"""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = b"[REDACTED]"
+
+# A credential header at the start of a line: keep the name, the separator and an auth scheme
+# word ("Bearer ", "Basic "); replace the rest of the line.
+_HEADER = re.compile(
+    rb"(?im)^((?:proxy-)?authorization|x-api-key|api-key|x-goog-api-key)([ \t]*:[ \t]*+)"
+    rb"([A-Za-z][A-Za-z0-9._~+/-]*[ \t]+(?=[^ \t\r\n]))?"
+    rb"[^\r\n]+"
+)
+_GOOGLE_KEY = re.compile(rb"AIza[0-9A-Za-z_-]{35}")
+# Gemini takes its key as a query parameter: ...:generateContent?key=AIza...
+_KEY_PARAM = re.compile(rb"([?&]key=)[^&\s#\"'<>]+")
+# OpenAI / Anthropic style keys: sk-, sk-ant-, sk-proj-... Run last: an earlier replacement
+# may leave "[REDACTED]sk-..." and that must be caught in this pass, not the next.
+_SK_KEY = re.compile(rb"sk-[A-Za-z0-9_-]{16,}")
+_KEY_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _sk_key(m: re.Match[bytes]) -> bytes:
+    # Not the tail of a longer word ("task-..."). Checked here rather than by a lookbehind,
+    # which would cost the regex its fast literal search for "sk-".
+    start = m.start()
+    return m.group() if start and m.string[start - 1] in _KEY_CHARS else REDACTED
+
+
+def redact(data: bytes) -> bytes:
+    """data with credential values replaced by [REDACTED]; every other byte unchanged."""
+    lower = data.lower()
+    if b"authorization" in lower or b"api-key" in lower:
+        data = _HEADER.sub(rb"\1\2\3" + REDACTED, data)
+    if b"AIza" in data:
+        data = _GOOGLE_KEY.sub(REDACTED, data)
+    if b"key=" in data:
+        data = _KEY_PARAM.sub(rb"\1" + REDACTED, data)
+    if b"sk-" in data:
+        data = _SK_KEY.sub(_sk_key, data)
+    return data
