@@ -246,4 +246,14 @@ static __always_inline void *obs_fd_file(void *task, int fd)
     return obs_read_ptr(fdarr, (u64)fd * sizeof(void *));
 }
 
+/* The struct sock behind a socket fd (file->private_data is the struct socket), or 0. */
+static __always_inline void *obs_fd_sock(void *task, int fd)
+{
+    void *file = obs_fd_file(task, fd);
+    if (!file)
+        return 0;
+    void *sock = obs_read_ptr(file, OFF_FILE_PRIVATE_DATA);
+    return sock ? obs_read_ptr(sock, OFF_SOCKET_SK) : 0;
+}
+
 #endif /* OBS_COMMON_H */

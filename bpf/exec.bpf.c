@@ -117,7 +117,7 @@ struct sec_rec {
     s32 ret;
     s64 a0, a1, a2;
     u16 family;
-    u16 port;
+    u16 port;       /* host order */
     u8 addr[16];
     u32 pad;
 };
@@ -188,68 +188,38 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return sec_exit(args->ret); }
 
-/* bind() remembers the address per (tgid, fd); listen() reports it. */
-struct bound { u16 family; u16 port; u8 addr[16]; };
-BPF_TABLE("lru_hash", u64, struct bound, bound_addr, 16384);
-struct bind_args { int fd; u64 uaddr; };
-BPF_HASH(bind_args_map, u32, struct bind_args, 16384);
-
-TRACEPOINT_PROBE(syscalls, sys_enter_bind)
-{
-    if (obs_filtered_out())
-        return 0;
-    struct bind_args a = {.fd = args->fd, .uaddr = (u64)args->umyaddr};
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    bind_args_map.update(&tid, &a);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_bind)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct bind_args *a = bind_args_map.lookup(&tid);
-    if (!a)
-        return 0;
-    struct bind_args ba = *a;
-    bind_args_map.delete(&tid);
-    if (args->ret != 0)
-        return 0;
-    struct bound b = {};
-    bpf_probe_read_user(&b.family, sizeof(b.family), (void *)ba.uaddr);
-    if (b.family == 2) { /* AF_INET: port at 2, addr at 4 */
-        bpf_probe_read_user(&b.port, 2, (void *)(ba.uaddr + 2));
-        bpf_probe_read_user(&b.addr, 4, (void *)(ba.uaddr + 4));
-    } else if (b.family == 10) { /* AF_INET6: port at 2, addr at 8 */
-        bpf_probe_read_user(&b.port, 2, (void *)(ba.uaddr + 2));
-        bpf_probe_read_user(&b.addr, 16, (void *)(ba.uaddr + 8));
-    } else {
-        return 0;
-    }
-    u64 key = (bpf_get_current_pid_tgid() & 0xFFFFFFFF00000000ULL) | (u32)ba.fd;
-    bound_addr.update(&key, &b);
-    return 0;
-}
-
+/* listen(): the address comes from the socket itself at exit, so bind(port 0) and autobind
+ * report the port the kernel chose. */
 TRACEPOINT_PROBE(syscalls, sys_enter_listen)
 {
     if (obs_filtered_out())
         return 0;
-    struct sec_rec r = {};
-    r.action = SEC_LISTEN;
-    r.a0 = args->fd;
-    r.a1 = args->backlog;
-    u64 key = (bpf_get_current_pid_tgid() & 0xFFFFFFFF00000000ULL) | (u32)args->fd;
-    struct bound *b = bound_addr.lookup(&key);
-    if (b) {
-        r.family = b->family;
-        r.port = b->port;
-        __builtin_memcpy(r.addr, b->addr, 16);
-    }
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    sec_pending.update(&tid, &r);
+    sec_enter(SEC_LISTEN, args->fd, args->backlog, 0);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_listen) { return sec_exit(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_exit_listen)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct sec_rec *p = sec_pending.lookup(&tid);
+    if (!p)
+        return 0;
+    struct sec_rec r = *p;
+    sec_pending.delete(&tid);
+    obs_fill_hdr(&r.h, K_SECURITY);
+    r.ret = args->ret;
+    void *sk = obs_fd_sock((void *)bpf_get_current_task(), (int)r.a0);
+    if (sk) {
+        bpf_probe_read_kernel(&r.family, 2, (char *)sk + OFF_SKC_FAMILY);
+        bpf_probe_read_kernel(&r.port, 2, (char *)sk + OFF_SKC_NUM);
+        if (r.family == 2)
+            bpf_probe_read_kernel(&r.addr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+        else
+            bpf_probe_read_kernel(&r.addr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
+    }
+    obs_output(&r, sizeof(r));
+    return 0;
+}
 
 #ifdef FILES
 /* ---- FileAccess (opens with write intent) and FileDelete --------------------------------- */

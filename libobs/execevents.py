@@ -54,8 +54,7 @@ def _errno_text(ret: int) -> str:
         return str(ret)
 
 
-def _sockaddr(family: int, port_be: int, addr: bytes) -> str:
-    port = int.from_bytes(port_be.to_bytes(2, "little"), "big")
+def _sockaddr(family: int, port: int, addr: bytes) -> str:
     if family == 2:
         return f"{ipaddress.IPv4Address(addr[:4])}:{port}"
     if family == 10:

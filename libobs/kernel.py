@@ -48,6 +48,16 @@ STRUCT_FIELDS = {
     "OFF_FDTABLE_MAX_FDS": "fdtable.max_fds",
     "OFF_FDTABLE_FD": "fdtable.fd",
     "OFF_FILE_F_PATH": "file.f_path",
+    "OFF_FILE_PRIVATE_DATA": "file.private_data",
+    "OFF_SOCKET_SK": "socket.sk",
+    # struct sock starts with struct sock_common (__sk_common): these are offsets into sock.
+    "OFF_SKC_FAMILY": "sock_common.skc_family",
+    "OFF_SKC_NUM": "sock_common.skc_num",
+    "OFF_SKC_DPORT": "sock_common.skc_dport",
+    "OFF_SKC_RCV_SADDR": "sock_common.skc_rcv_saddr",
+    "OFF_SKC_DADDR": "sock_common.skc_daddr",
+    "OFF_SKC_V6_RCV_SADDR": "sock_common.skc_v6_rcv_saddr",
+    "OFF_SKC_V6_DADDR": "sock_common.skc_v6_daddr",
 }
 
 

@@ -100,6 +100,8 @@ class Loop:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         for p in self.programs:
             p.open_ring("events", self.queue.append)
+        if self.cfg.heartbeat_file:
+            self.heartbeat()  # liveness from the moment every probe is attached
         start = time.monotonic()
         next_hb = start + self.cfg.heartbeat_interval
         last_lost = 0

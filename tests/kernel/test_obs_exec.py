@@ -1,0 +1,252 @@
+"""obs-exec against the real kernel: real processes, exact events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.tools import running
+
+pytestmark = pytest.mark.kernel
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def tool():
+    with running("obs-exec", "--files", "--heartbeat-interval", "1") as r:
+        yield r
+    assert r.status == 0, r.stderr()
+
+
+def start_ticks(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+def by_pid(pid: int):
+    return lambda f: f["pid"] == pid
+
+
+def test_bash_exit_3_exec_exit_and_identity(tool, tmp_path):
+    # A new session (process group) of its own, as a shell gives each command line.
+    p = subprocess.Popen(["bash", "-c", "sleep 0.3; ls /tmp >/dev/null; exit 3"],
+                         cwd=tmp_path, start_new_session=True)
+    session = f"{p.pid}@{start_ticks(p.pid)}"
+    assert p.wait() == 3
+    [ex] = tool.wait_events("ToolExec", by_pid(p.pid))
+    assert ex["argv"] == ["bash", "-c", "sleep 0.3; ls /tmp >/dev/null; exit 3"]
+    assert ex["filename"] == "/usr/bin/bash"
+    assert ex["cwd"] == str(tmp_path)
+    assert ex["argv_truncated"] is False
+    assert ex["uid"] == 0 and ex["ppid"] == os.getpid()
+    assert ex["_env"]["identity"] == {"agent": "bash", "task": str(p.pid), "session": session}
+    [pe] = tool.wait_events("ProcessExit", by_pid(p.pid))
+    assert pe["exit_code"] == 3 and pe["signal"] is None and pe["core_dumped"] is False
+    assert pe["duration"]["secs"] * 10**9 + pe["duration"]["nanos"] >= 300_000_000
+    # The tool the shell ran carries the shell's session.
+    [ls] = tool.wait_events("ToolExec", lambda f: f["ppid"] == p.pid and f["comm"] == "ls")
+    assert ls["argv"] == ["ls", "/tmp"]
+    assert ls["_env"]["identity"]["session"] == session
+    assert ls["_env"]["identity"]["agent"] == "bash"
+
+
+def test_sigkill(tool):
+    p = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.2)
+    p.kill()
+    p.wait()
+    [pe] = tool.wait_events("ProcessExit", by_pid(p.pid))
+    assert pe["signal"] == 9 and pe["exit_code"] is None
+
+
+@pytest.mark.parametrize("core", [False, True])
+def test_segfault(tool, tmp_path, core):
+    import resource
+
+    limit = resource.RLIM_INFINITY if core else 0
+    code = "import ctypes; ctypes.string_at(0)"
+    p = subprocess.Popen([PY, "-c", code], cwd=tmp_path, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (limit, limit)))
+    p.wait()
+    [pe] = tool.wait_events("ProcessExit", by_pid(p.pid))
+    assert pe["signal"] == 11
+    assert pe["core_dumped"] is core
+
+
+def test_multithreaded_exit_from_other_thread_is_one_event(tool):
+    code = textwrap.dedent("""
+        import os, threading, time
+        ts = [threading.Thread(target=time.sleep, args=(5,), daemon=True) for _ in range(4)]
+        for t in ts: t.start()
+        threading.Thread(target=lambda: os._exit(7)).start()
+        time.sleep(5)
+    """)
+    p = subprocess.run([PY, "-c", code])
+    assert p.returncode == 7
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+    tool.wait_events("ProcessExit", by_pid(pid))
+    time.sleep(0.5)  # would-be duplicates from other threads have arrived by now
+    exits = [f for f in tool.of_kind("ProcessExit") if f["pid"] == pid]
+    assert len(exits) == 1
+    assert exits[0]["exit_code"] == 7
+
+
+def test_200_arguments(tool):
+    args = [f"arg{i}" for i in range(200)]
+    p = subprocess.run(["/bin/true", *args])
+    assert p.returncode == 0
+    [ex] = tool.wait_events("ToolExec", lambda f: f["argv"][1:] == args)
+    assert ex["argv"] == ["/bin/true", *args] and ex["argv_truncated"] is False
+
+
+def test_100000_byte_argument(tool):
+    big = "x" * 99_990 + "END"
+    subprocess.run(["/bin/true", big], check=True)
+    [ex] = tool.wait_events("ToolExec", lambda f: f["argv"][:1] == ["/bin/true"]
+                            and len(f["argv"]) == 2 and f["argv"][1].endswith("END"))
+    assert ex["argv"][1] == big and ex["argv_truncated"] is False
+
+
+def test_argv_beyond_limit_is_truncated(tool):
+    args = ["y" * 100_000, "z" * 100_000]  # 200 KB > the default 128 KiB
+    subprocess.run(["/bin/true", *args], check=True)
+    [ex] = tool.wait_events("ToolExec", lambda f: f["argv_truncated"]
+                            and f["argv"][:1] == ["/bin/true"])
+    total = sum(len(a) + 1 for a in ex["argv"])
+    assert 128 * 1024 - 1 <= total <= 128 * 1024 + 1
+    assert ex["argv"][1] == args[0]
+
+
+def test_non_utf8_argv_and_paths(tool, tmp_path):
+    bad = b"caf\xe9-\xff"
+    subprocess.run([b"/bin/true", bad], check=True)
+    [ex] = tool.wait_events("ToolExec", lambda f: f["argv"][:1] == ["/bin/true"]
+                            and len(f["argv"]) == 2 and f["argv"][1].startswith("caf"))
+    assert ex["argv"][1] == bad.decode("utf-8", errors="replace")
+    target = os.path.join(os.fsencode(tmp_path), b"f-\xff\xfe.txt")
+    code = f"open({target!r}, 'wb').write(b'x')"
+    subprocess.run([PY, "-c", code], check=True)
+    want = target.decode("utf-8", errors="replace")
+    tool.wait_events("FileAccess", lambda f: f["path"] == want)
+
+
+def test_setuid_root_allowed_and_denied(tool):
+    # Real uid 1000 keeping saved/effective root: setuid(0) is allowed (as in a setuid binary).
+    allowed = "import os; os.setresuid(1000, 0, 0); os.setuid(0)"
+    denied = ("import os\nos.setresuid(1000, 1000, 1000)\n"
+              "try:\n    os.setuid(0)\nexcept PermissionError:\n    pass")
+    pa = subprocess.run([PY, "-c", allowed], check=True)
+    pd = subprocess.run([PY, "-c", denied], check=True)
+    assert pa.returncode == pd.returncode == 0
+    pid_a = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [allowed])[0]["pid"]
+    pid_d = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [denied])[0]["pid"]
+    [a] = tool.wait_events("SecurityAction", by_pid(pid_a))
+    [d] = tool.wait_events("SecurityAction", by_pid(pid_d))
+    assert a["kind"] == d["kind"] == "setuid-root"
+    assert a["detail"] == "setuid(0) = 0"
+    assert d["detail"] == "setuid(0) = -1 EPERM"
+
+
+def test_setuid_in_multithreaded_process_is_one_action(tool):
+    # glibc applies setuid() to every thread (one syscall per thread): one action is reported.
+    code = textwrap.dedent("""
+        import os, threading, time
+        ev = threading.Event()
+        ts = [threading.Thread(target=ev.wait) for _ in range(4)]
+        for t in ts: t.start()
+        os.setresuid(1000, 0, 0)
+        os.setuid(0)
+        ev.set()
+    """)
+    subprocess.run([PY, "-c", code], check=True)
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+    tool.wait_events("ProcessExit", by_pid(pid))
+    time.sleep(0.3)
+    acts = [f for f in tool.of_kind("SecurityAction") if f["pid"] == pid]
+    assert [a["detail"] for a in acts] == ["setuid(0) = 0"]
+
+
+def test_ptrace_attach(tool):
+    target = subprocess.Popen(["sleep", "30"])
+    code = textwrap.dedent(f"""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.ptrace(16, {target.pid}, 0, 0) == 0, ctypes.get_errno()
+        os.waitpid({target.pid}, 0)
+        libc.ptrace(17, {target.pid}, 0, 0)
+    """)
+    try:
+        subprocess.run([PY, "-c", code], check=True)
+    finally:
+        target.kill()
+        target.wait()
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+    [act] = tool.wait_events("SecurityAction", by_pid(pid))
+    assert act["kind"] == "ptrace"
+    assert act["detail"] == f"PTRACE_ATTACH pid {target.pid} = 0"
+
+
+def test_bind_listen(tool):
+    code = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+            "s.listen(); print(s.getsockname()[1])")
+    out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout
+    port = int(out)
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+    [act] = tool.wait_events("SecurityAction", by_pid(pid))
+    assert act["kind"] == "bind"
+    assert act["detail"] == f"listen 127.0.0.1:{port} = 0"
+
+
+def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
+    sub = tmp_path / "sub"
+    code = textwrap.dedent(f"""
+        import os
+        os.mkdir("sub")
+        open("rel.txt", "w").write("a")                   # relative to cwd
+        open({str(tmp_path / 'abs.txt')!r}, "a").close()  # absolute
+        fd = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+        open("sub/inner.txt", "w").close()
+        open("ro.txt", "w").close()
+        open("ro.txt").read()                              # read-only: not reported
+        os.unlink("rel.txt")
+        os.unlink({str(tmp_path / 'abs.txt')!r})
+        os.unlink("inner.txt", dir_fd=fd)                  # unlinkat relative to a dirfd
+        os.rmdir("sub")
+    """)
+    subprocess.run([PY, "-c", code], check=True, cwd=tmp_path)
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+    tool.wait_events("ProcessExit", by_pid(pid))
+    deletes = tool.wait_events("FileDelete", by_pid(pid), count=4)
+    writes = [f for f in tool.of_kind("FileAccess") if f["pid"] == pid]
+    assert [w["path"] for w in writes] == [
+        f"{tmp_path}/rel.txt", f"{tmp_path}/abs.txt", f"{sub}/inner.txt", f"{tmp_path}/ro.txt"]
+    assert all(w["write"] is True for w in writes)
+    assert writes[0]["flags"] & os.O_CREAT and writes[1]["flags"] & os.O_APPEND
+    assert [d["path"] for d in deletes] == [
+        f"{tmp_path}/rel.txt", f"{tmp_path}/abs.txt", f"{sub}/inner.txt", str(sub)]
+
+
+def test_heartbeat_counts(tool):
+    def hb():
+        return [e for e in tool.events() if "CollectorHeartbeat" in e["event"]]
+    from tests.support.tools import wait_for
+    beats = wait_for(hb, 10, "a heartbeat")
+    h = beats[-1]["event"]["CollectorHeartbeat"]
+    assert h["tool"] == "obs-exec" and h["dropped"] == 0
+    assert "tracepoint:sched:sched_process_exec" in h["attached_probes"]
+    assert beats[-1]["identity"] == {"agent": None, "task": None, "session": None}
+    assert beats[-1]["provider"] is None
+
+
+def test_sigint_detaches_and_exits_zero():
+    with running("obs-exec") as r:
+        assert r.stop(signal.SIGINT) == 0
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    assert f"pids python3({r.proc.pid})" not in out and f"({r.proc.pid})" not in out

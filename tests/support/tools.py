@@ -1,0 +1,106 @@
+"""Run obs-* tools as real subprocesses in tests: start, wait until every probe is attached
+(the tool writes its --heartbeat-file once attached), stop with a signal, parse NDJSON."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+
+
+def tool_cmd(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(TOOLS / name), *args]
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    out_path: Path
+    err_path: Path
+    stopped: bool = False
+    status: int | None = None
+    _events: list[dict[str, Any]] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if not self.stopped:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            self.status = self.proc.wait(timeout=timeout)
+            self.stopped = True
+        assert self.status is not None
+        return self.status
+
+    def stdout_lines(self) -> list[bytes]:
+        return [ln for ln in self.out_path.read_bytes().splitlines() if ln.strip()]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every NDJSON line (each must parse)."""
+        return [orjson.loads(ln) for ln in self.stdout_lines()]
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [e["event"][kind] | {"_env": e} for e in self.events() if kind in e["event"]]
+
+    def wait_events(self, kind: str, pred: Any = lambda f: True, count: int = 1,
+                    timeout: float = 30) -> list[dict[str, Any]]:
+        """Wait until `count` events of `kind` satisfy pred(fields); return all matches.
+        Fields carry the envelope under "_env"."""
+        def found() -> list[dict[str, Any]] | None:
+            hits = [f for f in self.of_kind(kind) if pred(f)]
+            return hits if len(hits) >= count else None
+        try:
+            return wait_for(found, timeout, f"{count} {kind} event(s)")  # type: ignore[no-any-return]
+        except AssertionError:
+            raise AssertionError(f"no {kind} matching; stderr: {self.stderr()[-2000:]}") from None
+
+
+def wait_for(pred: Any, timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def running(name: str, *args: str, ready_timeout: float = 60,
+            env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Start tools/<name> with --format json and a heartbeat file; yield once attached."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    hb = tmp / "heartbeat.json"
+    out, errf = tmp / "out.ndjson", tmp / "err.txt"
+    with open(out, "wb") as o, open(errf, "wb") as e:
+        proc = subprocess.Popen(
+            tool_cmd(name, "--format", "json", "--heartbeat-file", str(hb), *args),
+            stdout=o, stderr=e, env={**os.environ, **(env or {})})
+    r = Running(proc, out, errf)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not hb.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode} before attaching: "
+                                     f"{r.stderr()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not attach within {ready_timeout}s: {r.stderr()}")
+            time.sleep(0.02)
+        yield r
+    finally:
+        if proc.poll() is None:
+            r.stop()
