@@ -35,7 +35,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-apt_install python3-bpfcc python3-venv python3-pip bpftool bpftrace iproute2 mandoc curl \
+apt_install python3-bpfcc python3-venv python3-pip bpftool bpftrace iproute2 mandoc man-db curl \
     nodejs systemd procps util-linux
 
 # --- kernel headers -------------------------------------------------------------------------
@@ -98,6 +98,10 @@ fi
 for t in "$repo"/tools/obs-*; do
     n=$(basename "$t")
     [ -x "$venv/bin/$n" ] && ln -sfn "$venv/bin/$n" "/usr/local/bin/$n"
+done
+mkdir -p /usr/local/share/man/man1
+for m in "$repo"/man/obs-*.1; do
+    [ -e "$m" ] && ln -sfn "$m" "/usr/local/share/man/man1/$(basename "$m")"
 done
 "$venv/bin/python" -c 'import bcc, orjson, typer' || { say "venv cannot import bcc/orjson/typer"; exit 1; }
 say "ready: venv $venv, tools in /usr/local/bin"

@@ -36,22 +36,32 @@ def default_format(fd: int = 1) -> str:
         return "json"
 
 
+_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
 def dumps(ev: dict[str, Any]) -> bytes:
-    # OPT_NON_STR_KEYS guards against int keys from decoders; ints >= 2**64 and bytes must
-    # never reach here (decoders convert them), but default= keeps one bad value from killing
-    # the stream.
-    return orjson.dumps(ev, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS,
-                        default=_fallback)
+    """One NDJSON line. Decoders already give clean values; if one slips through (surrogates,
+    ints beyond 64 bits, bytes), the event is sanitised rather than the stream killed."""
+    try:
+        return orjson.dumps(ev, option=_OPTS)
+    except TypeError:
+        return orjson.dumps(_sanitise(ev), option=_OPTS)
 
 
-def _fallback(obj: Any) -> Any:
+def _sanitise(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-8", errors="replace").decode("utf-8")
+    if isinstance(obj, bool) or obj is None or isinstance(obj, float):
+        return obj
+    if isinstance(obj, int):
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj).decode("utf-8", errors="replace")
-    if isinstance(obj, int):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError
+    if isinstance(obj, dict):
+        return {str(_sanitise(k)): _sanitise(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_sanitise(v) for v in obj]
+    return str(obj)
 
 
 def human(ev: dict[str, Any]) -> bytes:

@@ -1,0 +1,82 @@
+"""Every tool ships with --help (with examples), a man page that documents every option and
+passes mandoc's lint, a systemd unit that systemd-analyze accepts, and a README section."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = sorted(p.name for p in (REPO / "tools").glob("obs-*"))
+SECTIONS = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FIELDS", "EXAMPLES", "EXIT STATUS",
+            "OVERHEAD", "SEE ALSO"]
+
+
+def help_text(tool: str) -> str:
+    p = subprocess.run([sys.executable, str(REPO / "tools" / tool), "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_every_tool_is_packaged():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for tool in TOOLS:
+        assert f'"tools/{tool}"' in pyproject, f"{tool} missing from script-files"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_help_has_examples(tool):
+    text = help_text(tool)
+    assert "Examples:" in text and tool in text.split("Examples:", 1)[1]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_man_page_documents_every_option(tool):
+    page = REPO / "man" / f"{tool}.1"
+    assert page.exists(), f"man/{tool}.1 missing"
+    src = page.read_text()
+    for section in SECTIONS:
+        assert re.search(rf"^\.Sh {section}$", src, re.M), f"{tool}.1 lacks {section}"
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", help_text(tool)))
+    documented = set(re.findall(r"Fl -([a-z][a-z0-9-]+)", src))
+    missing = {o for o in options if o[2:] not in documented}
+    assert not missing, f"{tool}.1 does not document {sorted(missing)}"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_man_page_lint_clean(tool):
+    if shutil.which("mandoc") is None:
+        pytest.fail("mandoc is not installed (deploy/setup-host.sh installs it)")
+    p = subprocess.run(["mandoc", "-Tlint", "-W", "warning", str(REPO / "man" / f"{tool}.1")],
+                       capture_output=True, text=True)
+    assert p.stdout + p.stderr == "" and p.returncode == 0
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_systemd_unit_verifies(tool):
+    units = list((REPO / "deploy" / "systemd").glob(f"{tool}*.service"))
+    assert units, f"no deploy/systemd/{tool}*.service"
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is not installed (deploy/setup-host.sh installs systemd)")
+    for unit in units:
+        target = unit
+        if unit.name.endswith("@.service"):  # templates verify as an instance
+            target = unit.with_name(unit.name.replace("@.service", "@example.service"))
+            shutil.copy(unit, "/tmp/" + target.name)
+            target = Path("/tmp") / target.name
+        p = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True,
+                           text=True)
+        about_it = [ln for ln in p.stderr.splitlines() if target.name in ln]
+        assert p.returncode == 0 and not about_it, p.stderr
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_readme_section(tool):
+    readme = (REPO / "README.md").read_text()
+    assert re.search(rf"^### {re.escape(tool)}\b", readme, re.M), f"README lacks ### {tool}"
