@@ -52,10 +52,8 @@ def parse_cgroup_file(text: str) -> str:
 
 
 def container_id(cgroup_path: str) -> str | None:
-    m = None
-    for m in _CONTAINER.finditer(cgroup_path):
-        pass  # the innermost (last) match is the container itself
-    return m.group(1) if m else None
+    ids = [m.group(1) for m in _CONTAINER.finditer(cgroup_path)]
+    return ids[-1] if ids else None  # the innermost (last) match is the container itself
 
 
 def pod_uid(cgroup_path: str) -> str | None:

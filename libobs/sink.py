@@ -9,6 +9,7 @@ quiet exit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -168,15 +169,11 @@ class Sink:
                 time.sleep(0.01)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OutputClosed):
             self.drain()
-        except OutputClosed:
-            pass
         if self._nonblocking:
-            try:
+            with contextlib.suppress(OSError):
                 os.set_blocking(self.fd, True)
-            except OSError:
-                pass
 
 
 def quiet_broken_pipe() -> None:
