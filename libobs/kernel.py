@@ -58,6 +58,13 @@ STRUCT_FIELDS = {
     "OFF_SKC_DADDR": "sock_common.skc_daddr",
     "OFF_SKC_V6_RCV_SADDR": "sock_common.skc_v6_rcv_saddr",
     "OFF_SKC_V6_DADDR": "sock_common.skc_v6_daddr",
+    # bpf/net.bpf.c: socket type and TCP state, send sequence, received segments' control block
+    "OFF_SOCKET_TYPE": "socket.type",
+    "OFF_SKC_STATE": "sock_common.skc_state",
+    "OFF_TCP_WRITE_SEQ": "tcp_sock.write_seq",
+    "OFF_SKB_CB": "sk_buff.cb",
+    "OFF_TCB_SEQ": "tcp_skb_cb.seq",
+    "OFF_TCB_ACK_SEQ": "tcp_skb_cb.ack_seq",
 }
 
 
