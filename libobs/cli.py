@@ -80,7 +80,7 @@ class Filters:
         if self.comm is not None:
             table = bpf["filter_comm"]
             leaf = table.Leaf()
-            ctypes.memmove(leaf.c, self.comm.encode(), len(self.comm.encode()))
+            leaf.c = self.comm.encode()  # (a ctypes char array: .c reads back a copy)
             table[ctypes.c_int(0)] = leaf
         if self.cgroup is not None:
             bpf["filter_cgroup"][0] = str(self.cgroup)

@@ -9,10 +9,9 @@ import ipaddress
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
-from libobs.events import Clock, duration, envelope, text
+from libobs.events import Clock, duration, text
 from libobs.identity import Identities
 from libobs.records import PATH_SLOT, Hdr, comm, cstring, hdr, join_slots, split_argv
 
@@ -71,22 +70,23 @@ class ExecDecoder:
         self.host = host
         self.ids = identities or Identities()
         self._recent_sec: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self.offset = clock.offset_ns
+        self._paths: dict[bytes, str] = {}
+        self._dispatch = {K_EXEC: self._exec, K_EXIT: self._exit, K_SECURITY: self._security,
+                          K_FILE_OPEN: self._file_open, K_FILE_DELETE: self._file_delete}
 
-    def __call__(self, raw: bytes) -> Iterator[dict[str, Any]]:
+    def __call__(self, raw: bytes) -> list[dict[str, Any]]:
         h = hdr(raw)
-        fn = {K_EXEC: self._exec, K_EXIT: self._exit, K_SECURITY: self._security,
-              K_FILE_OPEN: self._file_open, K_FILE_DELETE: self._file_delete}.get(h.kind)
-        if fn is None:
-            return
-        fields = fn(h, raw)
+        fn = self._dispatch.get(h.kind)
+        fields = fn(h, raw) if fn else None
         if fields is None:
-            return
+            return []
         kind, body = fields
         identity, process = self.ids.of(h)
         if kind == "ProcessExit" and h.pid == h.pgid:
             self.ids.forget(h.pid)
-        yield envelope(kind, body, ts=self.clock.wall(h.ts), host=self.host,
-                       identity=identity, process=process)
+        return [{"ts": h.ts + self.offset, "host": self.host, "identity": identity,
+                 "provider": None, "process": process, "event": {kind: body}}]
 
     def _exec(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
         fname_len, cwd_slots, argv_len, trunc, complete = EXEC_FIXED.unpack_from(raw, 72)
@@ -134,8 +134,15 @@ class ExecDecoder:
 
     def _file_open(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
         flags, _dfd, slots, _nlen, complete, _op = FILE_FIXED.unpack_from(raw, 72)
-        path = join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete))
-        return "FileAccess", {"pid": h.pid, "path": text(path), "write": True, "flags": flags}
+        # Agents write the same files again and again: decode each distinct path once.
+        key = raw[FILE_PATH - 8:FILE_PATH + min(slots, PATH_DEPTH) * PATH_SLOT]
+        path = self._paths.get(key)
+        if path is None:
+            path = text(join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete)))
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            self._paths[key] = path
+        return "FileAccess", {"pid": h.pid, "path": path, "write": True, "flags": flags}
 
     def _file_delete(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
         _flags, _dfd, slots, name_len, complete, _op = FILE_FIXED.unpack_from(raw, 72)

@@ -91,6 +91,8 @@ class Identities:
         self.max = max_entries
         self._cgroups: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
         self._roots: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pgid -> (ticks, comm)
+        self._recent: dict[tuple[Any, ...], tuple[dict[str, str | None], dict[str, Any]]] = {}
+        self._recent_groups: set[int] = set()
 
     def _lru_put(self, cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         cache[key] = value
@@ -136,8 +138,27 @@ class Identities:
     def forget(self, pid: int) -> None:
         """A process-group leader exited: a new process may reuse its pid."""
         self._roots.pop(pid, None)
+        if pid in self._recent_groups:  # rare: a group whose members are cached ended
+            self._recent.clear()
+            self._recent_groups.clear()
 
     def of(self, h: Hdr) -> tuple[dict[str, str | None], dict[str, Any]]:
+        """(identity, process) for a record. The same process yields the same (shared, never
+        mutated) objects, so a busy process costs one dict lookup per event."""
+        key = (h.pid, h.ppid, h.uid, h.pgid, h.cgroup_id, h.comm)
+        hit = self._recent.get(key)
+        if hit is not None:
+            return hit
+        value = self._compute(h)
+        if value[0]["session"] is not None:
+            if len(self._recent) >= self.max:
+                self._recent.clear()
+                self._recent_groups.clear()
+            self._recent[key] = value
+            self._recent_groups.add(h.pgid)
+        return value
+
+    def _compute(self, h: Hdr) -> tuple[dict[str, str | None], dict[str, Any]]:
         cid, pod = self.container(h.cgroup_id, h.pid)
         root = self.root(h)
         if pod:

@@ -6,6 +6,7 @@ from a command line is ever pasted into a program.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from libobs import kernel
+from libobs.ringbuf import RingReader, map_fd, ring_size
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _LOCAL_INCLUDE = re.compile(r'^#include "([a-z0-9_]+\.h)"$', re.M)
@@ -82,26 +84,30 @@ class Program:
         self.source = source
         self.flags = cflags(defines)
         self.bpf: Any = BPF(text=source_text(source).encode(), cflags=self.flags)
-        self._rings: list[str] = []
+        self._rings: list[tuple[RingReader, Callable[[bytes], None]]] = []
 
     def open_ring(self, name: str, callback: Callable[[bytes], None]) -> None:
-        """Deliver each record as bytes. The callback must only copy and queue: exceptions
-        raised inside a bcc callback are swallowed by ctypes."""
+        """Deliver each record of ring buffer `name` to callback(bytes) during poll()."""
+        table = self.bpf[name]
+        fallback = int(self.flags_value("RING_PAGES") or 1) * os.sysconf("SC_PAGE_SIZE")
+        reader = RingReader(map_fd(table), ring_size(table, fallback))
+        self._rings.append((reader, callback))
 
-        def _cb(_ctx: Any, data: Any, size: int) -> int:
-            callback(ctypes.string_at(data, size))
+    def flags_value(self, name: str) -> int | None:
+        for f in self.flags:
+            if f.startswith(f"-D{name}="):
+                return int(f.split("=", 1)[1])
+        return None
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for records, then hand over everything committed."""
+        if not self._rings:
             return 0
+        self._rings[0][0].wait(timeout_ms / 1000)
+        return self.consume()
 
-        self.bpf[name].open_ring_buffer(_cb)
-        self._rings.append(name)
-
-    def poll(self, timeout_ms: int) -> None:
-        if self._rings:
-            self.bpf.ring_buffer_poll(timeout_ms)
-
-    def consume(self) -> None:
-        if self._rings:
-            self.bpf.ring_buffer_consume()
+    def consume(self) -> int:
+        return sum(reader.drain(cb) for reader, cb in self._rings)
 
     def lost(self, table: str = "lost") -> int:
         """Records the kernel side could not deliver (ring buffer full), summed over CPUs."""
@@ -124,4 +130,8 @@ class Program:
 
     def close(self) -> None:
         """Detach every probe and free the program (bcc's cleanup is idempotent)."""
+        for reader, _ in self._rings:
+            with contextlib.suppress(Exception):
+                reader.close()
+        self._rings.clear()
         self.bpf.cleanup()

@@ -28,8 +28,11 @@ class Hdr(NamedTuple):
     comm: bytes
 
 
+_new_hdr = tuple.__new__
+
+
 def hdr(raw: bytes) -> Hdr:
-    return Hdr._make(HDR.unpack_from(raw, 0))
+    return _new_hdr(Hdr, HDR.unpack_from(raw, 0))
 
 
 def comm(h: Hdr) -> str:
@@ -42,15 +45,18 @@ def cstring(raw: bytes | memoryview, off: int, limit: int) -> bytes:
     return chunk.split(b"\0", 1)[0]
 
 
-def join_slots(raw: bytes | memoryview, off: int, slots: int, complete: bool) -> bytes:
+def join_slots(raw: bytes, off: int, slots: int, complete: bool) -> bytes:
     """A path from leaf-first dentry-name slots: b"/a/b/c". An empty slot is a mount crossing.
     An incomplete walk (too deep) is marked with a leading "…/" instead of a false root."""
     names = []
-    for i in range(slots):
-        name = cstring(raw, off + i * PATH_SLOT, PATH_SLOT)
-        if name and name != b"/":
-            names.append(name)
-    names.reverse()
+    find = raw.find
+    for i in range(slots - 1, -1, -1):  # root first
+        o = off + i * PATH_SLOT
+        e = find(b"\0", o, o + PATH_SLOT)
+        if e < 0:
+            e = o + PATH_SLOT
+        if e > o and raw[o:e] != b"/":
+            names.append(raw[o:e])
     path = b"/" + b"/".join(names)
     return path if complete else "…".encode() + path
 

@@ -53,7 +53,7 @@ class Loop:
         self.stop = False
         self.decode_errors = 0
         self.collector_id = new_collector_id(cfg.tool)
-        self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer)
+        self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer, autoflush=False)
         self._attached = attached
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:
@@ -94,6 +94,7 @@ class Loop:
                 continue
             for ev in events:
                 self.sink.emit(ev)
+        self.sink.flush()
 
     def run(self) -> int:
         """Returns the exit status. Every program is closed on the way out."""

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -106,16 +106,18 @@ def _human_value(val: Any) -> str:
 
 
 class Sink:
-    """Serialises events to an fd with per-line delivery and bounded buffering."""
+    """Serialises events to an fd. Lines are written at the latest by flush(), which the run
+    loop calls after every batch it drains: nothing waits for more data to arrive."""
 
-    def __init__(self, fmt: str = "json", fd: int = 1, max_buffer: int = DEFAULT_BUFFER):
+    def __init__(self, fmt: str = "json", fd: int = 1, max_buffer: int = DEFAULT_BUFFER,
+                 autoflush: bool = True):
         if fmt not in ("json", "human"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fd = fd
         self.render = dumps if fmt == "json" else human
         self.max_buffer = max_buffer
-        self.pending: deque[memoryview] = deque()
-        self.pending_bytes = 0
+        self.autoflush = autoflush
+        self.pending = bytearray()
         self.counts: Counter[str] = Counter()
         self.output_dropped = 0
         self._nonblocking = False
@@ -127,25 +129,27 @@ class Sink:
         except OSError:
             pass
 
+    @property
+    def pending_bytes(self) -> int:
+        return len(self.pending)
+
     def emit(self, ev: dict[str, Any]) -> None:
-        kind = event_kind(ev)
         line = self.render(ev)
-        if self.pending_bytes + len(line) > self.max_buffer:
-            self.output_dropped += 1
+        if len(self.pending) + len(line) > self.max_buffer:
             self.flush()
-            return
-        if kind:
-            self.counts[kind] += 1
-        self.pending.append(memoryview(line))
-        self.pending_bytes += len(line)
-        self.flush()
+            if len(self.pending) + len(line) > self.max_buffer:
+                self.output_dropped += 1
+                return
+        self.counts[next(iter(ev["event"]))] += 1
+        self.pending += line
+        if self.autoflush:
+            self.flush()
 
     def flush(self) -> None:
         """Write what the fd accepts now; raises OutputClosed when the reader is gone."""
         while self.pending:
-            chunk = self.pending[0]
             try:
-                n = os.write(self.fd, chunk)
+                n = os.write(self.fd, self.pending)
             except BlockingIOError:
                 return
             except BrokenPipeError as e:
@@ -154,11 +158,7 @@ class Sink:
                 if e.errno == errno.EPIPE:
                     raise OutputClosed from e
                 raise
-            self.pending_bytes -= n
-            if n == len(chunk):
-                self.pending.popleft()
-            else:
-                self.pending[0] = chunk[n:]
+            del self.pending[:n]
 
     def drain(self, timeout: float = 2.0) -> None:
         """At exit: give a slow reader a little time to take what is buffered."""
