@@ -17,11 +17,13 @@ protocol needs.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import select
 import struct
 from collections.abc import Callable
+from typing import Any
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -50,10 +52,8 @@ class RingReader:
         """Sleep until the kernel signals new data (or the timeout passes)."""
         if self.available():
             return
-        try:
+        with contextlib.suppress(InterruptedError):
             self.epoll.poll(timeout_s)
-        except InterruptedError:
-            pass
 
     def available(self) -> int:
         return _U64.unpack_from(self.data, 0)[0] - _U64.unpack_from(self.cons_map, 0)[0]
@@ -93,8 +93,8 @@ def ring_size(table: object, fallback: int) -> int:
     return int(n) if n else fallback
 
 
-def map_fd(table: object) -> int:
+def map_fd(table: Any) -> int:
     fd = getattr(table, "map_fd", None)
     if fd is None:
-        fd = getattr(table, "fd")
+        fd = table.fd
     return os.dup(int(fd))  # our own reference: bcc may close its fd during cleanup
