@@ -1,0 +1,196 @@
+/* obs-ssl: TLS plaintext from OpenSSL's SSL_read / SSL_write and their _ex forms (uprobes).
+ *
+ * Both directions are captured at return, and only the bytes the call reports as moved:
+ * SSL_read/SSL_write return the count; SSL_read_ex/SSL_write_ex return 1 and store the count
+ * through their 4th argument (size_t *), whose address is saved at entry. A write that fails
+ * and is retried by the caller is therefore seen once.
+ *
+ * A call's bytes (up to MAX_CAPTURE) go out as one or more records of at most CHUNK bytes,
+ * each reserved in the ring buffer at the smallest size class that holds it: no per-CPU
+ * scratch (a preempted uprobe could share it) and no 16 KiB reservation for a 40-byte read.
+ * Every record carries the stream offset of its first byte (per process, SSL* and
+ * direction), so user space sees exactly where bytes are missing — a full ring buffer or a
+ * call larger than MAX_CAPTURE — instead of splicing unrelated bytes together.
+ *
+ * Entry probes exist once per library slot (LIB_SLOTS of them): the slot number is baked
+ * into the function, which is how a record says which library it came from.
+ * Record layout mirrored in libobs/sslevents.py.
+ */
+#include "common.h"
+
+#define K_SSL 0x5353 /* "SS": distinct from other programs' kinds, obs-llm reads these too */
+
+#ifndef MAX_CAPTURE
+#define MAX_CAPTURE 1048576 /* bytes per call, a power of two >= CHUNK, set by --max-capture */
+#endif
+#define CHUNK 16384
+#define MAX_CHUNKS (MAX_CAPTURE / CHUNK)
+
+#define FN_READ 0
+#define FN_READ_EX 1
+#define FN_WRITE 2
+#define FN_WRITE_EX 3
+
+struct ssl_rec {
+    struct obs_hdr h;  /* h.len: bytes of data following this struct */
+    u64 ssl;           /* the SSL* : one TLS connection of the process */
+    u64 off;           /* stream offset of this record's first byte */
+    u32 total;         /* bytes the call moved (may exceed what was captured) */
+    u32 captured;      /* bytes of the call captured, at most MAX_CAPTURE */
+    u16 chunk;         /* index of this record within the call */
+    u8 fn;             /* FN_* */
+    u8 lib;            /* library slot */
+    u8 read_failed;    /* the user buffer could not be read: data is missing */
+    u8 pad[3];
+};
+
+struct ssl_args {
+    u64 ssl;
+    u64 buf;
+    u64 count_ptr;     /* _ex: size_t *readbytes / *written, read at return */
+    u32 lib;
+    u32 fn;
+};
+BPF_HASH(ssl_pending, u64, struct ssl_args, 16384);
+
+struct stream_key {
+    u64 ssl;
+    u32 tgid;
+    u32 is_read;
+};
+/* Next stream offset per connection and direction. LRU: connections are never announced
+ * closed, and a recycled SSL* simply continues from its predecessor's offset. */
+BPF_TABLE("lru_hash", struct stream_key, u64, stream_off, 65536);
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, u32 lib, u32 fn)
+{
+    if (obs_filtered_out())
+        return 0;
+    struct ssl_args a = {};
+    a.ssl = PT_REGS_PARM1(ctx);
+    a.buf = PT_REGS_PARM2(ctx);
+    a.count_ptr = (fn == FN_READ_EX || fn == FN_WRITE_EX) ? PT_REGS_PARM4(ctx) : 0;
+    a.lib = lib;
+    a.fn = fn;
+    u64 id = bpf_get_current_pid_tgid();
+    ssl_pending.update(&id, &a);
+    return 0;
+}
+
+/* One record of `size` data bytes, `size` a compile-time constant after inlining (the ring
+ * buffer only reserves constant sizes). Returns 0 when the ring buffer was full. */
+static __always_inline int emit_sized(struct ssl_rec *t, u64 src, u32 len, u32 size)
+{
+    struct ssl_rec *r = events.ringbuf_reserve(sizeof(struct ssl_rec) + size);
+    if (!r) {
+        obs_count_lost();
+        return 0;
+    }
+    __builtin_memcpy(r, t, sizeof(*r));
+    u64 n = len;
+    /* len <= size already; hide that from clang so the verifier gets its own bound check */
+    asm volatile("" : "+r"(n));
+    if (n > size)
+        n = size;
+    if (bpf_probe_read_user((char *)r + sizeof(*r), n, (void *)src) != 0) {
+        r->read_failed = 1;
+        n = 0;
+    }
+    r->h.len = n;
+    events.ringbuf_submit(r, 0);
+    return 1;
+}
+
+static __always_inline int emit_chunk(struct ssl_rec *t, u64 src, u32 len)
+{
+    if (len <= 256)
+        return emit_sized(t, src, len, 256);
+    if (len <= 1024)
+        return emit_sized(t, src, len, 1024);
+    if (len <= 4096)
+        return emit_sized(t, src, len, 4096);
+    return emit_sized(t, src, len, CHUNK);
+}
+
+int ssl_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct ssl_args *p = ssl_pending.lookup(&id);
+    if (!p)
+        return 0;
+    struct ssl_args a = *p;
+    ssl_pending.delete(&id);
+
+    u64 total = 0;
+    if (a.fn == FN_READ_EX || a.fn == FN_WRITE_EX) {
+        if ((int)PT_REGS_RC(ctx) != 1)
+            return 0;
+        bpf_probe_read_user(&total, sizeof(total), (void *)a.count_ptr);
+    } else {
+        int rc = (int)PT_REGS_RC(ctx);
+        if (rc <= 0)
+            return 0;
+        total = rc;
+    }
+    if (total == 0)
+        return 0;
+    if (total > 0xFFFFFFFFULL)
+        total = 0xFFFFFFFFULL;
+
+    u32 is_read = a.fn == FN_READ || a.fn == FN_READ_EX;
+    struct stream_key key = {.ssl = a.ssl, .tgid = id >> 32, .is_read = is_read};
+    u64 off = 0;
+    u64 *known = stream_off.lookup(&key);
+    if (known)
+        off = *known;
+    u64 next = off + total;
+    stream_off.update(&key, &next);
+
+    struct ssl_rec t = {};
+    obs_fill_hdr(&t.h, K_SSL);
+    t.ssl = a.ssl;
+    t.total = total;
+    t.captured = total > MAX_CAPTURE ? MAX_CAPTURE : total;
+    t.fn = a.fn;
+    t.lib = a.lib;
+
+    u32 captured = t.captured;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < MAX_CHUNKS; i++) {
+        u32 done = i * CHUNK;
+        if (done >= captured)
+            break;
+        t.chunk = i;
+        t.off = off + done;
+        u32 left = captured - done;
+        if (!emit_chunk(&t, a.buf + done, left > CHUNK ? CHUNK : left)) {
+            /* the ring buffer is full: the rest of this call would fail too */
+            u32 rest = (captured - done + CHUNK - 1) / CHUNK - 1;
+            int zero = 0;
+            u64 *n = lost.lookup(&zero);
+            if (n)
+                __sync_fetch_and_add(n, rest);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Entry probes, one set per library slot: the slot is the `lib` of every record. */
+#define SSL_SLOT(N)                                                                             \
+    int ssl_read_enter_##N(struct pt_regs *ctx) { return ssl_enter(ctx, N, FN_READ); }         \
+    int ssl_read_ex_enter_##N(struct pt_regs *ctx) { return ssl_enter(ctx, N, FN_READ_EX); }   \
+    int ssl_write_enter_##N(struct pt_regs *ctx) { return ssl_enter(ctx, N, FN_WRITE); }       \
+    int ssl_write_ex_enter_##N(struct pt_regs *ctx) { return ssl_enter(ctx, N, FN_WRITE_EX); }
+
+SSL_SLOT(0) SSL_SLOT(1) SSL_SLOT(2) SSL_SLOT(3) SSL_SLOT(4) SSL_SLOT(5) SSL_SLOT(6) SSL_SLOT(7)
+SSL_SLOT(8) SSL_SLOT(9) SSL_SLOT(10) SSL_SLOT(11) SSL_SLOT(12) SSL_SLOT(13) SSL_SLOT(14)
+SSL_SLOT(15)
+
+#ifdef FILTER_PID
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    obs_track_fork(bpf_get_current_pid_tgid() >> 32, args->child_pid);
+    return 0;
+}
+#endif

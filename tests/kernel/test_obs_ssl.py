@@ -1,0 +1,243 @@
+"""obs-ssl against the real kernel: real TLS clients (curl, CPython's ssl, Node's fetch) talking
+to a local server in each LLM provider's wire format; exact models and token counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from libobs import libssl
+from tests.support import provider_server as ps
+from tests.support.tools import Running, running
+
+pytestmark = pytest.mark.kernel
+TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens")
+
+PY_CLIENT = r"""
+import http.client, json, ssl, sys
+host, ca, requests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+conn = http.client.HTTPSConnection(host, 443, context=ssl.create_default_context(cafile=ca))
+for method, path, headers, body in requests:   # all on one keep-alive connection
+    conn.request(method, path, body=body.encode() if body else None, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
+"""
+
+NODE_CLIENT = r"""
+(async () => {
+  const [url, headers, body] = process.argv.slice(1);
+  const r = await fetch(url, {method: 'POST', headers: JSON.parse(headers), body});
+  await r.arrayBuffer();
+  process.exit(r.status === 200 ? 0 : 3);
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+def node_path() -> str | None:
+    found = shutil.which("node")
+    return os.path.realpath(found) if found else None
+
+
+def node_skip_reason() -> str | None:
+    node = node_path()
+    if node is None:
+        return "node is not installed"
+    if not {"SSL_read", "SSL_write"} <= libssl.file_exports(node):
+        return (f"{node} does not export OpenSSL's SSL_read/SSL_write (built against a shared "
+                "or another TLS library): it has nothing to put uprobes on")
+    return None
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ps.serving() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def obs(server):
+    with running("obs-ssl", "--heartbeat-interval", "1") as r:
+        yield r
+    assert r.status == 0, r.stderr()
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a client to completion; its pid."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"{cmd[0]} failed: {err.decode(errors='replace')}"
+    return proc.pid
+
+
+def headers_for(api: str, encoding: str) -> dict[str, str]:
+    return {**ps.request_headers(api), "Content-Type": "application/json",
+            "Accept-Encoding": encoding}
+
+
+def python_client(server: ps.Server, host: str, requests: list[list[Any]]) -> int:
+    return run([sys.executable, "-c", PY_CLIENT, host, str(server.ca), json.dumps(requests)])
+
+
+def run_client(client: str, server: ps.Server, api: str, stream: bool, encoding: str) -> int:
+    host, path = ps.HOST_OF[api], ps.request_path(api, stream)
+    headers = headers_for(api, encoding)
+    body = ps.request_body(api, stream).decode()
+    if client == "curl":
+        cmd = ["curl", "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
+               "-X", "POST", f"https://{host}{path}", "--data-binary", body]
+        for k, v in headers.items():
+            cmd += ["-H", f"{k}: {v}"]
+        return run(cmd)
+    if client == "python":
+        return python_client(server, host, [["POST", path, headers, body]])
+    reason = node_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    node = node_path()
+    assert node
+    return run([node, "-e", NODE_CLIENT, f"https://{host}{path}", json.dumps(headers), body],
+               env={"NODE_EXTRA_CA_CERTS": str(server.ca)})
+
+
+def api_events(obs: Running, pid: int, count: int = 2) -> list[dict[str, Any]]:
+    return obs.wait_events("LlmApi", lambda f: f["pid"] == pid, count=count)
+
+
+def expected_request(api: str, stream: bool) -> dict[str, Any]:
+    return {"is_request": True, "model": ps.REQUEST_MODEL[api], "stream": stream,
+            "path": ps.request_path(api, stream).split("?")[0],
+            **dict.fromkeys(TOKENS)}
+
+
+def expected_response(api: str, stream: bool) -> dict[str, Any]:
+    return {"is_request": False, "stream": stream,
+            "path": ps.request_path(api, stream).split("?")[0], **ps.EXPECTED[(api, stream)]}
+
+
+def strip(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("pid", "_env")}
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("api", ps.APIS)
+@pytest.mark.parametrize("client", ["curl", "python", "node"])
+def test_llm_api_facts(obs, server, client, api, stream, encoding):
+    pid = run_client(client, server, api, stream, encoding)
+    req, resp = api_events(obs, pid)
+    assert strip(req) == expected_request(api, stream)
+    assert strip(resp) == expected_response(api, stream)
+    for ev in (req, resp):
+        assert ev["_env"]["provider"] == ps.PROVIDER_OF[api]
+        assert ev["_env"]["identity"]["task"] == str(pid)
+    assert req["_env"]["ts"] <= resp["_env"]["ts"]
+    # nothing more for this client: one request, one response
+    assert len([f for f in obs.of_kind("LlmApi") if f["pid"] == pid]) == 2
+
+
+def test_keep_alive_many_exchanges_one_connection(obs, server):
+    calls = [("openai-chat", False), ("openai-chat", True), ("openai-responses", True),
+             ("openai-responses", False)]
+    requests = [["POST", ps.request_path(api, stream), headers_for(api, "gzip"),
+                 ps.request_body(api, stream).decode()] for api, stream in calls]
+    pid = python_client(server, "api.openai.com", requests)
+    events = api_events(obs, pid, count=2 * len(calls))
+    assert len(events) == 2 * len(calls)
+    for (api, stream), (req, resp) in zip(calls, zip(events[::2], events[1::2]), strict=True):
+        assert strip(req) == expected_request(api, stream)
+        assert strip(resp) == expected_response(api, stream)
+
+
+def test_gemini_json_array_stream(obs, server):
+    path = f"/v1beta/models/{ps.REQUEST_MODEL['gemini']}:streamGenerateContent"
+    pid = python_client(server, ps.HOST_OF["gemini"],
+                        [["POST", path, headers_for("gemini", "identity"),
+                          ps.request_body("gemini", True).decode()]])
+    req, resp = api_events(obs, pid)
+    assert req["stream"] is True and req["model"] == ps.REQUEST_MODEL["gemini"]
+    assert strip(resp) == {**expected_response("gemini", True), "path": path}
+
+
+def test_large_response_content_complete_and_in_order(obs, server):
+    size = 100 * 1024
+    pid = python_client(server, "api.openai.com", [["GET", f"/big?size={size}", {}, ""]])
+    body = ps.big_body(size)
+
+    def complete(f: dict[str, Any]) -> bool:
+        return f["pid"] == pid and f["is_read"]
+
+    def joined() -> str:
+        return "".join(f["content"] for f in obs.of_kind("SslContent") if complete(f))
+
+    from tests.support.tools import wait_for
+    wait_for(lambda: body.decode() in joined(), timeout=30, what="the whole 100 KiB body")
+    reads = [f for f in obs.of_kind("SslContent") if complete(f)]
+    assert len(reads) >= 7  # 16 KiB TLS records: many SSL_read calls, many records
+    assert not any(f["truncated"] for f in reads)
+    assert sum(f["len"] for f in reads) == len(joined().encode())
+    head, _, rest = joined().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200") and rest == body.decode()
+    assert all(f["lib"] == reads[0]["lib"] and "libssl" in f["lib"] for f in reads)
+
+
+def test_credentials_redacted(obs, server):
+    anthropic = headers_for("anthropic", "identity")
+    openai = headers_for("openai-chat", "identity")
+    pid_a = python_client(server, ps.HOST_OF["anthropic"], [[
+        "POST", "/v1/messages", anthropic, ps.request_body("anthropic", False).decode()]])
+    pid_o = run(["curl", "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
+                 "-H", f"Authorization: {openai['Authorization']}", "-H", "x-api-key: sk-ant-"
+                 + "D" * 30, "https://api.openai.com/v1/chat/completions",
+                 "--data-binary", ps.request_body("openai-chat", False).decode()])
+    for pid in (pid_a, pid_o):
+        api_events(obs, pid)
+    writes = {pid: "".join(f["content"] for f in obs.of_kind("SslContent")
+                           if f["pid"] == pid and not f["is_read"]) for pid in (pid_a, pid_o)}
+    assert "x-api-key: [REDACTED]" in writes[pid_a]
+    assert anthropic["x-api-key"] not in writes[pid_a]
+    assert "Authorization: Bearer [REDACTED]" in writes[pid_o]
+    assert "x-api-key: [REDACTED]" in writes[pid_o]
+    for secret in (openai["Authorization"].split()[1], "sk-ant-" + "D" * 30):
+        assert secret not in writes[pid_o]
+    assert '"model": "gpt-4o"' in writes[pid_o]  # the rest is kept
+
+
+def test_heartbeat_and_stderr_name_the_libraries(obs):
+    hb = obs.wait_events("CollectorHeartbeat")[-1]
+    probes = hb["attached_probes"]
+    libssl_paths = {p.split(":")[1] for p in probes if "libssl.so" in p}
+    assert libssl_paths, probes
+    lib = sorted(libssl_paths)[0]
+    for fn in libssl.SSL_FUNCTIONS:
+        assert f"uprobe:{lib}:{fn}" in probes and f"uretprobe:{lib}:{fn}" in probes
+    assert "attached to" in obs.stderr() and lib in obs.stderr()
+    node = node_path()
+    if node_skip_reason() is None:
+        assert f"uprobe:{node}:SSL_write" in probes
+    assert hb["dropped"] == 0
+    assert set(hb["enabled_features"]) >= {"llm-api", "content", "redact"}
+
+
+def test_no_redact_and_api_only(server, tmp_path):
+    curl = tmp_path / "obsnoredact"  # a comm of its own, to filter on
+    curl.symlink_to(shutil.which("curl") or "/usr/bin/curl")
+    key = "sk-ant-" + "E" * 30
+    with running("obs-ssl", "--no-redact", "--comm", "obsnoredact") as raw, \
+            running("obs-ssl", "--api-only", "--comm", "obsnoredact") as api_only:
+        pid = run([str(curl), "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
+                   "-H", f"x-api-key: {key}", "https://api.anthropic.com/v1/messages",
+                   "--data-binary", ps.request_body("anthropic", False).decode()])
+        raw.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
+        api_only.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
+    writes = [f["content"] for f in raw.of_kind("SslContent") if not f["is_read"]]
+    assert any(f"x-api-key: {key}" in w for w in writes)
+    assert api_only.of_kind("SslContent") == []
+    assert {f["pid"] for f in raw.of_kind("LlmApi")} == {pid}  # the comm filter held
