@@ -124,6 +124,24 @@ def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
                       heartbeat_file=heartbeat_file, duration=duration, features=features)
 
 
+def main(app: typer.Typer, tool: str, argv: list[str] | None = None) -> None:
+    """Run a tool's typer app; usage errors become one line on stderr (exit 2)."""
+    import sys
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name=tool)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:
+        message = getattr(e, "format_message", None)
+        if message is None:
+            raise
+        err(tool, message().replace("\n", " "))
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    if isinstance(rv, int):
+        sys.exit(rv)
+
+
 def preflight_or_exit(tool: str, tracepoints: list[str]) -> None:
     reason = kernel.preflight(tracepoints)
     if reason:

@@ -250,3 +250,69 @@ def test_sigint_detaches_and_exits_zero():
         assert r.stop(signal.SIGINT) == 0
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
     assert f"pids python3({r.proc.pid})" not in out and f"({r.proc.pid})" not in out
+
+
+def _copy_true(tmp_path, name):
+    import shutil
+    dst = tmp_path / name
+    shutil.copy("/bin/true", dst)
+    return dst
+
+
+def test_filter_comm(tmp_path):
+    prog = _copy_true(tmp_path, "zzobscomm")
+    with running("obs-exec", "--comm", "zzobscomm") as r:
+        subprocess.run(["/bin/true", "other"], check=True)
+        p = subprocess.run([str(prog), "mine"], check=True)
+        assert p.returncode == 0
+        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobscomm")
+    kinds = [e for e in r.events() if "CollectorHeartbeat" not in e["event"]]
+    assert kinds and all(e["process"]["comm"] == "zzobscomm" for e in kinds)
+    assert [e["event"]["ToolExec"]["argv"] for e in kinds if "ToolExec" in e["event"]] == [
+        [str(prog), "mine"]]
+
+
+def test_filter_pid_with_descendants():
+    agent = subprocess.Popen(["sh", "-c", "sleep 1.5; /bin/true child; sh -c '/bin/true grandchild'"])
+    with running("obs-exec", "--pid", str(agent.pid)) as r:
+        subprocess.run(["/bin/true", "outsider"], check=True)
+        agent.wait()
+        r.wait_events("ProcessExit", lambda f: f["pid"] == agent.pid)
+    argvs = [e["event"]["ToolExec"]["argv"] for e in r.events() if "ToolExec" in e["event"]]
+    assert ["/bin/true", "child"] in argvs and ["/bin/true", "grandchild"] in argvs
+    assert ["/bin/true", "outsider"] not in argvs
+
+
+def test_filter_cgroup(tmp_path):
+    from tests.support.cgroups import cgroup, run_in
+    with cgroup() as cg, running("obs-exec", "--cgroup", str(cg)) as r:
+        subprocess.run(["/bin/true", "outside"], check=True)
+        run_in(cg, ["/bin/true", "inside"], check=True)
+        r.wait_events("ToolExec", lambda f: f["argv"] == ["/bin/true", "inside"])
+        r.wait_events("ProcessExit", lambda f: f["comm"] == "true")
+    argvs = [e["event"]["ToolExec"]["argv"] for e in r.events() if "ToolExec" in e["event"]]
+    assert argvs == [["/bin/true", "inside"]]
+
+
+def test_bad_options_one_line_exit_2():
+    from tests.support.tools import tool_cmd
+    for args in (["--comm", "x" * 40], ["--pid", "999999999"], ["--cgroup", "/nonexistent"],
+                 ["--max-argv", "100"], ["--ring-size", "3"], ["--format", "xml"],
+                 ["--pid", "abc"], ["--no-such-option"]):
+        p = subprocess.run(tool_cmd("obs-exec", *args), capture_output=True, text=True)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("obs-exec: "), (args, p.stderr)
+
+
+def test_head_1_exits_quietly():
+    from tests.support.tools import tool_cmd
+    cmd = " ".join(tool_cmd("obs-exec", "--format", "json")) + " | head -1"
+    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            executable="/bin/bash")
+    time.sleep(2)
+    for _ in range(20):
+        subprocess.run(["/bin/true"])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert err == b""
+    assert out.count(b"\n") == 1
