@@ -1,0 +1,190 @@
+/* obs-enforce: refuse connect() and UDP sendmsg() from one cgroup to listed addresses.
+ *
+ * cgroup_sock_addr programs (connect4/6, sendmsg4/6) attached to the agent's cgroup-v2
+ * directory: returning 0 makes the syscall fail with EPERM. Keys are (family, address);
+ * an IPv4-mapped IPv6 address (::ffff:a.b.c.d) is looked up as the IPv4 address, so a
+ * dual-stack socket cannot slip past an IPv4 rule. Each refusal writes a record naming the
+ * rule id; user space maps ids back to deny-file lines (libobs/enforce.py mirrors the structs).
+ *
+ * ALLOW_MODE (--deny-unclassified): after the deny map, only loopback and addresses in the
+ * allow map pass; everything else is refused with RULE_UNCLASSIFIED.
+ *
+ * DNS learning: a cgroup_skb ingress program copies the payload of UDP replies from port 53
+ * received by sockets of the cgroup; user space parses them (libobs/parse/dns.py).
+ */
+#include "common.h"
+
+#define K_DENIED 1
+#define K_DNS 2
+
+#define HOOK_CONNECT4 1
+#define HOOK_CONNECT6 2
+#define HOOK_SENDMSG4 3
+#define HOOK_SENDMSG6 4
+
+#define RULE_UNCLASSIFIED 1 /* the rule id of "not on the allow-list" */
+
+#ifndef MAX_RULES
+#define MAX_RULES 65536
+#endif
+#ifndef DNS_MAX
+#define DNS_MAX 1024 /* bytes of a DNS reply copied to user space (a power of two) */
+#endif
+
+struct addr_key {
+    u32 family;  /* 4 or 6 */
+    u32 addr[4]; /* network byte order; IPv4 in addr[0], the rest zero */
+};
+
+struct rule_val {
+    u32 rule;    /* rule id, resolved to its text in user space */
+    u16 port;    /* host byte order; 0: any port */
+    u16 pad;
+};
+
+struct denied_rec {
+    struct obs_hdr h;
+    struct addr_key addr;
+    u32 rule;
+    u16 port;    /* host byte order */
+    u8 hook;
+    u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP */
+};
+
+struct dns_rec {
+    struct obs_hdr h;        /* only kind, len (payload bytes) and ts: not a task context */
+    struct addr_key src;     /* the server that answered: only trusted ones may allow */
+    u32 pad;
+    u8 data[DNS_MAX];
+};
+
+BPF_HASH(deny, struct addr_key, struct rule_val, MAX_RULES);
+#ifdef ALLOW_MODE
+BPF_HASH(allow, struct addr_key, struct rule_val, MAX_RULES);
+#endif
+
+static __always_inline int refuse(struct bpf_sock_addr *ctx, struct addr_key *k, u16 port,
+                                  u8 hook, u32 rule)
+{
+    struct denied_rec r = {};
+    obs_fill_hdr(&r.h, K_DENIED);
+    r.addr = *k;
+    r.rule = rule;
+    r.port = port;
+    r.hook = hook;
+    r.proto = ctx->protocol;
+    obs_output(&r, sizeof(r));
+    return 0;
+}
+
+static __always_inline int matches(struct rule_val *v, u16 port)
+{
+    return v && (v->port == 0 || v->port == port);
+}
+
+static __always_inline int is_loopback(struct addr_key *k)
+{
+    if (k->family == 4)
+        return (bpf_ntohl(k->addr[0]) >> 24) == 127;
+    return k->addr[0] == 0 && k->addr[1] == 0 && k->addr[2] == 0 && k->addr[3] == bpf_htonl(1);
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx, struct addr_key *k, u8 hook)
+{
+    u16 port = bpf_ntohs((u16)ctx->user_port);
+    struct rule_val *v = deny.lookup(k);
+    if (matches(v, port))
+        return refuse(ctx, k, port, hook, v->rule);
+#ifdef ALLOW_MODE
+    if (is_loopback(k))
+        return 1;
+    v = allow.lookup(k);
+    if (matches(v, port))
+        return 1;
+    return refuse(ctx, k, port, hook, RULE_UNCLASSIFIED);
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int decide4(struct bpf_sock_addr *ctx, u8 hook)
+{
+    struct addr_key k = {};
+    k.family = 4;
+    k.addr[0] = ctx->user_ip4;
+    return decide(ctx, &k, hook);
+}
+
+static __always_inline int decide6(struct bpf_sock_addr *ctx, u8 hook)
+{
+    struct addr_key k = {};
+    u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2];
+    u32 a3 = ctx->user_ip6[3];
+    if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff)) {
+        k.family = 4; /* ::ffff:a.b.c.d: an IPv4 destination through an IPv6 socket */
+        k.addr[0] = a3;
+    } else {
+        k.family = 6;
+        k.addr[0] = a0;
+        k.addr[1] = a1;
+        k.addr[2] = a2;
+        k.addr[3] = a3;
+    }
+    return decide(ctx, &k, hook);
+}
+
+int enforce_connect4(struct bpf_sock_addr *ctx) { return decide4(ctx, HOOK_CONNECT4); }
+int enforce_connect6(struct bpf_sock_addr *ctx) { return decide6(ctx, HOOK_CONNECT6); }
+int enforce_sendmsg4(struct bpf_sock_addr *ctx) { return decide4(ctx, HOOK_SENDMSG4); }
+int enforce_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx, HOOK_SENDMSG6); }
+
+/* ---- DNS replies received by the cgroup (cgroup_skb ingress; never drops) ------------------ */
+int enforce_dns(struct __sk_buff *skb)
+{
+    struct addr_key src = {};
+    u32 l4;
+    u8 proto;
+    if (skb->protocol == bpf_htons(0x0800)) {      /* ETH_P_IP */
+        u8 vihl;
+        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1) ||
+            bpf_skb_load_bytes(skb, 12, &src.addr[0], 4))
+            return 1;
+        src.family = 4;
+        l4 = (vihl & 0x0f) * 4;
+    } else if (skb->protocol == bpf_htons(0x86DD)) { /* ETH_P_IPV6, no extension headers */
+        if (bpf_skb_load_bytes(skb, 6, &proto, 1) || bpf_skb_load_bytes(skb, 8, src.addr, 16))
+            return 1;
+        src.family = 6;
+        l4 = 40;
+    } else {
+        return 1;
+    }
+    u16 sport;
+    if (proto != 17 || bpf_skb_load_bytes(skb, l4, &sport, 2) || sport != bpf_htons(53))
+        return 1;
+    u32 off = l4 + 8;
+    if (skb->len < off + 12)         /* shorter than a DNS header */
+        return 1;
+    u64 n = (u64)skb->len - off;     /* 64-bit: the verifier keeps the bounds of this clamp */
+    if (n > DNS_MAX)
+        n = DNS_MAX;
+    if (n < 12)
+        return 1;
+    struct dns_rec *r = events.ringbuf_reserve(sizeof(struct dns_rec));
+    if (!r) {
+        obs_count_lost();
+        return 1;
+    }
+    __builtin_memset(&r->h, 0, sizeof(r->h));
+    r->h.kind = K_DNS;
+    r->h.ts = bpf_ktime_get_ns();
+    r->src = src;
+    r->pad = 0;
+    if (bpf_skb_load_bytes(skb, off, r->data, n)) {
+        events.ringbuf_discard(r, 0);
+        return 1;
+    }
+    r->h.len = n;
+    events.ringbuf_submit(r, 0);
+    return 1;
+}

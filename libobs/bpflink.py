@@ -1,0 +1,118 @@
+"""BPF links (BPF_LINK_CREATE) through the bpf(2) syscall: attachments owned by a process.
+
+bcc 0.26's ``BPF.attach_func`` uses BPF_PROG_ATTACH, whose cgroup attachments outlive the
+process that made them: a guard killed with SIGKILL would leave its cage behind. A link is
+detached when its last file descriptor closes — on exit, crash included — unless it is
+pinned in bpffs, which is how ``--pin`` keeps a guard across restarts on purpose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from pathlib import Path
+
+SYS_BPF = 321  # x86_64; the only architecture this project builds for
+BPF_OBJ_PIN, BPF_OBJ_GET, BPF_LINK_CREATE, BPF_LINK_UPDATE = 6, 7, 28, 29
+BPFFS = Path("/sys/fs/bpf")
+
+# enum bpf_attach_type (include/uapi/linux/bpf.h)
+CGROUP_INET_INGRESS = 0
+CGROUP_INET4_CONNECT = 10
+CGROUP_INET6_CONNECT = 11
+CGROUP_UDP4_SENDMSG = 14
+CGROUP_UDP6_SENDMSG = 15
+
+_ATTR_SIZE = 64  # bytes of union bpf_attr we fill; the kernel zero-extends the rest
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class LinkError(OSError):
+    """A bpf(2) link/pin call failed; str() is one line."""
+
+
+def _bpf(cmd: int, attr: bytes, what: str) -> int:
+    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    ret = _libc.syscall(SYS_BPF, cmd, buf, _ATTR_SIZE)
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise LinkError(e, f"{what}: {os.strerror(e)}")
+    return int(ret)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """A new link fd attaching prog_fd to target_fd (a cgroup directory fd)."""
+    attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, 0)
+    return _bpf(BPF_LINK_CREATE, attr, f"BPF_LINK_CREATE (attach type {attach_type})")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the program behind a link atomically: no instant without a program attached."""
+    _bpf(BPF_LINK_UPDATE, struct.pack("<IIII", link_fd, prog_fd, 0, 0), "BPF_LINK_UPDATE")
+
+
+def _path_attr(path: Path, fd: int) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    return struct.pack("<QII", ctypes.addressof(name), fd, 0), name
+
+
+def obj_pin(fd: int, path: Path) -> None:
+    attr, keep = _path_attr(path, fd)
+    _bpf(BPF_OBJ_PIN, attr, f"pin {path}")
+    del keep
+
+
+def obj_get(path: Path) -> int:
+    attr, keep = _path_attr(path, 0)
+    fd = _bpf(BPF_OBJ_GET, attr, f"open pinned {path}")
+    del keep
+    return fd
+
+
+def is_bpffs(path: Path = BPFFS) -> bool:
+    """Whether a bpf filesystem is mounted exactly at ``path``."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(
+                line.split()[1:3] == [str(path), "bpf"] for line in f if len(line.split()) > 2
+            )
+    except OSError:
+        return False
+
+
+class Link:
+    """One attachment; ``close()`` detaches it unless it is pinned."""
+
+    def __init__(self, name: str, fd: int, pinned: Path | None = None):
+        self.name = name
+        self.fd = fd
+        self.pinned = pinned
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def attach(name: str, prog_fd: int, cgroup_fd: int, attach_type: int,
+           pin: Path | None = None) -> Link:
+    """Attach through a link; with ``pin``, reuse (atomically update) or create a pinned one."""
+    if pin is not None and pin.exists():
+        fd = obj_get(pin)
+        try:
+            link_update(fd, prog_fd)
+        except LinkError:
+            os.close(fd)
+            raise
+        return Link(name, fd, pin)
+    fd = link_create(prog_fd, cgroup_fd, attach_type)
+    if pin is not None:
+        try:
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            obj_pin(fd, pin)
+        except OSError:
+            os.close(fd)
+            raise
+    return Link(name, fd, pin)
