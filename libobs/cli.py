@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from libobs import kernel
+from libobs.providers import ProvidersError, Rules, load_rules
 from libobs.runloop import LoopConfig, err
 from libobs.sink import default_format
 
@@ -41,6 +42,11 @@ CommOpt = Annotated[str | None, typer.Option(
 CgroupOpt = Annotated[Path | None, typer.Option(
     "--cgroup", envvar="OBS_CGROUP",
     help="Only processes in this cgroup-v2 directory or below it (filtered in the kernel).")]
+
+ProvidersOpt = Annotated[Path | None, typer.Option(
+    "--providers", envvar="OBS_PROVIDERS",
+    help="More hostname → provider rules (TOML, the format of libobs/providers.toml); "
+         "they take precedence over the packaged ones.")]
 
 
 class UsageError(Exception):
@@ -122,6 +128,14 @@ def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
         raise UsageError(f"--format must be json or human, not {fmt!r}")
     return LoopConfig(tool=tool, fmt=fmt, heartbeat_interval=heartbeat_interval,
                       heartbeat_file=heartbeat_file, duration=duration, features=features)
+
+
+def provider_rules(path: Path | None) -> Rules:
+    """The packaged provider rules plus a user's file (--providers); a bad file is a UsageError."""
+    try:
+        return load_rules(path)
+    except ProvidersError as e:
+        raise UsageError(str(e)) from None
 
 
 def main(app: typer.Typer, tool: str, argv: list[str] | None = None) -> None:
