@@ -7,7 +7,6 @@ from a command line is ever pasted into a program.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import sys
@@ -111,11 +110,19 @@ class Program:
 
     def lost(self, table: str = "lost") -> int:
         """Records the kernel side could not deliver (ring buffer full), summed over CPUs."""
+        return sum(self.lost_by_kind(table).values())
+
+    def lost_by_kind(self, table: str = "lost") -> dict[int, int]:
         try:
-            values = self.bpf[table][ctypes.c_int(0)]
+            t = self.bpf[table]
         except KeyError:
-            return 0
-        return int(sum(values))
+            return {}
+        out = {}
+        for k, values in t.items():
+            n = int(sum(values))
+            if n:
+                out[int(k.value)] = n
+        return out
 
     def attached(self) -> list[str]:
         b = self.bpf

@@ -101,6 +101,7 @@ class Loop:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         for p in self.programs:
             p.open_ring("events", self.queue.append)
+            p.open_ring("spill", self.queue.append)
         if self.cfg.heartbeat_file:
             self.heartbeat()  # liveness from the moment every probe is attached
         start = time.monotonic()
