@@ -45,6 +45,9 @@ PAYLOAD_DATA = HDR.size + PAYLOAD.size
 # struct tcp_rec: kind, len, ts, sk, ts_start, seq, ack, flags, head
 TCP = struct.Struct("<IIQQQIIH16s6x")
 
+_MIN_SIZE = {K_CONNECT: HDR.size + CONN.size, K_HELLO: PAYLOAD_DATA, K_DNS: PAYLOAD_DATA,
+             K_SEND: TCP.size, K_DATA: TCP.size, K_STATE: TCP.size}
+
 Event = dict[str, Any]
 NS = 1_000_000_000
 
@@ -106,10 +109,10 @@ def _proto(sock_type: int) -> str:
 
 
 def decode(raw: bytes) -> Connect | Payload | TcpRec | None:
-    """One ring-buffer record of bpf/net.bpf.c, or None for anything else."""
-    if len(raw) < 4:
+    """One ring-buffer record of bpf/net.bpf.c, or None for anything else (also truncated)."""
+    kind = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else -1
+    if len(raw) < _MIN_SIZE.get(kind, 1 << 30):
         return None
-    kind = int.from_bytes(raw[:4], "little")
     if kind in (K_SEND, K_DATA, K_STATE):
         k, length, ts, sk, ts_start, seq, ack, flags, head = TCP.unpack_from(raw, 0)
         return TcpRec(k, ts, sk, length, ts_start, seq, ack, bytes(head) if flags & 1 else None)
