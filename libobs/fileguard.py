@@ -10,7 +10,8 @@ Marks (libobs/fanotify.py records what was measured on this kernel):
 - A listed **directory** gets a filesystem mark on the filesystem holding it (and on every
   filesystem mounted beneath it), with ``FAN_ONDIR`` so listing it is denied too. Every open
   on those filesystems, by every process, is then a round trip to the guard, decided by the
-  resolved path fanotify reports (``Rules.match``, a ``PathIndex`` walk).
+  resolved path fanotify reports (``Rules.match``: ``PathIndex`` semantics, one dict lookup
+  per path component).
 - ``plan()`` turns the rules and what is on disk now into the marks wanted; ``Marks.apply``
   adds what is missing and removes (``FAN_MARK_REMOVE``) what no rule needs any more. It runs
   on every housekeeping tick, so a reload never leaves an unguarded window, and a listed file
@@ -35,11 +36,11 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from libobs import fanotify
-from libobs.denyfile import DenyFileWatcher, LineError, PathIndex, PathRule
+from libobs.denyfile import DenyFileWatcher, LineError, PathRule
 from libobs.events import envelope
 from libobs.fanotify import Event
 from libobs.identity import Identities
@@ -129,16 +130,32 @@ class Rules:
     """What the answering thread decides with; replaced whole, never mutated."""
 
     inodes: Mapping[Key, PathRule] = field(default_factory=dict)
-    names: PathIndex = field(default_factory=lambda: PathIndex(()))
+    names: Mapping[bytes, PathRule] = field(default_factory=dict)  # normalised paths
 
     def match(self, key: Key, path: bytes) -> PathRule | None:
         """The rule an open of ``path`` (inode ``key``) breaks, if any."""
         rule = self.inodes.get(key)
-        if rule is None:
-            rule = self.names.match(path)
+        if rule is not None or not self.names:
+            return rule
+        rule = _by_name(self.names, path)
         if rule is None and path.endswith(_DELETED):
-            rule = self.names.match(path[: -len(_DELETED)])
+            rule = _by_name(self.names, path[: -len(_DELETED)])
         return rule
+
+
+def _by_name(names: Mapping[bytes, PathRule], path: bytes) -> PathRule | None:
+    """``PathIndex.match`` for the paths the kernel reports, which are canonical already
+    (absolute, no ``//``, ``.`` or ``..``): one dict lookup per component and no normalising,
+    five times cheaper -- this runs for every open on a filesystem-marked filesystem."""
+    get = names.get
+    while True:
+        rule = get(path)
+        if rule is not None:
+            return rule
+        cut = path.rfind(b"/")
+        if cut <= 0:
+            return None  # "/" itself is never a rule
+        path = path[:cut]
 
 
 @dataclass(frozen=True)
@@ -156,17 +173,16 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
     paths). A path that does not exist yet is matched by name only and marked once it exists.
     """
     mounts = list(mounts)
-    names: list[PathRule] = []
+    names: dict[bytes, PathRule] = {}
     inodes: dict[Key, PathRule] = {}
     inode_marks: dict[Key, bytes] = {}
     fs_marks: dict[int, bytes] = {}
     for rule in rules:
-        names.append(rule)
+        names.setdefault(rule.path, rule)
         s = seen.get(rule.path)
         if s is None:
             continue
-        if s.resolved != rule.path:
-            names.append(replace(rule, path=s.resolved))
+        names.setdefault(s.resolved, rule)
         if s.is_dir:
             fs_marks.setdefault(s.dev, s.resolved)
             for m in mounts_beneath(s.resolved, mounts):
@@ -174,7 +190,7 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
         else:
             inodes.setdefault((s.dev, s.ino), rule)
             inode_marks.setdefault((s.dev, s.ino), s.resolved)
-    return Plan(Rules(inodes, PathIndex(names)), inode_marks, fs_marks)
+    return Plan(Rules(inodes, names), inode_marks, fs_marks)
 
 
 def observe(paths: Iterable[bytes]) -> dict[bytes, Seen | None]:
@@ -468,6 +484,11 @@ class Guard:
         self.rules = Rules()
         self.counters = Counters()
         self._errors = 0
+        # readlinkat() on this beats readlink("/proc/self/fd/N"): no walk through /proc/self.
+        self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self._fd_dir)
 
     def answer(self, events: list[Event]) -> None:
         rules = self.rules
@@ -505,7 +526,7 @@ class Guard:
     def check(self, ev: Event, rules: Rules) -> Hit | None:
         """The rule this event breaks, if the opener is in scope; None to allow."""
         st = os.fstat(ev.fd)
-        path = fanotify.fd_path(ev.fd)
+        path = os.readlink(b"%d" % ev.fd, dir_fd=self._fd_dir)
         rule = rules.match((st.st_dev, st.st_ino), path)
         if rule is None:
             return None
