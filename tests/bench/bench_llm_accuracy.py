@@ -18,6 +18,7 @@ within 10 ms of D, latency within 10 ms, bytes within 1 %, exactly N events per 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -101,10 +102,8 @@ def client(port: int, cafile: str, delay: int, n: int, chunks: int, interval: in
             data += app
         print(json.dumps({"pid": os.getpid(), "req_bytes": len(raw), "resp_bytes": resp_bytes,
                           "ttft": first - t_end, "latency": last - t_start}), flush=True)
-    try:
+    with contextlib.suppress(ssl.SSLError):
         tls.unwrap()
-    except ssl.SSLError:
-        pass
     sock.sendall(outgoing.read())  # close_notify
     sock.close()
 
