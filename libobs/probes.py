@@ -7,6 +7,7 @@ from a command line is ever pasted into a program.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import sys
@@ -74,6 +75,13 @@ def base_defines(ring_bytes: int) -> dict[str, int | bool]:
     return d
 
 
+def release_freed_memory() -> None:
+    """Give the heap LLVM used while compiling back to the OS (measured: 54 → 30 MiB private
+    RSS for obs-exec); glibc keeps freed memory mapped otherwise."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class Program:
     """A loaded BPF program: its ring buffer, lost counter and attachments."""
 
@@ -83,6 +91,7 @@ class Program:
         self.source = source
         self.flags = cflags(defines)
         self.bpf: Any = BPF(text=source_text(source).encode(), cflags=self.flags)
+        release_freed_memory()
         self._rings: list[tuple[RingReader, Callable[[bytes], None]]] = []
 
     def open_ring(self, name: str, callback: Callable[[bytes], None]) -> None:

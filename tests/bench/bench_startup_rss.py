@@ -1,0 +1,123 @@
+"""Start-up and memory, per tool: launch → every probe attached, launch → first event, and
+private/shared RSS right after start and after OBS_BENCH_RSS_MINUTES (default 10) of a light
+steady workload. Baseline: a bare bcc program (`BPF(text=...)` with one tracepoint) measured in
+the same run, so the ratios show what obs adds to what bcc itself costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from harness import PY, REPO, Tool, save, table
+
+TRIGGERS = {
+    "obs-exec": lambda: subprocess.run(["/bin/true"]),
+    "obs-net": lambda: _connect(),
+}
+BARE_BCC = r"""
+import sys, time
+from bcc import BPF
+b = BPF(text='TRACEPOINT_PROBE(sched, sched_process_exec) { return 0; }', cflags=["-w"])
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _connect() -> None:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        with contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", 9))
+
+
+def first_event(name: str) -> dict[str, float]:
+    t0 = time.monotonic()
+    tool = Tool(name)
+    trigger = TRIGGERS.get(name)
+    first = None
+    try:
+        deadline = time.monotonic() + 20
+        while trigger and first is None and time.monotonic() < deadline:
+            trigger()
+            if any("CollectorHeartbeat" not in e["event"] for e in tool.lines()):
+                first = time.monotonic() - t0
+            else:
+                time.sleep(0.01)
+        return {"attached_s": tool.ready_s, "first_event_s": first or float("nan")}
+    finally:
+        tool.stop()
+        tool.cleanup()
+
+
+def bare_bcc_rss(seconds: float) -> dict[str, int]:
+    from harness import rss_kib
+    p = subprocess.Popen([PY, "-c", BARE_BCC, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    p.stdout.readline()
+    rss = rss_kib(p.pid)
+    p.wait()
+    return rss
+
+
+def workload(stop: threading.Event) -> None:
+    """A light steady load: a process, a connect and a file write every 50 ms."""
+    while not stop.is_set():
+        subprocess.run(["/bin/true"])
+        _connect()
+        with open("/tmp/obs-bench-rss.txt", "w") as f:
+            f.write("x")
+        stop.wait(0.05)
+
+
+def main() -> None:
+    tools = [t for t in ("obs-exec", "obs-net", "obs-llm", "obs-ssl")
+             if (REPO / "tools" / t).exists()]
+    rows, result = [], {"tools": {}}
+    for name in tools:
+        r = first_event(name)
+        result["tools"][name] = r
+        rows.append([name, f"{r['attached_s']:.2f}", f"{r['first_event_s']:.2f}"])
+    print(table(rows, ["tool", "launch→attached s", "launch→first event s"]))
+
+    minutes = float(os.environ.get("OBS_BENCH_RSS_MINUTES", 10))
+    base = bare_bcc_rss(1)
+    running = {name: Tool(name) for name in tools}
+    stop = threading.Event()
+    load = threading.Thread(target=workload, args=(stop,), daemon=True)
+    load.start()
+    start = {n: t.rss_kib() for n, t in running.items()}
+    samples: dict[str, list[int]] = {n: [] for n in running}
+    deadline = time.monotonic() + minutes * 60
+    while time.monotonic() < deadline:
+        time.sleep(min(30, max(0.1, deadline - time.monotonic())))
+        for n, t in running.items():
+            samples[n].append(t.rss_kib().get("RssAnon", 0))
+    end = {n: t.rss_kib() for n, t in running.items()}
+    stop.set()
+    for t in running.values():
+        t.stop()
+        t.cleanup()
+    rows = []
+    for n in running:
+        a0, a1 = start[n].get("RssAnon", 0), end[n].get("RssAnon", 0)
+        result["tools"][n] |= {"rss_start_kib": start[n], "rss_end_kib": end[n],
+                               "rss_anon_samples_kib": samples[n]}
+        rows.append([n, a0 // 1024, a1 // 1024, f"{(a1 - a0) / 1024:+.1f}",
+                     end[n].get("RssFile", 0) // 1024,
+                     f"{a1 / max(1, base.get('RssAnon', 1)):.2f}"])
+    print(f"after {minutes:g} min of steady load; bare bcc program: "
+          f"RssAnon {base.get('RssAnon', 0) // 1024} MiB, RssFile {base.get('RssFile', 0) // 1024} MiB")
+    print(table(rows, ["tool", "private MiB start", "private MiB end", "growth MiB",
+                       "shared file MiB", "private vs bare bcc"]))
+    result |= {"minutes": minutes, "bare_bcc_kib": base}
+    save("startup_rss", result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
