@@ -161,18 +161,22 @@ def _by_name(names: Mapping[bytes, PathRule], path: bytes) -> PathRule | None:
 @dataclass(frozen=True)
 class Plan:
     rules: Rules
-    inode_marks: dict[Key, bytes]  # inode → a path that reaches it
+    inode_marks: dict[Key, bytes]  # inode → the listed path it is guarded for
     fs_marks: dict[int, bytes]  # st_dev → a path on that filesystem
 
 
 def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
-         mounts: Iterable[Mount] = ()) -> Plan:
+         mounts: Iterable[Mount] = (), kept: Mapping[Key, bytes] | None = None) -> Plan:
     """The rules to decide with and the marks they need, from what is on disk now.
 
     Names cover the listed path and, for a symlink, its target (fanotify reports resolved
     paths). A path that does not exist yet is matched by name only and marked once it exists.
+    ``kept``: inodes already guarded for a listed path that still have a name somewhere
+    (``Marks.kept``); they stay denied while their line stays, so renaming a listed file
+    away, or keeping another hard link to it, does not escape the rule.
     """
     mounts = list(mounts)
+    rules = list(rules)
     names: dict[bytes, PathRule] = {}
     inodes: dict[Key, PathRule] = {}
     inode_marks: dict[Key, bytes] = {}
@@ -189,7 +193,15 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
                 fs_marks.setdefault(m.dev, m.mountpoint)
         else:
             inodes.setdefault((s.dev, s.ino), rule)
-            inode_marks.setdefault((s.dev, s.ino), s.resolved)
+            inode_marks.setdefault((s.dev, s.ino), rule.path)
+    listed_rules: dict[bytes, PathRule] = {}
+    for rule in rules:
+        listed_rules.setdefault(rule.path, rule)
+    for key, listed in (kept or {}).items():
+        owner = listed_rules.get(listed)
+        if owner is not None:
+            inodes.setdefault(key, owner)
+            inode_marks.setdefault(key, listed)
     return Plan(Rules(inodes, names), inode_marks, fs_marks)
 
 
@@ -226,64 +238,102 @@ class Marks:
 
     Each target is opened O_PATH (which is no open to fanotify), checked to be the inode or
     filesystem the plan saw, and marked through /proc/self/fd/N: what is marked is what was
-    checked. No fd is kept, so marks never keep a filesystem from being unmounted. An inode
-    mark whose file has meanwhile been replaced or unlinked cannot be reached to remove it: it
-    is forgotten and stays on that orphan inode, whose opens are then allowed (no rule has its
-    key) until the kernel drops the inode.
+    checked. For a listed file that O_PATH fd is kept: it removes the mark later whatever
+    names the file has by then, and tells whether the file still has any (``kept``). It holds
+    no data open, but like any open fd it keeps that filesystem from being unmounted (lazy
+    unmounts work). Filesystem marks hold nothing; they are removed through any path on that
+    filesystem, and vanish with it when it is unmounted.
     """
 
     def __init__(self, group: MarkTarget) -> None:
         self.group = group
-        self.inodes: dict[Key, bytes] = {}
+        self.inodes: dict[Key, tuple[int, bytes]] = {}  # → (O_PATH fd, listed path)
         self.filesystems: dict[int, bytes] = {}
         self._reported: set[str] = set()
+
+    def kept(self) -> dict[Key, bytes]:
+        """Guarded inodes that still have a name, with the listed path each is guarded for."""
+        out = {}
+        for key, (fd, listed) in self.inodes.items():
+            try:
+                if os.fstat(fd).st_nlink > 0:
+                    out[key] = listed
+            except OSError:
+                pass
+        return out
 
     def apply(self, want: Plan, mounts: Iterable[Mount] = ()) -> list[str]:
         """Add missing marks, remove unneeded ones; messages for failures not reported yet."""
         errors: list[str] = []
         add, remove = fanotify.FAN_MARK_ADD, fanotify.FAN_MARK_REMOVE
-        inode, fs = fanotify.FAN_MARK_INODE, fanotify.FAN_MARK_FILESYSTEM
-        for key, path in want.inode_marks.items():
-            if key not in self.inodes and self._change(errors, add | inode, path, key):
-                self.inodes[key] = path
+        inode = fanotify.FAN_MARK_INODE
+        for key, listed in want.inode_marks.items():
+            if key not in self.inodes:
+                fd = self._open(listed, key, False)
+                if fd is not None and self._mark(errors, add | inode, fd, listed):
+                    self.inodes[key] = (fd, listed)
+                elif fd is not None:
+                    os.close(fd)
         for key in [k for k in self.inodes if k not in want.inode_marks]:
-            self._change(errors, remove | inode, self.inodes.pop(key), key)
+            fd, listed = self.inodes.pop(key)
+            self._mark(errors, remove | inode, fd, listed)
+            os.close(fd)
         for dev, path in want.fs_marks.items():
-            if dev not in self.filesystems and self._change(errors, add | fs, path, dev):
+            if dev not in self.filesystems and self._change_fs(errors, add, path, dev):
                 self.filesystems[dev] = path
         for dev in [d for d in self.filesystems if d not in want.fs_marks]:
             # Any path on that filesystem will do; none left means it was unmounted, and its
             # marks went with it.
             paths = [self.filesystems.pop(dev)] + [m.mountpoint for m in mounts if m.dev == dev]
             for path in paths:
-                if self._change(errors, remove | fs, path, dev):
+                if self._change_fs(errors, remove, path, dev):
                     break
         return errors
 
-    def _change(self, errors: list[str], flags: int, path: bytes, want: Key | int) -> bool:
-        """Mark or unmark ``path`` if it still is the inode (Key) or filesystem (st_dev) the
-        plan saw; True when done."""
-        on_fs = bool(flags & fanotify.FAN_MARK_FILESYSTEM)
+    def close(self) -> None:
+        for fd, _ in self.inodes.values():
+            os.close(fd)
+        self.inodes.clear()
+
+    @staticmethod
+    def _open(path: bytes, want: Key | int, on_fs: bool) -> int | None:
+        """An O_PATH fd on ``path`` if it still is the inode (Key) or filesystem (st_dev) the
+        plan saw; None if it is gone or was replaced meanwhile (the next plan will see that)."""
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
-            return False  # gone: the next plan will see that
+            return None
         try:
             st = os.fstat(fd)
-            if (st.st_dev if on_fs else (st.st_dev, st.st_ino)) != want:
-                return False  # replaced since it was looked at: likewise
+            if (st.st_dev if on_fs else (st.st_dev, st.st_ino)) == want:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def _change_fs(self, errors: list[str], op: int, path: bytes, dev: int) -> bool:
+        fd = self._open(path, dev, True)
+        if fd is None:
+            return False
+        try:
+            return self._mark(errors, op | fanotify.FAN_MARK_FILESYSTEM, fd, path)
+        finally:
+            os.close(fd)
+
+    def _mark(self, errors: list[str], flags: int, fd: int, path: bytes) -> bool:
+        on_fs = bool(flags & fanotify.FAN_MARK_FILESYSTEM)
+        try:
             self.group.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
         except OSError as e:
             if flags & fanotify.FAN_MARK_REMOVE:
-                return True  # nothing to remove, or no way to: either way it is not ours now
+                return True  # nothing to remove: either way it is not ours any more
             msg = (f"cannot guard {'directory' if on_fs else 'file'} {os.fsdecode(path)}: "
                    f"{e.strerror}")
             if msg not in self._reported:
                 self._reported.add(msg)
                 errors.append(msg)
             return False
-        finally:
-            os.close(fd)
         return True
 
 
@@ -587,7 +637,7 @@ class Reloader:
         seen = observe(r.path for r in self.rules)
         dirs = any(s is not None and s.is_dir for s in seen.values())
         mounts = read_mounts() if dirs or self.marks.filesystems else []
-        wanted = plan(self.rules, seen, mounts)
+        wanted = plan(self.rules, seen, mounts, self.marks.kept())
         self.guard.rules = wanted.rules
         for msg in self.marks.apply(wanted, mounts):
             self.report(msg)

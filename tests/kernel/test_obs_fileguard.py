@@ -149,8 +149,13 @@ def test_denied_open_is_eperm_and_a_denied_event(conf, tmp_path):
         assert env["identity"]["task"] == str(pid) and env["identity"]["session"]
         [ev2] = tool.wait_events("Denied", by_pid(pid2))
         assert ev2["target"] == str(link) and ev2["rule"] == str(secret)
+        os.unlink(link)
+        moved = tmp_path / "moved"
+        os.rename(secret, moved)  # a rename is no open: the guard only sees the name go
+        time.sleep(1)  # a few housekeeping ticks
+        assert open_in_child(moved)[1] == [EPERM]
     assert tool.status == 0, tool.stderr()
-    assert "2 denied" in tool.stderr()
+    assert "3 denied" in tool.stderr()
 
 
 def test_cgroup_scope_denies_only_inside(conf, tmp_path, cgroup):

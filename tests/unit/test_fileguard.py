@@ -175,22 +175,46 @@ def test_marks_add_then_remove_what_went_away(tmp_path):
     assert sorted(group.calls) == sorted([(rm, MASK, key(b)), (rm | fs, FS_MASK, key(tmp_path))])
 
 
-def test_marks_follow_a_replaced_file(tmp_path):
+def replan(marks: Marks, rules: list[PathRule]) -> None:
+    """One housekeeping tick, as Reloader.tick does it."""
+    marks.apply(plan(rules, observe(r.path for r in rules), kept=marks.kept()))
+
+
+def test_marks_follow_a_replaced_file_and_drop_the_old_one(tmp_path):
     a = tmp_path / "a"
     a.write_text("old")
     group = FakeGroup()
     marks = Marks(group)
     rules = rules_of(f"{a}\n")
     old = key(a)
-    marks.apply(plan(rules, observe([rules[0].path])))
+    replan(marks, rules)
     tmp = tmp_path / "a.new"
     tmp.write_text("new")
-    tmp.replace(a)  # an editor's save
+    tmp.replace(a)  # an editor's save: the old inode has no name left
     group.calls.clear()
-    marks.apply(plan(rules, observe([rules[0].path])))
-    # The new inode is marked; the old one is unreachable by name, so it is only forgotten.
-    assert group.calls == [(fanotify.FAN_MARK_ADD, MASK, key(a))]
-    assert list(marks.inodes) == [key(a)] and key(a) != old
+    replan(marks, rules)
+    assert group.calls == [(fanotify.FAN_MARK_ADD, MASK, key(a)),
+                           (fanotify.FAN_MARK_REMOVE, MASK, old)]
+    assert list(marks.inodes) == [key(a)]
+    marks.close()
+
+
+def test_a_listed_file_renamed_away_stays_denied_until_its_line_goes(tmp_path):
+    a = tmp_path / "a"
+    a.write_text("secret")
+    group = FakeGroup()
+    marks = Marks(group)
+    rules = rules_of(f"{a}\n")
+    replan(marks, rules)
+    moved = tmp_path / "elsewhere"
+    a.rename(moved)  # rename is no open: fanotify does not see it
+    want = plan(rules, observe([rules[0].path]), kept=marks.kept())
+    marks.apply(want)
+    assert want.rules.match(key(moved), os.fsencode(moved)) == rules[0]
+    group.calls.clear()
+    replan(marks, [])  # the line is removed: the mark goes, whatever the file's name now
+    assert group.calls == [(fanotify.FAN_MARK_REMOVE, MASK, key(moved))]
+    assert marks.inodes == {}
 
 
 def test_mark_failures_are_reported_once(tmp_path):
