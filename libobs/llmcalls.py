@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from libobs.events import Clock, duration, envelope
@@ -92,6 +92,13 @@ def tls13_finished(head: bytes | None) -> bool:
     Finished in middlebox-compatibility mode (TLS 1.2 follows its CCS with a handshake
     record)."""
     return head is not None and len(head) >= 7 and head[0] == TLS_CCS and head[6] == TLS_APPDATA
+
+
+def record_end(head: bytes | None, off: int, default: int) -> int:
+    """Where the TLS record whose header is at head[off:] ends (default when not visible)."""
+    if head is None or len(head) < off + 5:
+        return default
+    return off + 5 + int.from_bytes(head[off + 3:off + 5], "big")
 
 
 @dataclass(frozen=True)
@@ -174,19 +181,13 @@ class Connection:
         self.last_ts = s.ts
         kind = record_kind(s.head)
         if self.handshaking:
-            if kind == "hello":
-                self.hello_answered, self.hello_ts = False, s.ts
+            rest = self._handshake_send(s, kind)
+            if rest <= 0:
                 return []
-            if kind != "app":
-                self.hello_answered = None
-                if tls13_finished(s.head):
-                    self._finished(s.ts)
-                return []
-            if self.hello_answered:  # TLS 1.3 Finished sent without a compatibility CCS
-                self.hello_answered = None
-                self._finished(s.ts)
-                return []
+            # the request went out in the same write as the Finished (Node does this when
+            # it resumes a session): only its bytes belong to the exchange
             self.handshaking = False
+            s, kind = replace(s, nbytes=rest), "app"
         if kind != "app":
             return []  # alerts, renegotiation: not part of a request
         done = []
@@ -200,6 +201,24 @@ class Connection:
         self.count += 1
         self.current = Exchange(self.count, s.start_ts or s.ts, s.ts, s.nbytes, s.seq_end)
         return done
+
+    def _handshake_send(self, s: Send, kind: str) -> int:
+        """Bytes at the end of a handshake-time send that are application data."""
+        if kind == "hello":
+            self.hello_answered, self.hello_ts = False, s.ts
+            return 0
+        if kind == "app":
+            if not self.hello_answered:
+                return s.nbytes
+            self.hello_answered = None  # TLS 1.3 Finished without a compatibility CCS
+            self._finished(s.ts)
+            return s.nbytes - record_end(s.head, 0, s.nbytes)
+        self.hello_answered = None
+        if tls13_finished(s.head):
+            self._finished(s.ts)
+        if s.head is not None and s.head[0] == TLS_CCS:  # CCS, Finished, maybe the request
+            return s.nbytes - record_end(s.head, 6, s.nbytes)
+        return 0
 
     def segment(self, seg: Segment) -> list[Exchange]:
         self.last_ts = seg.ts

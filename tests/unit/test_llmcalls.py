@@ -201,6 +201,29 @@ def test_tls13_without_compatibility_ccs():
     assert e.req_bytes == 162 and e.resp_bytes == 500 and e.ttft_ns == first.ts - req.ts
 
 
+def test_finished_and_request_in_one_write():
+    # Node resuming a TLS 1.3 session: CCS (6) + Finished record (5 + 69) + request, one write
+    w = Wire()
+    w.send(682, HELLO)
+    w.recv(300, dt=MS)
+    req = w.send(80 + 307, CCS_FIN13, dt=100_000)
+    w.recv(271, dt=100_000)                       # a ticket, acking the request
+    first = w.recv(500, dt=90 * MS)
+    w.close(dt=MS)
+    [e] = w.out
+    assert (e.req_bytes, e.resp_bytes, e.ttft_ns) == (307, 500, first.ts - req.ts)
+
+
+def test_finished_without_ccs_and_request_in_one_write():
+    w = Wire()
+    w.send(517, HELLO)
+    w.recv(962, dt=MS)
+    w.send(58 + 200, bytes.fromhex("1703030035") + bytes(11), dt=100_000)  # 5 + 53 = 58
+    w.recv(500, dt=90 * MS)
+    w.close(dt=MS)
+    assert [summary(e)[:3] for e in w.out] == [(1, 200, 500)]
+
+
 def test_hello_retry_request():
     w = Wire()
     w.send(517, HELLO)
