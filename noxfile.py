@@ -53,6 +53,15 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def soak(session: nox.Session) -> None:
+    """Long runs: OBS_SOAK_MINUTES (default 30) of steady load; flat RSS, zero loss."""
+    _setup(session)
+    session.run(PY, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--timeout", "0",
+                *(session.posargs or ["tests/soak"]), external=True,
+                env={"OBS_SOAK": "1"})
+
+
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Benchmarks; each prints ratios against a baseline measured in the same run."""
     _setup(session)

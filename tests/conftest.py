@@ -3,6 +3,9 @@ import shutil
 
 import pytest
 
+# Soaks run for tens of minutes: only in `nox -s soak` (which sets OBS_SOAK=1).
+collect_ignore_glob = [] if os.environ.get("OBS_SOAK") else ["soak/*"]
+
 
 def pytest_collection_modifyitems(config, items):
     """Kernel tests need root and bcc; they skip (with the reason) only when those are truly
