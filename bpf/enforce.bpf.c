@@ -7,10 +7,14 @@
  * rule id; user space maps ids back to deny-file lines (libobs/enforce.py mirrors the structs).
  *
  * ALLOW_MODE (--deny-unclassified): after the deny map, only loopback and addresses in the
- * allow map pass; everything else is refused with RULE_UNCLASSIFIED.
+ * allow map pass; everything else is refused with RULE_UNCLASSIFIED. Without it the allow
+ * map only holds approved providers' addresses, which DNS learning must never deny.
  *
- * DNS learning: a cgroup_skb ingress program copies the payload of UDP replies from port 53
- * received by sockets of the cgroup; user space parses them (libobs/parse/dns.py).
+ * DNS learning: a cgroup_skb ingress program sees UDP replies from port 53 before the
+ * socket of the cgroup does. It copies each to user space (parsed there, with suffix and
+ * CNAME matching: libobs/parse/dns.py), and when the question is exactly a name in the
+ * `names` map it adds the A/AAAA answers to deny (or, from a trusted server, to allow)
+ * itself: so a connect() right after the lookup already meets the new address.
  */
 #include "common.h"
 
@@ -30,6 +34,9 @@
 #ifndef DNS_MAX
 #define DNS_MAX 1024 /* bytes of a DNS reply copied to user space (a power of two) */
 #endif
+#define NAME_LEN 128    /* a question name in wire format, longer ones are left to user space */
+#define MAX_ANSWERS 16
+#define MAX_NAMES 4096
 
 struct addr_key {
     u32 family;  /* 4 or 6 */
@@ -58,10 +65,20 @@ struct dns_rec {
     u8 data[DNS_MAX];
 };
 
+struct dns_name {
+    u8 b[NAME_LEN]; /* lowercase wire format (length-prefixed labels, root), zero-padded */
+};
+
+struct name_val {
+    u32 rule;
+    u8 allow;       /* answers go to allow (from a trusted server only), else to deny */
+    u8 pad[3];
+};
+
 BPF_HASH(deny, struct addr_key, struct rule_val, MAX_RULES);
-#ifdef ALLOW_MODE
 BPF_HASH(allow, struct addr_key, struct rule_val, MAX_RULES);
-#endif
+BPF_HASH(names, struct dns_name, struct name_val, MAX_NAMES);
+BPF_HASH(servers, struct addr_key, u8, 64); /* trusted DNS servers */
 
 static __always_inline int refuse(struct bpf_sock_addr *ctx, struct addr_key *k, u16 port,
                                   u8 hook, u32 rule)
@@ -139,6 +156,76 @@ int enforce_sendmsg4(struct bpf_sock_addr *ctx) { return decide4(ctx, HOOK_SENDM
 int enforce_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx, HOOK_SENDMSG6); }
 
 /* ---- DNS replies received by the cgroup (cgroup_skb ingress; never drops) ------------------ */
+
+/* An offset below DNS_MAX, masked in a way clang cannot optimise away: the verifier
+ * needs the mask even where clang can prove it redundant. Callers check offsets < n. */
+static __always_inline u64 bounded(u64 i)
+{
+    asm volatile("%0 &= %1" : "+r"(i) : "i"(DNS_MAX - 1));
+    return i;
+}
+
+static __always_inline u32 at(u8 *d, u32 i) { return d[bounded(i)]; }
+
+/* The answers to a question listed in `names`, straight into deny/allow. The name is read
+ * from the copy in d (offsets from the loop counter); answers are read from the packet with
+ * bpf_skb_load_bytes, whose offset the verifier need not track: reading them from d at
+ * data-dependent offsets multiplies its states past its limit. */
+static __always_inline void learn(struct __sk_buff *skb, u32 off, u8 *d, u32 n,
+                                  struct addr_key *src)
+{
+    if (n < 12 || !(at(d, 2) & 0x80) || at(d, 4) != 0 || at(d, 5) != 1) /* a reply, 1 question */
+        return;
+    /* Copy the question name up to its root label (the first zero byte), lowercased:
+     * length bytes are < 64 and stay as they are. A name that is not well-formed simply
+     * matches no key, which user space writes well-formed. */
+    struct dns_name name = {};
+    u32 len = 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < NAME_LEN; i++) {
+        if (12 + i >= n)
+            return;
+        u8 c = at(d, 12 + i);
+        u64 j = i;
+        asm volatile("%0 &= %1" : "+r"(j) : "i"(NAME_LEN - 1));
+        name.b[j] = (c >= 'A' && c <= 'Z') ? c + 32 : c;
+        if (c == 0) {
+            len = i + 1;
+            break;
+        }
+    }
+    if (!len)
+        return;      /* longer than NAME_LEN: user space still sees the reply */
+    struct name_val *nv = names.lookup(&name);
+    if (!nv)
+        return;
+    u32 to_allow = nv->allow;
+    if (to_allow && !servers.lookup(src))
+        return;      /* anyone in the cgroup could forge an answer; only denials are safe */
+    struct rule_val v = {.rule = nv->rule};
+    u32 ancount = (at(d, 6) << 8) | at(d, 7);
+    u32 pos = off + 12 + len + 4;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_ANSWERS; i++) {
+        u8 rr[12];   /* owner (a 2-byte pointer), type, class, ttl, rdlength */
+        if (i >= ancount || bpf_skb_load_bytes(skb, pos, rr, sizeof(rr)) || (rr[0] & 0xc0) != 0xc0)
+            break;   /* resolvers compress owner names; anything else is left to user space */
+        u32 type = (rr[2] << 8) | rr[3];
+        u32 rdlen = (rr[10] << 8) | rr[11];
+        struct addr_key k = {};
+        if ((type == 1 && rdlen == 4) || (type == 28 && rdlen == 16)) {
+            k.family = rdlen == 4 ? 4 : 6;
+            if (bpf_skb_load_bytes(skb, pos + 12, k.addr, rdlen == 4 ? 4 : 16))
+                break;
+            if (to_allow)
+                allow.update(&k, &v);
+            else if (!allow.lookup(&k))
+                deny.insert(&k, &v); /* an existing entry (a deny-file line) keeps its rule */
+        }
+        pos += 12 + rdlen;
+    }
+}
+
 int enforce_dns(struct __sk_buff *skb)
 {
     struct addr_key src = {};
@@ -185,6 +272,7 @@ int enforce_dns(struct __sk_buff *skb)
         return 1;
     }
     r->h.len = n;
+    learn(skb, off, r->data, n, &src);
     events.ringbuf_submit(r, 0);
     return 1;
 }

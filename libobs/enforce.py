@@ -18,9 +18,13 @@ Where the map contents come from, in order of precedence:
 3. allow mode (--deny-unclassified): approved providers' addresses, and the trusted DNS
    servers on port 53. Loopback always passes (local services are not egress).
 
-Only DNS answers whose source is a trusted DNS server may add to the allow map: anything in
-the cgroup could otherwise answer itself "api.anthropic.com is 203.0.113.9" and open a hole.
-Any port-53 answer may add denials: a forged one can only make the cage stricter.
+DNS answers are learned twice. The kernel adds the A/AAAA answers to a question that is
+exactly a listed name (the ``names`` map) before the socket receives the reply, so the
+connect() that follows the lookup already meets them; user space then parses every reply
+(suffixes, CNAME chains) and reconciles the maps. Only answers from a trusted DNS server may
+add to the allow map: anything in the cgroup could otherwise answer itself
+"api.anthropic.com is 203.0.113.9" and open a hole. Any port-53 answer may add denials: a
+forged one can only make the cage stricter.
 """
 
 from __future__ import annotations
@@ -60,10 +64,12 @@ HDR_SIZE = 72                              # struct obs_hdr
 KEY = struct.Struct("<I16s")               # struct addr_key {u32 family; u32 addr[4]}
 VAL = struct.Struct("<IHH")                # struct rule_val {u32 rule; u16 port; u16 pad}
 DENIED = struct.Struct("<I16sIHBB")        # denied_rec after the header
-DENIED_SIZE = 104                          # sizeof(struct denied_rec), 8-byte aligned
 DNS_HEAD = struct.Struct("<I16sI")         # dns_rec after the header: src key, pad
 DNS_DATA = HDR_SIZE + DNS_HEAD.size        # 96
-HOOKS = {1: "connect4", 2: "connect6", 3: "sendmsg4", 4: "sendmsg6"}
+NAME_LEN = 128                             # struct dns_name
+NAME_VAL = struct.Struct("<IB3x")          # struct name_val {u32 rule; u8 allow; u8 pad[3]}
+TRUSTED = b"\x01"                          # value in the servers map
+TABLES = ("deny", "allow", "names", "servers")
 PROTOCOLS = {6: "tcp", 17: "udp"}
 
 Key = tuple[int, bytes]  # (4 | 6, 16 address bytes; IPv4 in the first 4)
@@ -87,6 +93,16 @@ def key_ip(key: Key) -> IPAddress:
 
 def key_bytes(key: Key) -> bytes:
     return KEY.pack(*key)
+
+
+def wire_name(host: str) -> bytes | None:
+    """The names-map key of a normalised hostname: DNS wire format, zero-padded; None if it
+    does not fit (such names are matched in user space only)."""
+    labels = [label.encode("ascii") for label in host.split(".") if label]
+    wire = b"".join(bytes([len(lb)]) + lb for lb in labels) + b"\0"
+    if any(len(lb) > 63 for lb in labels) or len(wire) > NAME_LEN:
+        return None
+    return wire.ljust(NAME_LEN, b"\0")
 
 
 def target(key: Key, port: int) -> str:
@@ -133,27 +149,41 @@ def plan_maps(
     servers: Iterable[tuple[IPAddress, Rule]],
     allow_mode: bool,
 ) -> tuple[dict[Key, Entry], dict[Key, Entry]]:
-    """The deny and allow map contents, by the precedence in the module docstring."""
+    """The deny and allow map contents, by the precedence in the module docstring. Approved
+    addresses are in the allow map in both modes: there the kernel's DNS learning sees that
+    it must not deny them; only in allow mode do they decide a connect()."""
     deny: dict[Key, Entry] = {}
     for ip, rule in lines:
         deny.setdefault(key_of(ip), Entry(rule))
-    approved = list(approved)
-    shared = {key_of(ip) for ip, _ in approved}
+    allow: dict[Key, Entry] = {}
+    for ip, rule in approved:
+        allow.setdefault(key_of(ip), Entry(rule))
     for ip, rule in unapproved:
         k = key_of(ip)
-        if k not in shared:
+        if k not in allow:
             deny.setdefault(k, Entry(rule))
-    allow: dict[Key, Entry] = {}
     if allow_mode:
-        for ip, rule in approved:
-            allow.setdefault(key_of(ip), Entry(rule))
         for ip, rule in servers:
             allow.setdefault(key_of(ip), Entry(rule, DNS_PORT))
     return deny, allow
 
 
-def diff(current: Mapping[Key, bytes], desired: Mapping[Key, bytes]
-         ) -> tuple[dict[Key, bytes], list[Key]]:
+def plan_names(lines: Iterable[tuple[str, Rule]], providers: Iterable[tuple[str, Rule, bool]],
+               allow_mode: bool) -> dict[bytes, tuple[Rule, bool]]:
+    """names-map contents: wire name -> (rule, answers go to allow). Deny-file hostnames
+    first; approved providers' names only in allow mode (elsewhere allowing is the default)."""
+    out: dict[bytes, tuple[Rule, bool]] = {}
+    for host, rule in lines:
+        if (key := wire_name(host)) is not None:
+            out.setdefault(key, (rule, False))
+    for host, rule, approved in providers:
+        if (key := wire_name(host)) is not None and (allow_mode or not approved):
+            out.setdefault(key, (rule, approved))
+    return out
+
+
+def diff(current: Mapping[bytes, bytes], desired: Mapping[bytes, bytes]
+         ) -> tuple[dict[bytes, bytes], list[bytes]]:
     """(entries to write, keys to delete) turning ``current`` into ``desired``."""
     upserts = {k: v for k, v in desired.items() if current.get(k) != v}
     return upserts, [k for k in current if k not in desired]
@@ -194,6 +224,8 @@ class Decoder:
         self.identities = identities or Identities()
 
     def __call__(self, raw: bytes) -> Iterator[dict[str, Any]]:
+        if len(raw) < HDR_SIZE:
+            return
         h = hdr(raw)
         if h.kind == K_DNS:
             reply = decode_dns(raw)
@@ -282,6 +314,14 @@ class ResolverPool:
         return out
 
 
+class Lookups(Protocol):
+    """What the Enforcer needs of a ResolverPool (tests pass a synchronous one)."""
+
+    def submit(self, names: Iterable[str]) -> None: ...
+
+    def collect(self, timeout: float = 0.0) -> list[tuple[str, Resolved]]: ...
+
+
 class MapWriter(Protocol):
     def update(self, table: str, key: bytes, value: bytes) -> None: ...
 
@@ -289,12 +329,12 @@ class MapWriter(Protocol):
 
 
 class Enforcer:
-    """Keeps the kernel's deny/allow maps equal to what the policies say, as inputs change:
-    deny-file reloads, finished lookups, DNS answers read inside the cgroup."""
+    """Keeps the kernel's maps equal to what the policies say as inputs change: deny-file
+    reloads, finished lookups, DNS answers read inside the cgroup."""
 
     def __init__(self, *, watcher: DenyFileWatcher[EgressRule] | None,
                  providers: ProviderPolicy | None, rules: ProviderRules,
-                 servers: list[IPAddress], pool: ResolverPool,
+                 servers: list[IPAddress], pool: Lookups,
                  report: Callable[[str], None], max_learned: int = MAX_LEARNED):
         self.watcher, self.providers, self.rules = watcher, providers, rules
         self.servers, self.pool, self.report = servers, pool, report
@@ -304,13 +344,14 @@ class Enforcer:
         self.denylist = DenyListPolicy(guard=GUARD)
         self._egress: list[EgressRule] = []
         self._resolved: dict[str, list[IPAddress]] = {}   # last good lookup per hostname
+        self._host_rules: dict[str, tuple[bool, Rule] | None] = {}
         self._learned_lines: OrderedDict[IPAddress, Rule] = OrderedDict()
         # (address, provider hostname) seen in DNS answers -> whether a trusted server said so
         self._learned_hosts: OrderedDict[tuple[IPAddress, str], bool] = OrderedDict()
-        self._current: dict[str, dict[Key, bytes]] = {"deny": {}, "allow": {}}
+        self._current: dict[str, dict[bytes, bytes]] = {t: {} for t in TABLES}
+        self._full: set[str] = set()
         self._next_refresh = 0.0
         self.dirty = True
-        self.full = False
 
     # -- inputs
     def provider_hostnames(self) -> list[str]:
@@ -352,16 +393,19 @@ class Enforcer:
         return list(dict.fromkeys(names + self.provider_hostnames()))
 
     def _reload(self, update: Update[EgressRule]) -> None:
-        name = self.watcher.path if self.watcher else "deny-file"
         if update.error:
             self.report(f"{update.error}; keeping the previous policy")
             return
         for e in update.errors:
-            self.report(f"{name}:{e.lineno}: {e.reason}: {e.line!r} (skipped)")
+            self.report(f"{self._path}:{e.lineno}: {e.reason}: {e.line!r} (skipped)")
         self._egress = update.rules
         self._learned_lines.clear()  # learned for the old lines; re-learned for the new ones
         self._rebuild_denylist()
         self.pool.submit(str(r.value) for r in update.rules if r.kind == "host")
+
+    @property
+    def _path(self) -> str:
+        return self.watcher.path if self.watcher else "deny-file"
 
     def _rebuild_denylist(self) -> None:
         def cached(host: str) -> list[IPAddress]:
@@ -377,10 +421,10 @@ class Enforcer:
         changed = False
         for host, result in results:
             if isinstance(result, str):
-                if host in lines and self.watcher is not None:
+                if host in lines:
                     kept = len(self._resolved.get(host, []))
-                    self.report(f"{self.watcher.path}:{lines[host].lineno}: cannot resolve "
-                                f"{host}: {result} (keeping {kept} earlier address(es))")
+                    self.report(f"{self._path}:{lines[host].lineno}: cannot resolve {host}: "
+                                f"{result} (keeping {kept} earlier address(es))")
                 continue
             if self._resolved.get(host) != result:
                 self._resolved[host] = result
@@ -399,52 +443,78 @@ class Enforcer:
         if not ips:
             return
         for ip in ips:
+            # The kernel may have added these itself: have the next sync check them.
+            for table in ("deny", "allow"):
+                self._current[table].setdefault(key_bytes(key_of(ip)), b"")
             for name in names:
                 v = self.denylist.egress(ip, 0, name)
                 if not v.allow and v.rule is not None:
                     _lru_put(self._learned_lines, ip, Rule(v.rule), self.max_learned)
-                    self.dirty = True
                     break
-        host = next((n for n in names if self.rules.classify(n)), None)
-        if host is None or self.providers is None:
+        self.dirty = True
+        host = next((n for n in names if self._host_rule(n)), None)
+        if host is None:
             return
         trusted = key_of(reply.server) in {key_of(s) for s in self.servers}
         for ip in ips:
             before = self._learned_hosts.get((ip, host), False)
             _lru_put(self._learned_hosts, (ip, host), before or trusted, self.max_learned)
-        self.dirty = True
 
     # -- output
+    def _host_rule(self, host: str) -> tuple[bool, Rule] | None:
+        """(approved, rule) for a provider's hostname; None if it is no provider's."""
+        if self.providers is None:
+            return None
+        if host not in self._host_rules:
+            provider = self.rules.classify(host)
+            hit = None
+            if provider is not None:
+                v = self.providers.egress(_ANY, 0, host)  # with a host, the address is unused
+                hit = v.allow, Rule(v.rule or f"provider:{provider}", provider)
+            self._host_rules[host] = hit
+        return self._host_rules[host]
+
     def _provider_addresses(self) -> tuple[list[tuple[IPAddress, Rule]],
                                            list[tuple[IPAddress, Rule]]]:
-        """(unapproved, approved) addresses with the rule that names them."""
+        """(unapproved, approved) addresses with the rule that names them. Up-front lookups
+        are trusted; an answer read inside the cgroup only if a trusted server sent it:
+        untrusted answers may add denials, never allowances."""
         unapproved: list[tuple[IPAddress, Rule]] = []
         approved: list[tuple[IPAddress, Rule]] = []
-        if self.providers is None:
-            return unapproved, approved
-        # Up-front lookups are trusted; an answer read inside the cgroup only if a trusted
-        # server sent it. Untrusted answers may add denials, never allowances.
         pairs = [(ip, h, True) for h in self.provider_hostnames()
                  for ip in self._resolved.get(h, [])]
         pairs += [(ip, h, trusted) for (ip, h), trusted in self._learned_hosts.items()]
         for ip, host, trusted in pairs:
-            provider = self.rules.classify(host)
-            if provider is None:
+            hit = self._host_rule(host)
+            if hit is None:
                 continue
-            v = self.providers.egress(ip, 0, host)
-            rule = Rule(v.rule or f"provider:{provider}", provider)
-            if not v.allow:
+            ok, rule = hit
+            if not ok:
                 unapproved.append((ip, rule))
             elif trusted:
                 approved.append((ip, rule))
         return unapproved, approved
 
-    def desired(self) -> tuple[dict[Key, Entry], dict[Key, Entry]]:
+    def desired(self) -> dict[str, dict[bytes, bytes]]:
+        """Every map's contents, packed as the kernel reads them."""
         lines = [(ip, Rule(line)) for ip, line in sorted(self.denylist.ip_rules(), key=_order)]
         lines += list(self._learned_lines.items())
         unapproved, approved = self._provider_addresses()
         servers = [(ip, Rule("policy:dns-server")) for ip in self.servers]
-        return plan_maps(lines, unapproved, approved, servers, self.allow_mode)
+        deny, allow = plan_maps(lines, unapproved, approved, servers, self.allow_mode)
+        hosts = [(str(r.value), Rule(r.line)) for r in self._egress if r.kind == "host"]
+        providers = [(h, hit[1], hit[0]) for h in self.provider_hostnames()
+                     if (hit := self._host_rule(h)) is not None]
+        names = plan_names(hosts, providers, self.allow_mode)
+        return {
+            "deny": {key_bytes(k): self._val(e) for k, e in deny.items()},
+            "allow": {key_bytes(k): self._val(e) for k, e in allow.items()},
+            "names": {k: NAME_VAL.pack(self.ids.id(r), ok) for k, (r, ok) in names.items()},
+            "servers": {key_bytes(key_of(ip)): TRUSTED for ip in self.servers},
+        }
+
+    def _val(self, e: Entry) -> bytes:
+        return VAL.pack(self.ids.id(e.rule), e.port, 0)
 
     def sync(self, maps: MapWriter) -> None:
         """Write what changed: new and changed entries first, then deletions, so an address
@@ -452,24 +522,24 @@ class Enforcer:
         if not self.dirty:
             return
         self.dirty = False
-        for table, entries in zip(("deny", "allow"), self.desired(), strict=True):
-            if table == "allow" and not self.allow_mode:
-                continue
-            want = {k: VAL.pack(self.ids.id(e.rule), e.port, 0) for k, e in entries.items()}
+        for table, want in self.desired().items():
             current = self._current[table]
             upserts, deletes = diff(current, want)
             for k, v in upserts.items():
                 try:
-                    maps.update(table, key_bytes(k), v)
+                    maps.update(table, k, v)
                 except Exception as e:  # map full: the rest of the policy still applies
-                    if not self.full:
-                        self.report(f"cannot add {key_ip(k)} to the {table} map: {e}")
-                    self.full = True
+                    if table not in self._full:
+                        self.report(f"cannot add to the {table} map (full?): {e}")
+                    self._full.add(table)
                     continue
                 current[k] = v
             for k in deletes:
-                maps.delete(table, key_bytes(k))
+                maps.delete(table, k)
                 del current[k]
+
+
+_ANY = ipaddress.IPv4Address(0)
 
 
 def _order(item: tuple[IPAddress, str]) -> tuple[int, int]:

@@ -82,6 +82,10 @@ elif action == "udpconn":
     out["errno"] = udp(*args, connected=True)
 elif action == "dns":
     out["answers"] = dns(*args)
+elif action == "dnsconnect":  # look up, then connect at once: no time for user space
+    server, name, host, port, mode = args
+    out["answers"] = dns(server, name)
+    out["errno"] = tcp(host, port, mode == "block")
 elif action == "until":  # dns first if asked, then connect until the errno changes to `want`
     host, port, want, deadline = args[0], args[1], int(args[2]), float(args[3])
     blocking = args[4] == "block"
@@ -319,7 +323,7 @@ class FakeDns:
                 continue
             q = d.DNSRecord.parse(data)
             reply = q.reply()
-            name = str(q.q.qname).rstrip(".")
+            name = str(q.q.qname).rstrip(".").lower()
             if name in self.table:
                 reply.add_answer(d.RR(q.q.qname, d.QTYPE.A, rdata=d.A(self.table[name]), ttl=60))
             self.sock.sendto(reply.pack(), peer)
@@ -333,6 +337,8 @@ class FakeDns:
 @pytest.fixture
 def dns_servers() -> Iterator[None]:
     trusted = FakeDns("127.0.0.65", {"api.mistral.ai": "127.0.0.72",
+                                     "console.mistral.ai": "127.0.0.74",
+                                     "blocked.obs-enforce.test": "127.0.0.75",
                                      "api.anthropic.com": "198.51.100.9"})
     untrusted = FakeDns("127.0.0.66", {"api.anthropic.com": "198.51.100.10"})
     yield
@@ -349,13 +355,31 @@ def until(cg: Path, host: str, port: int, want: int, *dns: str, block: bool = Tr
     return json.loads(p.stdout.splitlines()[-1])
 
 
-def test_provider_addresses_learned_from_dns_answers_in_the_cgroup(cgroup, dns_servers):
-    with running("obs-enforce", str(cgroup), "--allow-provider", "Anthropic",
+def test_dns_answers_in_the_cgroup_are_denied_before_they_are_read(cgroup, denyfile,
+                                                                   dns_servers):
+    """An exact listed name: the kernel learns the answer before the resolver returns it."""
+    write(denyfile, "blocked.obs-enforce.test\n")
+    with running("obs-enforce", str(cgroup), str(denyfile), "--allow-provider", "Anthropic",
                  "--dns-server", "127.0.0.65") as tool:
-        assert client(cgroup, "tcp", "127.0.0.72", PORT)["errno"] == errno.ECONNREFUSED
-        r = until(cgroup, "127.0.0.72", PORT, errno.EPERM, "127.0.0.65", "api.mistral.ai")
-        assert r["answers"] == ["127.0.0.72"]
+        for host in ("127.0.0.72", "127.0.0.75"):
+            assert client(cgroup, "tcp", host, PORT)["errno"] == errno.ECONNREFUSED
+        r = client(cgroup, "dnsconnect", "127.0.0.65", "API.Mistral.ai", "127.0.0.72", PORT,
+                   "block")
+        assert r["answers"] == ["127.0.0.72"] and r["errno"] == errno.EPERM
+        [ev] = tool.wait_events("Denied", lambda f: f["pid"] == r["pid"])
+        assert ev["rule"] == "provider:Mistral not allowed"
+        assert ev["_env"]["provider"] == "Mistral"
+        r = client(cgroup, "dnsconnect", "127.0.0.65", "blocked.obs-enforce.test",
+                   "127.0.0.75", PORT, "block")
         assert r["errno"] == errno.EPERM
+        [ev] = tool.wait_events("Denied", lambda f: f["pid"] == r["pid"])
+        assert ev["rule"] == "blocked.obs-enforce.test"
+
+
+def test_dns_answers_for_a_provider_subdomain_are_learned_in_user_space(cgroup, dns_servers):
+    with running("obs-enforce", str(cgroup), "--allow-provider", "Anthropic") as tool:
+        r = until(cgroup, "127.0.0.74", PORT, errno.EPERM, "127.0.0.65", "console.mistral.ai")
+        assert r["answers"] == ["127.0.0.74"] and r["errno"] == errno.EPERM
         evs = tool.wait_events("Denied", lambda f: f["pid"] == r["pid"])
         assert evs[0]["rule"] == "provider:Mistral not allowed"
 
@@ -375,15 +399,18 @@ def test_deny_unclassified_allows_only_approved_providers(cgroup, dns_servers):
             assert client("-", "tcpnb", "198.51.100.8", 443)["errno"] == errno.EINPROGRESS
             [ev] = tool.wait_events("Denied", lambda f: f["pid"] == r["pid"])
             assert ev["rule"] == "policy:deny-unclassified" and ev["_env"]["provider"] is None
-            # A trusted server's answer for an approved name opens its address...
-            ok = until(cgroup, "198.51.100.9", 443, errno.EINPROGRESS, "127.0.0.65",
-                       "api.anthropic.com", block=False)
+            # A trusted server's answer for an approved name opens its address at once...
+            assert client(cgroup, "tcpnb", "198.51.100.9", 443)["errno"] == errno.EPERM
+            ok = client(cgroup, "dnsconnect", "127.0.0.65", "api.anthropic.com",
+                        "198.51.100.9", 443, "nb")
             assert ok["answers"] == ["198.51.100.9"] and ok["errno"] == errno.EINPROGRESS
             # ...an answer from anyone else does not.
-            assert client(cgroup, "dns", "127.0.0.66", "api.anthropic.com")["answers"] == [
-                "198.51.100.10"]
-            time.sleep(0.5)
+            bad = client(cgroup, "dnsconnect", "127.0.0.66", "api.anthropic.com",
+                         "198.51.100.10", 443, "nb")
+            assert bad["answers"] == ["198.51.100.10"] and bad["errno"] == errno.EPERM
+            time.sleep(0.5)  # nor does user space, once it has read the answer
             assert client(cgroup, "tcpnb", "198.51.100.10", 443)["errno"] == errno.EPERM
+            assert client(cgroup, "tcpnb", "198.51.100.9", 443)["errno"] == errno.EINPROGRESS
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -404,3 +431,21 @@ def test_denyfile_writable_by_others_is_refused(cgroup, denyfile):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "writable by group or others" in p.stderr
     assert attached(cgroup) == []
+
+
+def test_map_layouts_match_the_c():
+    from libobs import enforce, probes
+
+    prog = probes.Program("enforce.bpf.c", probes.base_defines(1 << 20))
+    try:
+        import ctypes
+
+        b = prog.bpf
+        for table in ("deny", "allow"):
+            assert ctypes.sizeof(b[table].Key) == enforce.KEY.size
+            assert ctypes.sizeof(b[table].Leaf) == enforce.VAL.size
+        assert ctypes.sizeof(b["names"].Key) == enforce.NAME_LEN
+        assert ctypes.sizeof(b["names"].Leaf) == enforce.NAME_VAL.size
+        assert ctypes.sizeof(b["servers"].Key) == enforce.KEY.size
+    finally:
+        prog.close()
