@@ -205,17 +205,25 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
     return Plan(Rules(inodes, names), inode_marks, fs_marks)
 
 
-def observe(paths: Iterable[bytes]) -> dict[bytes, Seen | None]:
-    """stat() each path (following symlinks); None where nothing is there (yet)."""
+def observe(paths: Iterable[bytes],
+            resolved: dict[tuple[bytes, Key], bytes] | None = None) -> dict[bytes, Seen | None]:
+    """stat() each path (following symlinks); None where nothing is there (yet).
+
+    ``resolved`` caches realpath() (one lstat per component) per path and inode, so a long
+    list costs one stat per path and tick once nothing changes."""
+    cache = {} if resolved is None else resolved
     seen: dict[bytes, Seen | None] = {}
     for path in paths:
         try:
             st = os.stat(path)
-            resolved = os.path.realpath(path)
+            key = (path, (st.st_dev, st.st_ino))
+            real = cache.get(key)
+            if real is None:
+                real = cache[key] = os.path.realpath(path)
         except (OSError, ValueError):
             seen[path] = None
             continue
-        seen[path] = Seen(resolved, st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
+        seen[path] = Seen(real, st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
     return seen
 
 
@@ -614,18 +622,29 @@ class Guard:
 class Reloader:
     """The housekeeping tick: re-read the deny-file when it changed, look at the disk, hand the
     answering thread new rules, then bring the marks in step (rules first: a new mark's first
-    event already finds its rule; a removed rule stops denying before its mark goes)."""
+    event already finds its rule; a removed rule stops denying before its mark goes).
+
+    Looking at the disk is skipped until ``BUDGET`` times its last cost has passed, so a long
+    list cannot keep the housekeeper (and the GIL) busy; a changed deny-file is applied at once.
+    """
+
+    BUDGET = 10
 
     def __init__(self, watcher: DenyFileWatcher[PathRule], rules: list[PathRule], marks: Marks,
-                 guard: Guard, report: Callable[[str], None]) -> None:
+                 guard: Guard, report: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.watcher = watcher
         self.rules = rules
         self.marks = marks
         self.guard = guard
         self.report = report
+        self.clock = clock
+        self._resolved: dict[tuple[bytes, Key], bytes] = {}
+        self._due = float("-inf")
 
     def tick(self, now: float) -> None:
         update = self.watcher.poll()
+        changed = False
         if update is not None:
             if update.error:
                 self.report(f"{update.error}; keeping the previous list")
@@ -633,11 +652,19 @@ class Reloader:
                 for e in update.errors:
                     self.report(line_error_text(self.watcher.path, e))
                 self.rules = update.rules
+                self._resolved.clear()
+                changed = True
                 self.report(f"{self.watcher.path}: {len(self.rules)} rule(s)")
-        seen = observe(r.path for r in self.rules)
+        if not changed and now < self._due:
+            return
+        start = self.clock()
+        seen = observe((r.path for r in self.rules), self._resolved)
         dirs = any(s is not None and s.is_dir for s in seen.values())
         mounts = read_mounts() if dirs or self.marks.filesystems else []
         wanted = plan(self.rules, seen, mounts, self.marks.kept())
         self.guard.rules = wanted.rules
         for msg in self.marks.apply(wanted, mounts):
             self.report(msg)
+        if len(self._resolved) > 4 * len(self.rules) + 64:
+            self._resolved.clear()  # entries of replaced files
+        self._due = now + self.BUDGET * (self.clock() - start)

@@ -63,12 +63,18 @@ class Group:
 
 
 class Outbox:
-    """Events and messages from the answerer to the housekeeper; put() never blocks."""
+    """Events and messages from the answerer to the housekeeper; put() never blocks. Bounded:
+    if the housekeeper stops taking them (stuck output), new events are counted, not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_items: int = 100_000) -> None:
         self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.max_items = max_items
+        self.dropped = 0
 
     def event(self, ev: dict[str, Any]) -> None:
+        if self._q.qsize() >= self.max_items:
+            self.dropped += 1
+            return
         self._q.put(("event", ev))
 
     def error(self, msg: str) -> None:
@@ -189,7 +195,7 @@ class GuardLoop:
             collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached,
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,
             counts=self.sink.counts, dropped=self.dropped(),
-            output_dropped=self.sink.output_dropped)
+            output_dropped=self.sink.output_dropped + self.outbox.dropped)
         if self.cfg.heartbeat_file:
             try:
                 write_liveness(self.cfg.heartbeat_file, ev)

@@ -457,3 +457,65 @@ def test_reloader_reports_bad_lines_and_swaps_rules(tmp_path, answered):
     reloader.tick(2)
     assert "keeping the previous list" in reports[-1]
     assert g.rules.match((0, 0), os.fsencode(tmp_path / "b")) is not None
+
+
+def test_reloader_backs_off_when_looking_at_the_disk_is_costly(tmp_path, answered):
+    fan, _ = answered
+    conf = tmp_path / "conf"
+    conf.mkdir(mode=0o700)
+    deny = conf / "deny"
+    deny.write_text(f"{tmp_path}/a\n")
+    watcher = DenyFileWatcher(deny, parse_paths, interval=0)
+    first = watcher.poll()
+    assert first is not None
+    g = Guard(fan, Box(), Enricher("h", None), me=ME)
+    clock = Clock()
+    ticks: list[float] = []
+
+    def slow() -> float:  # every look at the disk "takes" 0.1 s
+        ticks.append(clock.t)
+        clock.t += 0.1
+        return clock.t
+
+    reloader = Reloader(watcher, first.rules, Marks(FakeGroup()), g, lambda m: None, clock=slow)
+    for now in (0.0, 0.5, 1.2):
+        reloader.tick(now)
+    assert len(ticks) == 4  # at 0 and 1.2 (due at 0 + 10 * 0.1 = 1.0), two clock reads each
+    deny.write_text(f"{tmp_path}/b\n")
+    reloader.tick(1.3)  # a changed list is applied at once
+    assert len(ticks) == 6
+    assert g.rules.match((0, 0), os.fsencode(tmp_path / "b")) is not None
+
+
+def test_observe_caches_realpath_per_inode(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    calls: list[bytes] = []
+    real = os.path.realpath
+
+    def counting(p: Any) -> Any:
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    cache: dict[tuple[bytes, tuple[int, int]], bytes] = {}
+    path = os.fsencode(tmp_path / "d")
+    observe([path], cache)
+    observe([path], cache)
+    assert len(calls) == 1
+    (tmp_path / "d").rename(tmp_path / "old")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new").rename(tmp_path / "d")  # another inode under the name: resolved again
+    observe([path], cache)
+    assert len(calls) == 2
+
+
+def test_outbox_is_bounded():
+    from libobs.guardloop import Outbox
+
+    box = Outbox(max_items=2)
+    for i in range(5):
+        box.event({"n": i})
+    box.error("still delivered")
+    got = [box.get(0) for _ in range(4)]
+    assert got == [("event", {"n": 0}), ("event", {"n": 1}), ("error", "still delivered"), None]
+    assert box.dropped == 3
