@@ -1,0 +1,211 @@
+"""tools/obs-merge as a real process, on real pipes, FIFOs and files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+REPO = Path(__file__).parents[2]
+TOOL = [sys.executable, str(REPO / "tools" / "obs-merge")]
+FIXTURES = REPO / "tests" / "fixtures"
+SESSION = "4100@8123456"
+
+
+def parse(out: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in out.splitlines()]
+
+
+def feed_fifo(path: Path, data: bytes) -> threading.Thread:
+    def run() -> None:
+        with open(path, "wb") as f:  # blocks until obs-merge opens the FIFO
+            f.write(data)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_two_fifos_two_files_and_stdin_merge_into_one_ordered_stream(tmp_path: Path) -> None:
+    fifos = [tmp_path / "exec.fifo", tmp_path / "net.fifo"]
+    for f in fifos:
+        os.mkfifo(f)
+    proc = subprocess.Popen(
+        [*TOOL, "--format", "json", str(fifos[0]), str(fifos[1]),
+         str(FIXTURES / "agent_ssl.ndjson"), str(FIXTURES / "agent_enforce.ndjson"), "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writers = [feed_fifo(fifos[0], (FIXTURES / "agent_exec.ndjson").read_bytes()),
+               feed_fifo(fifos[1], (FIXTURES / "agent_net.ndjson").read_bytes())]
+    out, err = proc.communicate((FIXTURES / "agent_llm.ndjson").read_bytes(), timeout=60)
+    for w in writers:
+        w.join(5)
+    assert proc.returncode == 0 and err == b""
+    events = parse(out)
+    assert len(events) == 43
+    stamps = [e["ts"] for e in events]
+    assert stamps == sorted(stamps)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_kind.setdefault(next(iter(e["event"])), []).append(e)
+    git = [e for e in by_kind["ToolExec"] if e["event"]["ToolExec"]["comm"] == "git"]
+    assert git[0]["identity"] == {"agent": "python3", "task": "4120", "session": SESSION}
+    first_exec = by_kind["ToolExec"][0]  # the agent's own, 0.2 s before its first LLM egress
+    assert first_exec["identity"]["session"] == SESSION
+    assert all(e["event"]["LlmCall"]["model"] == "claude-sonnet-4-5-20250929"
+               for e in by_kind["LlmCall"])
+    assert [e["event"]["Egress"]["hostname"] for e in by_kind["Egress"]] == [
+        "api.anthropic.com", "github.com", "pypi.org"]
+    logrotate = [e for e in events if e.get("process", {}).get("comm") == "logrotate"]
+    assert {e["identity"]["session"] for e in logrotate} == {"5200@8124520"}  # not the agent's
+
+
+def test_process_substitution_and_overlapping_sources_are_deduplicated() -> None:
+    exec_ = FIXTURES / "agent_exec.ndjson"
+    script = f'"$@" <(cat {exec_}) <(cat {exec_}) {exec_}'
+    res = subprocess.run(["bash", "-c", script, "bash", *TOOL, "--format", "json"],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == b""
+    assert len(parse(res.stdout)) == 24
+
+
+def many_events(path: Path, n: int) -> Path:
+    ev = orjson.loads((FIXTURES / "agent_exec.ndjson").read_bytes().splitlines()[1])
+    with path.open("wb") as f:
+        for i in range(n):
+            ev["ts"] += 1000
+            ev["event"]["FileAccess"]["path"] = f"/tmp/f{i}"
+            f.write(orjson.dumps(ev) + b"\n")
+    return path
+
+
+def test_head_closing_the_pipe_exits_quietly_with_status_0(tmp_path: Path) -> None:
+    big = many_events(tmp_path / "big.ndjson", 20_000)
+    merge = subprocess.Popen([*TOOL, str(big)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=merge.stdout, stdout=subprocess.PIPE)
+    assert merge.stdout is not None and merge.stderr is not None
+    merge.stdout.close()
+    first, _ = head.communicate(timeout=60)
+    err = merge.stderr.read()
+    assert merge.wait(timeout=60) == 0
+    assert err == b""
+    assert orjson.loads(first)["event"]["FileAccess"]["path"] == "/tmp/f0"
+
+
+def test_a_slow_reader_slows_obs_merge_down_and_loses_nothing(tmp_path: Path) -> None:
+    # More output than the sink would buffer (16 MiB) while nobody reads it.
+    big = many_events(tmp_path / "big.ndjson", 45_000)
+    proc = subprocess.Popen([*TOOL, "--format", "json", str(big)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    time.sleep(2)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b""
+    assert out.count(b"\n") == 45_000
+
+
+def test_bad_lines_are_reported_with_source_and_line_and_skipped() -> None:
+    res = subprocess.run([*TOOL, "--format", "json", "-"], capture_output=True, timeout=60,
+                         input=(FIXTURES / "bad_lines.ndjson").read_bytes())
+    assert res.returncode == 0
+    assert res.stderr.decode().splitlines() == [
+        "obs-merge: <stdin>:2: not JSON (unexpected end of data)",
+        "obs-merge: <stdin>:3: not a JSON object (list)",
+        "obs-merge: <stdin>:4: unknown event kind 'GpuKernel' (passed through)",
+        "obs-merge: <stdin>:5: missing ts",
+    ]
+    kinds = [next(iter(e["event"])) for e in parse(res.stdout)]
+    assert kinds == ["Dns", "GpuKernel", "FileDelete"]
+
+
+def test_a_missing_source_does_not_stop_the_others_but_sets_the_status(tmp_path: Path) -> None:
+    res = subprocess.run([*TOOL, "--format", "json", str(tmp_path / "absent.ndjson"),
+                          str(FIXTURES / "agent_llm.ndjson")], capture_output=True, timeout=60)
+    assert res.returncode == 1
+    assert len(parse(res.stdout)) == 4
+    assert res.stderr.decode() == (
+        f"obs-merge: {tmp_path / 'absent.ndjson'}: cannot open: No such file or directory\n")
+
+
+def test_summary_only_json_is_one_object() -> None:
+    names = ["agent_exec", "agent_net", "agent_llm", "agent_ssl", "agent_enforce"]
+    res = subprocess.run([*TOOL, "--summary-only", "--format", "json",
+                          *(str(FIXTURES / f"{n}.ndjson") for n in names)],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0 and res.stderr == b""
+    (obj,) = parse(res.stdout)
+    (session,) = obj["summary"]["sessions"]
+    assert session["session"] == SESSION
+    assert obj["summary"]["stream"]["events_in"] == 43
+    assert obj["summary"]["stream"]["joined_llmcall"] == 3
+
+
+def test_summary_table_follows_the_stream() -> None:
+    res = subprocess.run([*TOOL, "--summary", "--format", "human",
+                          str(FIXTURES / "agent_exec.ndjson"), str(FIXTURES / "agent_llm.ndjson")],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0
+    lines = res.stdout.decode().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("obs-merge summary:")))
+    assert start == 28  # 28 event lines, then the summary
+    assert any(line.startswith(f"session {SESSION}") for line in lines[start:])
+
+
+def test_sigusr1_writes_the_summary_while_running_and_sigterm_ends_cleanly(
+        tmp_path: Path) -> None:
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*TOOL, "--summary", "--format", "json", "--window", "0.2",
+                             str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    with open(fifo, "wb") as w:
+        w.write((FIXTURES / "agent_llm.ndjson").read_bytes())
+        w.flush()
+        seen = [proc.stdout.readline() for _ in range(4)]  # released after the idle window
+        assert all(b'"LlmCall"' in s or b'"CollectorHeartbeat"' in s for s in seen)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGUSR1)
+        summary = orjson.loads(proc.stdout.readline())
+        assert summary["summary"]["sessions"][0]["session"] == SESSION
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == b""
+    assert b'"summary"' in out  # the final summary on the way out
+
+
+def test_follow_picks_up_appended_events(tmp_path: Path) -> None:
+    log = tmp_path / "exec.ndjson"
+    lines = (FIXTURES / "agent_exec.ndjson").read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:3]))
+    proc = subprocess.Popen([*TOOL, "--follow", "--format", "json", "--window", "0.2", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OBS_MERGE_GRACE": "0"})
+    assert proc.stdout is not None
+    got = [proc.stdout.readline() for _ in range(3)]
+    with log.open("ab") as f:
+        f.write(b"".join(lines[3:6]))
+    got += [proc.stdout.readline() for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == b""
+    assert [orjson.loads(g)["ts"] for g in got] == [orjson.loads(x)["ts"] for x in lines[:6]]
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--window", "-1"], ["--agent", "user:root"],
+                                  ["-", "-"], ["--format", "xml"]])
+def test_bad_usage_is_one_line_and_status_2(args: list[str]) -> None:
+    res = subprocess.run([*TOOL, *args], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and res.stdout == b""
+    err = res.stderr.decode()
+    assert err.startswith("obs-merge: error: ") and err.count("\n") == 1
+
+
+def test_env_var_sets_the_window() -> None:
+    res = subprocess.run([*TOOL, "-"], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "OBS_MERGE_WINDOW": "-3"})
+    assert res.returncode == 2 and b"OBS_MERGE_WINDOW" in res.stderr

@@ -1,0 +1,149 @@
+"""The per-session summary (libobs.summary) over the recorded agent run in tests/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from libobs.events import envelope
+from libobs.merge import Merge
+from libobs.sessions import Proc, Sessions
+from libobs.stream import decode
+from libobs.summary import Capped, Samples, Summary, align
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+RUN = ["agent_exec", "agent_net", "agent_llm", "agent_ssl", "agent_enforce"]
+SESSION = "4100@8123456"
+
+
+def replay(names: list[str]) -> Summary:
+    m = Merge(Sessions(), range(len(names)))
+    summary = Summary()
+    for sid, name in enumerate(names):
+        for line in (FIXTURES / f"{name}.ndjson").read_bytes().splitlines():
+            ev, problem = decode(line)
+            assert problem is None and ev is not None
+            for e, root in m.push(ev, sid, 0):
+                summary.add(e, root)
+        m.close(sid)
+    for e, root in m.drain():
+        summary.add(e, root)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    out = replay(RUN).to_json({"events_in": 43})
+    assert set(out) == {"summary"}
+    return orjson.loads(orjson.dumps(out))["summary"]  # it must be plain JSON
+
+
+def test_one_agent_session(report: dict[str, Any]) -> None:
+    (s,) = report["sessions"]
+    assert (s["session"], s["agent"], s["pid"], s["evidence"]) == (
+        SESSION, "python3", 4100, "Egress")
+    assert report["unattributed"] == {"ProcessExit": 1, "ToolExec": 1}  # logrotate
+    assert report["stream"] == {"events_in": 43}
+
+
+def test_tools_with_exit_codes(report: dict[str, Any]) -> None:
+    tools = {t["comm"]: (t["runs"], t["exit_codes"]) for t in report["sessions"][0]["tools"]}
+    assert tools == {"curl": (2, {"0": 1, "7": 1}), "git": (1, {"0": 1}),
+                     "git-remote-http": (1, {"0": 1}), "python3": (1, {"1": 1}),
+                     "rm": (1, {"0": 1})}  # the agent itself (python3, pid 4100) is no tool
+
+
+def test_llm_calls_tokens_bytes_and_latency(report: dict[str, Any]) -> None:
+    s = report["sessions"][0]
+    (row,) = s["llm"]
+    assert (row["provider"], row["model"], row["calls"], row["api_responses"]) == (
+        "Anthropic", "claude-sonnet-4-5-20250929", 3, 3)
+    # Tokens come from the LlmApi responses only, though the LlmCalls got copies by the join.
+    assert row["tokens"] == {"cache_read": 4096, "completion": 695, "prompt": 7721}
+    assert s["tokens"] == row["tokens"]
+    assert (row["req_bytes"], row["resp_bytes"]) == (28420, 14333)
+    assert s["bytes"] == {"req": 28420, "resp": 14333}
+    assert row["latency_ms"] == {"p50": 2760.0, "p95": 2900.0, "max": 2900.0}
+    assert row["ttft_ms"] == {"p50": 610.0, "p95": 720.0, "max": 720.0}
+
+
+def test_endpoints_files_security_and_denials(report: dict[str, Any]) -> None:
+    s = report["sessions"][0]
+    assert [i["endpoint"] for i in s["endpoints"]["items"]] == [
+        "api.anthropic.com:443", "github.com:443", "pypi.org:443"]
+    assert {i["path"] for i in s["files_written"]["items"]} == {
+        "/home/dev/proj/.agent/log.txt", "/home/dev/proj/widgets/README.md",
+        "/home/dev/proj/widgets/src/widgets/core.py", "/tmp/req.html",
+        "/home/dev/proj/widgets/.pytest_cache/v/cache/lastfailed"}
+    assert s["files_deleted"]["items"] == [{"path": "/tmp/req.html", "count": 1}]
+    assert s["security_actions"]["items"] == [
+        {"kind": "bind", "detail": "127.0.0.1:8765", "count": 1}]
+    assert s["denials"]["items"] == [{"action": "egress", "target": "203.0.113.5:443",
+                                      "rule": "203.0.113.5", "count": 1}]
+
+
+def test_table_is_aligned_and_complete() -> None:
+    text = replay(RUN).table({"events_in": 43, "duplicates": 0})
+    lines = text.splitlines()
+    assert lines[0] == "obs-merge summary: 1 agent session, events in 43"
+    assert any(line.startswith(f"session {SESSION}  agent python3  pid 4100") for line in lines)
+    header = next(line for line in lines if "PROVIDER" in line)
+    row = next(line for line in lines if line.lstrip().startswith("Anthropic"))
+    for column, value in (("CALLS", "3"), ("PROMPT TOK", "7721"), ("COMPL TOK", "695"),
+                          ("LATENCY ms p50/p95/max", "2760/2900/2900")):
+        assert row[header.index(column):].startswith(value), column
+    tool_header = next(line for line in lines if "EXIT CODES" in line)
+    curl = next(line for line in lines if line.lstrip().startswith("curl "))
+    assert curl[tool_header.index("EXIT CODES"):] == "0x1 7x1"
+    assert "egress 203.0.113.5:443 (rule 203.0.113.5)" in text
+    assert "not attributed to an agent: ProcessExit 1, ToolExec 1" in text
+
+
+def test_llmapi_alone_counts_its_responses_as_calls() -> None:
+    s = replay(["agent_exec", "agent_ssl"]).to_json()["summary"]["sessions"][0]
+    (row,) = s["llm"]
+    assert (row["calls"], row["api_responses"], row["latency_ms"]["max"]) == (3, 3, None)
+
+
+def test_percentiles_are_nearest_rank_and_max_exact() -> None:
+    s = Samples()
+    for v in range(100, 0, -1):
+        s.add(v)
+    assert (s.percentile(50), s.percentile(95), s.max) == (50, 95, 100)
+    small = Samples(cap=10)
+    for v in range(10_000):
+        small.add(v)
+    assert len(small.values) == 10 and small.max == 9999 and small.n == 10_000
+    assert Samples().to_json() == {"p50": None, "p95": None, "max": None}
+
+
+def test_lists_and_sessions_are_capped() -> None:
+    c = Capped(cap=3)
+    for key in "abcdea":
+        c.add(key)
+    assert dict(c.counts) == {"a": 2, "b": 1, "c": 1} and c.more == 2
+    summary = Summary(max_sessions=2)
+    for pid in (1, 2, 3):
+        root = Proc(pid, 0, agent="LlmCall", session=f"{pid}@0")
+        summary.add(envelope("FileDelete", {"pid": pid, "path": "/x"}, ts=pid, host="h"), root)
+    assert list(summary.sessions) == ["2@0", "3@0"] and summary.dropped_sessions == 1
+
+
+def test_align_pads_every_column() -> None:
+    assert align([["a", "bbb", "c"], ["dddd", "e", "f"]]) == ["a     bbb  c", "dddd  e    f"]
+
+
+def test_malformed_fields_do_not_break_the_summary() -> None:
+    root = Proc(1, 0, agent="LlmCall", session="1@0")
+    s = Summary()
+    s.add(envelope("LlmCall", {"pid": 1, "latency": "x", "ttft": None, "req_bytes": -5,
+                               "resp_bytes": "9"}, ts=1, host="h"), root)
+    s.add(envelope("ProcessExit", {"pid": 2, "comm": "sh", "signal": 9, "core_dumped": True},
+                   ts=2, host="h"), root)
+    out = s.to_json()["summary"]["sessions"][0]
+    assert out["llm"][0]["calls"] == 1 and out["bytes"] == {"req": 0, "resp": 0}
+    assert out["tools"] == [{"comm": "sh", "runs": 0, "exit_codes": {"sig9+core": 1}}]
+    assert s.table()
