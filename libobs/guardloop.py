@@ -90,6 +90,23 @@ class Outbox:
             return None
 
 
+class Watchdog:
+    """Tells when the answerer has not come round for ``limit`` seconds. Only time the
+    housekeeper itself was awake counts: after a gap in its own wake-ups (the process was
+    stopped or frozen, or a tick was slow) it starts counting afresh."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._turns = -1
+        self._since = self._last = float("-inf")
+
+    def stuck(self, turns: int, now: float) -> bool:
+        if turns != self._turns or now - self._last > self.limit / 2:
+            self._turns, self._since = turns, now
+        self._last = now
+        return now - self._since > self.limit
+
+
 class GuardLoop:
     def __init__(self, cfg: LoopConfig, group: Group, outbox: Outbox,
                  answer: Callable[[list[fanotify.Event]], None], tick: Callable[[float], None],
@@ -236,7 +253,7 @@ class GuardLoop:
         self.heartbeat(emit=False)
         now = time.monotonic()
         next_tick, next_hb = now + self.tick_secs, now + self.cfg.heartbeat_interval
-        seen_turns, seen_at = self.turns, now
+        watchdog = Watchdog(self.stall_secs)
         while True:
             item = self.outbox.get(min(next_tick, next_hb) - time.monotonic())
             while item is not None:
@@ -250,9 +267,7 @@ class GuardLoop:
             if self._done.is_set():
                 return
             now = time.monotonic()
-            if self.turns != seen_turns:
-                seen_turns, seen_at = self.turns, now
-            elif now - seen_at > self.stall_secs and not self._closing:
+            if watchdog.stuck(self.turns, now) and not self._closing:
                 err(self.cfg.tool, f"the answering loop is stuck ({self.stall_secs:g} s); "
                     "exiting so that the kernel lets every pending open through")
                 os._exit(1)

@@ -306,6 +306,34 @@ def test_sigkill_lets_blocked_and_new_opens_through(conf, tmp_path):
     assert tool.status == -signal.SIGKILL
 
 
+def test_sigterm_with_an_open_pending_answers_it_and_exits_0(conf, tmp_path):
+    secret = touch(tmp_path / "secret")
+    deny = conf / "deny"
+    deny.write_text(f"{secret}\n")
+    with running(TOOL, str(deny)) as tool:
+        tool.proc.send_signal(signal.SIGSTOP)
+        blocked = child(OPENER, str(secret))
+        time.sleep(0.5)
+        assert blocked.poll() is None, "the open did not wait for the guard"
+        tool.proc.send_signal(signal.SIGTERM)
+        tool.proc.send_signal(signal.SIGCONT)
+        out, _ = blocked.communicate(timeout=10)
+        assert out.split() in (["ok"], [EPERM])  # decided or let through, never left waiting
+        assert tool.proc.wait(timeout=10) == 0, tool.stderr()  # exits by itself
+        assert open_in_child(secret)[1] == ["ok"]  # nothing is guarded after a clean exit
+
+
+def test_duration_and_human_format(conf, tmp_path):
+    secret = touch(tmp_path / "secret")
+    deny = conf / "deny"
+    deny.write_text(f"{secret}\n")
+    with running(TOOL, str(deny), "--format", "human", "--duration", "2") as tool:
+        assert open_in_child(secret)[1] == [EPERM]
+        assert tool.proc.wait(timeout=20) == 0, tool.stderr()
+    lines = [ln for ln in tool.stdout_lines() if b"Denied" in ln]
+    assert len(lines) == 1 and b"action=open" in lines[0] and str(secret).encode() in lines[0]
+
+
 def test_burst_of_10000_opens_on_a_marked_filesystem(conf, tmpfs):
     deny = conf / "deny"
     deny.write_text(f"{tmpfs}/secret\n")

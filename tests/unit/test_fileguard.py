@@ -519,3 +519,15 @@ def test_outbox_is_bounded():
     got = [box.get(0) for _ in range(4)]
     assert got == [("event", {"n": 0}), ("event", {"n": 1}), ("error", "still delivered"), None]
     assert box.dropped == 3
+
+
+def test_watchdog_counts_only_time_the_housekeeper_was_awake():
+    from libobs.guardloop import Watchdog
+
+    w = Watchdog(5.0)
+    assert not any(w.stuck(1, t / 4) for t in range(20))  # 5 s without progress: not yet
+    assert w.stuck(1, 5.25)
+    w = Watchdog(5.0)
+    assert not w.stuck(1, 0.0)
+    assert not w.stuck(1, 60.0)  # the whole process was stopped for a minute: count afresh
+    assert not w.stuck(2, 64.0) and not w.stuck(2, 66.0)  # progress resets it
