@@ -390,3 +390,27 @@ def test_sync_writes_only_changes():
     e.sync(maps)
     assert Counting.writes == 0
     assert struct.calcsize("<IHH") == enforce.VAL.size
+
+
+def test_example_controller_appends_unapproved_peers(tmp_path):
+    import subprocess
+    import sys
+
+    import orjson
+
+    def egress(peer, provider):
+        return orjson.dumps({"provider": provider, "event": {"Egress": {
+            "pid": 1, "peer": peer, "port": 443, "family": "ipv4", "sni": None}}}).decode()
+
+    deny = tmp_path / "deny.txt"
+    events = [egress("10.1.0.1", "OpenAi"), egress("10.2.0.1", "Anthropic"),
+              egress("10.9.0.1", None), egress("10.1.0.1", "OpenAi"),
+              egress("2001:db8::1", "Mistral"),
+              orjson.dumps({"provider": None, "event": {"Dns": {}}}).decode()]
+    script = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "controller.py"
+    subprocess.run([sys.executable, str(script), str(deny), "Anthropic"], check=True,
+                   input="\n".join(events) + "\n", text=True, timeout=30)
+    assert deny.read_text() == "10.1.0.1  # OpenAi\n2001:db8::1  # Mistral\n"
+    assert deny.stat().st_mode & 0o777 == 0o644
+    rules, errors = parse_egress(deny.read_text())
+    assert [str(r.value) for r in rules] == ["10.1.0.1", "2001:db8::1"] and errors == []
