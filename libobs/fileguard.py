@@ -16,6 +16,8 @@ Marks (libobs/fanotify.py records what was measured on this kernel):
   adds what is missing and removes (``FAN_MARK_REMOVE``) what no rule needs any more. It runs
   on every housekeeping tick, so a reload never leaves an unguarded window, and a listed file
   that is replaced (an editor's rename, rm + create) or created later is marked within a tick.
+  A listed file stays guarded while its line stays and it has a name anywhere (renamed away,
+  another hard link): renames are no opens, fanotify would not see the escape.
 
 Answering (``Guard.answer``, the one thread that answers -- libobs/guardloop.py): the guard's
 own events are allowed first; every other event is decided by inode, then by name, then by
@@ -23,8 +25,8 @@ cgroup (only when a rule matched, so the cgroup lookup is off the common path). 
 of a batch are answered at once; denied ones are enriched from /proc *before* their answer,
 while the opener is still blocked and its /proc entry therefore still there (a denied ``cat``
 would otherwise exit before it could be looked up). Only denials pay for enrichment.
-Everything that path opens is under /proc, which is never marked (fanotify refuses marks on
-procfs).
+Everything that path opens is under /proc, which cannot be marked (this kernel refuses
+permission-event marks on procfs, inode and filesystem alike).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ GUARD = "obs-fileguard"
 MASK = fanotify.FAN_OPEN_PERM | fanotify.FAN_OPEN_EXEC_PERM
 FS_MASK = MASK | fanotify.FAN_ONDIR  # a listed directory cannot be listed either
 # O_NONBLOCK: the kernel opens each event's file for us; on a FIFO a blocking open would wait
-# for a writer that is itself waiting for our answer (this kernel skips special files; older
-# ones do not).
+# for a writer that is itself waiting for our answer (6.18 sends no permission events for
+# special files; older kernels may).
 EVENT_F_FLAGS = fanotify.EVENT_F_FLAGS | os.O_NONBLOCK
 # An unbounded queue: each pending permission event is a blocked thread, so the queue is bounded
 # by threads anyway, and an overflowing queue would let opens through unanswered.

@@ -108,6 +108,10 @@ class Watchdog:
 
 
 class GuardLoop:
+    """Runs a guard: ``answer`` on the main thread for every batch of events, ``tick`` on the
+    housekeeper every ``tick_secs`` (its first run must place the marks: the heartbeat file
+    is written right after it), heartbeats and output on the housekeeper too."""
+
     def __init__(self, cfg: LoopConfig, group: Group, outbox: Outbox,
                  answer: Callable[[list[fanotify.Event]], None], tick: Callable[[float], None],
                  dropped: Callable[[], int], attached: list[str], *, tick_secs: float = 0.25,
@@ -196,8 +200,11 @@ class GuardLoop:
     def _allow_pending_and_close(self) -> None:
         if self.group.closed:
             return
-        try:
-            while events := fanotify.read_events(self.group.fd):
+        try:  # a bounded drain: under a steady stream, closing lets the rest through
+            for _ in range(MAX_READS_PER_TURN):
+                events = fanotify.read_events(self.group.fd)
+                if not events:
+                    break
                 for ev in events:
                     with contextlib.suppress(OSError):
                         fanotify.answer_and_close(self.group.fd, ev, True)
