@@ -585,16 +585,27 @@ TRACEPOINT_PROBE(sock, sock_send_length)
 
 TRACEPOINT_PROBE(tcp, tcp_probe)
 {
+    /* pure ACKs out first (a payload of exactly k * 64 KiB would wrap to 0: MSS multiples
+     * never are) */
     if (!args->data_len)
         return 0;
     u64 sk = (u64)args->skaddr;
     struct sk_info *si = sks.lookup(&sk);
     if (!si || !(si->flags & S_LLM))
         return 0;
-    struct tcp_rec r = {.kind = K_DATA, .len = args->data_len, .ts = bpf_ktime_get_ns(),
-                        .sk = sk};
+    /* The payload length from the sequence numbers: the tracepoint's u16 data_len wraps for
+     * GRO/BIG TCP segments of 64 KiB and more. */
     char *cb = (char *)args->skbaddr + OFF_SKB_CB;
-    bpf_probe_read_kernel(&r.seq, sizeof(r.seq), cb + OFF_TCB_SEQ);
+    u32 seq = 0, end = 0;
+    u8 flags = 0;
+    bpf_probe_read_kernel(&seq, sizeof(seq), cb + OFF_TCB_SEQ);
+    bpf_probe_read_kernel(&end, sizeof(end), cb + OFF_TCB_END_SEQ);
+    bpf_probe_read_kernel(&flags, sizeof(flags), cb + OFF_TCB_TCP_FLAGS); /* FIN is bit 0 */
+    u32 len = end - seq - (flags & 1);
+    if (!len || len > 0x7FFFFFFF)
+        return 0;
+    struct tcp_rec r = {.kind = K_DATA, .len = len, .ts = bpf_ktime_get_ns(), .sk = sk,
+                        .seq = seq};
     bpf_probe_read_kernel(&r.ack, sizeof(r.ack), cb + OFF_TCB_ACK_SEQ);
     obs_output(&r, sizeof(r));
     return 0;

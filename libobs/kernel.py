@@ -65,6 +65,8 @@ STRUCT_FIELDS = {
     "OFF_SKB_CB": "sk_buff.cb",
     "OFF_TCB_SEQ": "tcp_skb_cb.seq",
     "OFF_TCB_ACK_SEQ": "tcp_skb_cb.ack_seq",
+    "OFF_TCB_END_SEQ": "tcp_skb_cb.end_seq",
+    "OFF_TCB_TCP_FLAGS": "tcp_skb_cb.tcp_flags",
 }
 
 
