@@ -22,9 +22,10 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   (retransmitted bytes counted once).
 - An exchange is emitted when the next one starts, when the connection leaves ESTABLISHED
   (close(), process exit or kill, peer close), or `idle` after its last response byte.
-  Exchanges without response data, and "requests" no bigger than a TLS alert record
-  (close_notify, KeyUpdate), are not LLM calls and are dropped. When the peer closes, one
-  trailing alert-sized segment (its close_notify) is not counted as response.
+  Exchanges without response data are not LLM calls and are dropped. A send of at most
+  CONTROL_MAX bytes after response data (a TLS alert or KeyUpdate, an HTTP/2 control frame)
+  neither ends an exchange nor starts one. When the peer closes, one trailing alert-sized
+  segment (its close_notify) is not counted as response.
 
 `Connection` is pure (records in, `Exchange`s out) and tested without root;
 `LlmCallDecoder` wires it to bpf/net.bpf.c records and the event envelope.
@@ -54,9 +55,13 @@ from libobs.netevents import (
 from libobs.providers import Rules
 
 TLS_CCS, TLS_ALERT, TLS_HANDSHAKE, TLS_APPDATA = 20, 21, 22, 23
-# The largest TLS alert or KeyUpdate record with an AEAD cipher (TLS 1.2 GCM: 5 + 8 + 2 + 16).
-# No HTTP request fits in that.
-CONTROL_MAX = 31
+# The largest TLS alert record with an AEAD cipher (TLS 1.2 GCM: 5 + 8 + 2 + 16): a server's
+# close_notify.
+ALERT_MAX = 31
+# Client sends this small neither start nor end an exchange: TLS alerts and KeyUpdates, and
+# HTTP/2's SETTINGS ACK, WINDOW_UPDATE, PING and RST_STREAM frames (9-17 bytes + TLS 1.2's 29).
+# The smallest HTTP/1.1 request with a Host header is larger; an LLM API call far larger.
+CONTROL_MAX = 48
 _SEQ = 1 << 32
 NS = 1_000_000_000
 # Post-handshake window after a TLS 1.3 Finished: 1.5 handshake round trips + this slack,
@@ -150,7 +155,7 @@ class Exchange:
 
     def drop_trailing_alert(self) -> None:
         nbytes, prev = self._tail
-        if self.resp_segments >= 2 and 0 < nbytes <= CONTROL_MAX:
+        if self.resp_segments >= 2 and 0 < nbytes <= ALERT_MAX:
             self.resp_bytes -= nbytes
             self.resp_segments -= 1
             self.last_resp_ts = prev
@@ -196,6 +201,8 @@ class Connection:
             cur.req_end_ts, cur.req_seq = s.ts, s.seq_end
             cur.req_bytes += s.nbytes
             return []
+        if s.nbytes <= CONTROL_MAX:
+            return []  # close_notify, an HTTP/2 WINDOW_UPDATE mid-response: not a request
         if cur is not None and cur.answered():
             done.append(cur)
         self.count += 1

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libobs.llmcalls import (
+    ALERT_MAX,
     CONTROL_MAX,
     Closed,
     Connection,
@@ -248,6 +249,23 @@ def test_client_close_notify_and_the_servers_reply_are_not_a_call():
     assert [summary(e)[:3] for e in w.out] == [(1, 162, 1157)]
 
 
+def test_http2_control_frames_do_not_split_a_response():
+    w = Wire()
+    w.tls13()
+    req = w.send(400, dt=MS)
+    first = w.recv(9000, dt=200 * MS)
+    w.send(35, dt=MS)              # WINDOW_UPDATE
+    w.recv(16000, dt=MS)
+    w.send(39, dt=MS)              # PING ack
+    last = w.recv(16000, dt=20 * MS)
+    w.send(500, dt=MS)             # the next request
+    w.recv(100, dt=100 * MS)
+    w.close()
+    assert [summary(e) for e in w.out][0] == (1, 400, 41000, first.ts - req.ts,
+                                              last.ts - req.start_ts)
+    assert [summary(e)[:3] for e in w.out][1] == (2, 500, 100)
+
+
 def test_peer_close_drops_its_trailing_close_notify():
     w = Wire()
     w.tls13()
@@ -317,8 +335,9 @@ def test_sequence_numbers_wrap():
 
 # ---- properties ---------------------------------------------------------------------------------
 
-request = st.lists(st.integers(1, 20_000), min_size=1, max_size=4).filter(
-    lambda parts: sum(parts) > CONTROL_MAX)
+# a request starts with a send bigger than a control frame; later parts may be tiny
+request = st.tuples(st.integers(CONTROL_MAX + 1, 20_000),
+                    st.lists(st.integers(1, 20_000), max_size=3)).map(lambda t: [t[0], *t[1]])
 response = st.lists(st.integers(1, 70_000), min_size=1, max_size=6)
 exchange = st.tuples(request, st.integers(5, 3000), response, st.integers(0, 50))
 
@@ -343,7 +362,7 @@ def test_every_exchange_recovered_exactly(exchanges, tickets, cseq, sseq, by_pee
                          arrivals[-1].ts - sends[0].start_ts))
     w.close(by_peer=by_peer, dt=MS)
     got = [summary(e) for e in w.out]
-    if by_peer and exchanges[-1][2][-1] <= CONTROL_MAX and len(exchanges[-1][2]) > 1:
+    if by_peer and exchanges[-1][2][-1] <= ALERT_MAX and len(exchanges[-1][2]) > 1:
         got, expected = got[:-1], expected[:-1]  # a trailing alert-sized segment is dropped
     assert got == expected
 
