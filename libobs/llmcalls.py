@@ -7,18 +7,20 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
 - The TLS handshake is not an exchange. A send whose first record is a handshake (22),
   change_cipher_spec (20) or alert (21) record is handshake/control traffic; so is the first
   application-data send right after the server answered a ClientHello (TLS 1.3 without the
-  middlebox-compatibility CCS sends its Finished as an application-data record).
+  middlebox-compatibility CCS sends its Finished as an application-data record). When a
+  client writes its request together with the Finished, only the bytes after the Finished
+  record belong to the request.
 - An exchange is a run of application-data sends (the request: start = first send's entry,
   end = last send's return) and the data that arrives after it. A send after response data
   has arrived starts the next exchange — one per HTTP/1.1 request, keep-alive or not.
 - A segment is response data only if the server sent it after receiving the whole request
   (its ack_seq covers the request's last byte), and, on TLS 1.3, if it did not arrive within
-  about one handshake round trip of the client's Finished: the server writes its
+  1.5 handshake round trips + 2 ms of the client's Finished: the server writes its
   NewSessionTickets (and an HTTP/2 server its SETTINGS) as soon as it reads the Finished,
   and they often arrive after the request, acking it when the client sent both back to back.
   The round trip is measured on the connection (ClientHello sent → server's first flight).
-- ttft = first response segment's arrival - request end; latency = request start - last
-  response segment's arrival; req_bytes/resp_bytes = TCP payload bytes of the exchange
+- ttft = from the request's end to the first response segment's arrival; latency = from the
+  request's start to the last response segment's arrival; req_bytes/resp_bytes = TCP payload bytes of the exchange
   (retransmitted bytes counted once).
 - An exchange is emitted when the next one starts, when the connection leaves ESTABLISHED
   (close(), process exit or kill, peer close), or `idle` after its last response byte.
@@ -176,7 +178,6 @@ class Connection:
     count: int = 0
     rcv_end: int | None = None          # highest sequence number received + 1
     last_ts: int = 0
-    closed: bool = False
 
     def _finished(self, ts: int) -> None:
         """The client's TLS 1.3 Finished left at ts: the server's answer to it is coming."""
@@ -256,7 +257,6 @@ class Connection:
         return []
 
     def close(self, c: Closed) -> list[Exchange]:
-        self.closed = True
         cur, self.current = self.current, None
         if cur is None or not cur.answered():
             return []
