@@ -77,11 +77,36 @@ static __always_inline int ssl_enter(struct pt_regs *ctx, u32 lib, u32 fn)
     return 0;
 }
 
+/* Waking the reader for every record costs a context switch per SSL call; instead it is
+ * woken every WAKE_EVERY records per CPU, and otherwise finds the rest when its poll times out
+ * (libobs.probes.Program.poll drains the ring after every wait, woken or not). */
+#define WAKE_EVERY 32
+#define RB_NO_WAKEUP 1
+#define RB_FORCE_WAKEUP 2
+BPF_PERCPU_ARRAY(wake_count, u64, 1);
+
+static __always_inline u64 ssl_wakeup(void)
+{
+    int zero = 0;
+    u64 *n = wake_count.lookup(&zero);
+    if (!n)
+        return 0;
+    *n += 1;
+    return (*n % WAKE_EVERY) ? RB_NO_WAKEUP : RB_FORCE_WAKEUP;
+}
+
 /* One record of `size` data bytes, `size` a compile-time constant after inlining (the ring
  * buffer only reserves constant sizes). Returns 0 when the ring buffer was full. */
 static __always_inline int emit_sized(struct ssl_rec *t, u64 src, u32 len, u32 size)
 {
+    /* Since 6.15 a reservation can fail on lock contention with the ring nearly empty
+     * (common.h): retry before counting the record lost. No spill ring here: its records
+     * would arrive out of order with the chunks around them. */
     struct ssl_rec *r = events.ringbuf_reserve(sizeof(struct ssl_rec) + size);
+    if (!r)
+        r = events.ringbuf_reserve(sizeof(struct ssl_rec) + size);
+    if (!r)
+        r = events.ringbuf_reserve(sizeof(struct ssl_rec) + size);
     if (!r) {
         obs_count_lost();
         return 0;
@@ -97,7 +122,7 @@ static __always_inline int emit_sized(struct ssl_rec *t, u64 src, u32 len, u32 s
         n = 0;
     }
     r->h.len = n;
-    events.ringbuf_submit(r, 0);
+    events.ringbuf_submit(r, ssl_wakeup());
     return 1;
 }
 
@@ -123,7 +148,8 @@ int ssl_return(struct pt_regs *ctx)
 
     u64 total = 0;
     if (a.fn == FN_READ_EX || a.fn == FN_WRITE_EX) {
-        if ((int)PT_REGS_RC(ctx) != 1)
+        /* SSL_*_ex return 1, ssl_*_internal (same convention otherwise) any count > 0 */
+        if ((int)PT_REGS_RC(ctx) <= 0)
             return 0;
         bpf_probe_read_user(&total, sizeof(total), (void *)a.count_ptr);
     } else {

@@ -38,70 +38,217 @@ MAX_SLOTS = 16  # entry-probe sets compiled into bpf/ssl.bpf.c (SSL_SLOT)
 ElfData = bytes | bytearray | memoryview | mmap.mmap
 
 _EHDR = struct.Struct("<16xHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
+_PT_LOAD, _PF_X = 1, 1
 _SHT_DYNSYM = 11
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 _STB_GLOBAL, _STB_WEAK = 1, 2
 _STV_HIDDEN, _STV_INTERNAL = 2, 1
+_ELF_ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError)
+
+
+# ---- ELF: exported functions and their code ----------------------------------------------------
+
+def exported_addresses(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> dict[str, int]:
+    """Of `wanted`, the functions an ELF64 little-endian file defines and exports (.dynsym),
+    with their virtual addresses."""
+    try:
+        return _exported(memoryview(elf).cast("B"), [w.encode() for w in wanted])
+    except _ELF_ERRORS:
+        return {}
 
 
 def exported_functions(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> frozenset[str]:
-    """Of `wanted`, the functions an ELF64 little-endian file defines and exports (.dynsym)."""
-    data = memoryview(elf).cast("B")
-    try:
-        return _exported(data, [w.encode() for w in wanted])
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError):
-        return frozenset()
+    return frozenset(exported_addresses(elf, wanted))
 
 
-def _exported(data: memoryview, wanted: list[bytes]) -> frozenset[str]:
+def _exported(data: memoryview, wanted: list[bytes]) -> dict[str, int]:
     if bytes(data[:6]) != b"\x7fELF\x02\x01":  # 64-bit, little-endian
-        return frozenset()
+        return {}
     (_type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
      shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data, 0)
     if shentsize < _SHDR.size or shoff == 0:
-        return frozenset()
+        return {}
     sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
     for _name, kind, _fl, _addr, offset, size, link, _info, _align, entsize in sections:
         if kind != _SHT_DYNSYM or link >= len(sections) or entsize < _SYM.size:
             continue
         str_off, str_size = sections[link][4], sections[link][5]
-        strtab = data[str_off:str_off + str_size]
-        if len(strtab) != str_size:
-            return frozenset()
-        raw_strtab = bytes(strtab)
-        if not any(w + b"\0" in raw_strtab for w in wanted):
-            return frozenset()  # the common case, decided without walking the symbols
-        return _defined(data[offset:offset + size], entsize, raw_strtab, set(wanted))
-    return frozenset()
+        strtab = bytes(data[str_off:str_off + str_size])
+        if len(strtab) != str_size or not any(w + b"\0" in strtab for w in wanted):
+            return {}  # the common case, decided without walking the symbols
+        return _defined(data[offset:offset + size], entsize, strtab, set(wanted))
+    return {}
 
 
-def _defined(symtab: memoryview, entsize: int, strtab: bytes, wanted: set[bytes]) -> frozenset[str]:
-    found: set[str] = set()
+def _defined(symtab: memoryview, entsize: int, strtab: bytes, wanted: set[bytes]
+             ) -> dict[str, int]:
+    found: dict[str, int] = {}
     for i in range(len(symtab) // entsize):
-        name_off, info, other, shndx, _value, _size = _SYM.unpack_from(symtab, i * entsize)
+        name_off, info, other, shndx, value, _size = _SYM.unpack_from(symtab, i * entsize)
         if shndx == 0 or info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC):
             continue  # undefined (imported) or not a function
         if info >> 4 not in (_STB_GLOBAL, _STB_WEAK) or other & 3 in (_STV_HIDDEN, _STV_INTERNAL):
             continue
         end = strtab.find(b"\0", name_off)
         name = strtab[name_off:end] if end >= 0 else b""
-        if name in wanted:
-            found.add(name.decode())
-    return frozenset(found)
+        if name in wanted and value:
+            found[name.decode()] = value
+    return found
+
+
+def code_at(elf: ElfData, vaddr: int, size: int) -> bytes:
+    """Up to `size` bytes of an executable segment at virtual address `vaddr` (b"" if none)."""
+    try:
+        data = memoryview(elf).cast("B")
+        if bytes(data[:6]) != b"\x7fELF\x02\x01":
+            return b""
+        phoff, phentsize, phnum = (_EHDR.unpack_from(data, 0)[i] for i in (4, 8, 9))
+        for i in range(phnum):
+            kind, flags, offset, pvaddr, _pa, filesz, _memsz, _align = _PHDR.unpack_from(
+                data, phoff + i * phentsize)
+            if kind == _PT_LOAD and flags & _PF_X and pvaddr <= vaddr < pvaddr + filesz:
+                start = offset + vaddr - pvaddr
+                return bytes(data[start:start + min(size, pvaddr + filesz - vaddr)])
+    except _ELF_ERRORS:
+        pass
+    return b""
+
+
+# ---- where to put the probes -------------------------------------------------------------------
+#
+# A uprobe costs a breakpoint trap, plus single-stepping the displaced instruction out of line
+# unless the kernel emulates it (x86 emulates push, call, jmp, jcc and nops). Measured on the
+# project's VMs: ~11 us per call with a single-stepped first instruction, ~0.7 us emulated.
+# Debian's libssl.so.3 starts SSL_read_ex/SSL_write_ex with `sub $8,%rsp` (single-stepped);
+# they are one-line wrappers around ssl_read_internal/ssl_write_internal, which SSL_read and
+# SSL_write call too, and which start with `push`. Where that shape is found for certain, the
+# probes go on the internal function: one probe pair sees all four entry points, cheaply. The
+# internal functions take (SSL *, buf, num, size_t *count) and return > 0 on success: the _ex
+# calling convention. Anything else keeps the probes on the exported functions.
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """One entry + return probe pair. `fn` gives its calling convention (one of
+    SSL_FUNCTIONS); `covers` the exported functions whose calls it sees."""
+
+    fn: str
+    addr: int        # virtual address in the file
+    label: str       # for humans and attached_probes
+    covers: tuple[str, ...]
+
+
+def _emulated(code: bytes) -> bool:
+    """Whether x86 uprobes emulate the first instruction (no single-step)."""
+    if code[:1] and 0x50 <= code[0] <= 0x57:
+        return True  # push %r
+    if code[:1] == b"\x41" and len(code) > 1 and 0x50 <= code[1] <= 0x57:
+        return True  # push %r8-r15
+    return code[:1] in (b"\x55", b"\x90", b"\xe8", b"\xe9")
+
+
+def _skip_endbr(code: bytes) -> int:
+    """endbr64 changes no register or stack: a probe after it is still at function entry."""
+    return 4 if code[:4] == b"\xf3\x0f\x1e\xfa" else 0
+
+
+def wrapper_call_target(code: bytes, vaddr: int) -> int | None:
+    """The callee of a thin wrapper: the first call after a prologue of only endbr64, pushes,
+    stack adjustments and register moves; None for any other shape."""
+    i = 0
+    while i < min(len(code), 40):
+        b = code[i:i + 7]
+        if b[:4] == b"\xf3\x0f\x1e\xfa":
+            i += 4
+        elif b[:1] and 0x50 <= b[0] <= 0x57:
+            i += 1
+        elif b[:1] == b"\x41" and len(b) > 1 and 0x50 <= b[1] <= 0x57:
+            i += 2
+        elif b[:3] in (b"\x48\x83\xec", b"\x48\x83\xc4") and len(b) >= 4:
+            i += 4  # sub/add $imm8, %rsp
+        elif b[:3] == b"\x48\x81\xec" and len(b) >= 7:
+            i += 7  # sub $imm32, %rsp
+        elif len(b) >= 3 and b[0] in (0x48, 0x49, 0x4C, 0x4D) and b[1] in (0x89, 0x8B) \
+                and b[2] >= 0xC0:
+            i += 3  # mov %reg, %reg
+        elif b[:1] == b"\xe8" and len(b) >= 5:
+            return vaddr + i + 5 + int.from_bytes(b[1:5], "little", signed=True)
+        else:
+            return None
+    return None
+
+
+def _calls(code: bytes, vaddr: int, target: int) -> bool:
+    """Whether code (at vaddr) has a call rel32 to target anywhere."""
+    at = code.find(b"\xe8")
+    while 0 <= at <= len(code) - 5:
+        rel = int.from_bytes(code[at + 1:at + 5], "little", signed=True)
+        if vaddr + at + 5 + rel == target:
+            return True
+        at = code.find(b"\xe8", at + 1)
+    return False
+
+
+def probe_points(elf: ElfData, exported_only: bool = False) -> tuple[ProbePoint, ...]:
+    """Where to attach in this file: per direction, the shared internal function when the
+    wrappers' shape proves it, else each exported function."""
+    addrs = exported_addresses(elf)
+    points: list[ProbePoint] = []
+    for plain, ex, internal in (("SSL_read", "SSL_read_ex", "ssl_read_internal"),
+                                ("SSL_write", "SSL_write_ex", "ssl_write_internal")):
+        found = None if exported_only else _internal(elf, addrs, plain, ex, internal)
+        if found:
+            points.append(found)
+            continue
+        for name in (plain, ex):
+            if name in addrs:
+                code = code_at(elf, addrs[name], 8)
+                points.append(ProbePoint(name, addrs[name] + _skip_endbr(code), name, (name,)))
+    return tuple(points)
+
+
+def _internal(elf: ElfData, addrs: dict[str, int], plain: str, ex: str, internal: str
+              ) -> ProbePoint | None:
+    if plain not in addrs or ex not in addrs:
+        return None
+    ex_code = code_at(elf, addrs[ex], 64)
+    skip = _skip_endbr(ex_code)
+    if _emulated(ex_code[skip:]):
+        return None  # the exported functions are cheap already
+    target = wrapper_call_target(ex_code, addrs[ex])
+    if target is None or not _calls(code_at(elf, addrs[plain], 512), addrs[plain], target):
+        return None
+    code = code_at(elf, target, 8)
+    skip = _skip_endbr(code)
+    if not _emulated(code[skip:]) or code[skip:skip + 1] == b"\xe8":
+        return None
+    return ProbePoint(ex, target + skip, f"{internal}@{target:#x}", (plain, ex))
+
+
+def _with_file(path: str | Path, fn: Any, default: Any) -> Any:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < 64:
+                return default
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                return fn(m)
+    except (OSError, ValueError):
+        return default
 
 
 def file_exports(path: str | Path, wanted: Iterable[str] = SSL_FUNCTIONS) -> frozenset[str]:
     """exported_functions() of a file on disk (mapped, not read: node is ~100 MB)."""
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < 64:
-                return frozenset()
-            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-                return exported_functions(m, wanted)
-    except (OSError, ValueError):
-        return frozenset()
+    result: frozenset[str] = _with_file(path, lambda m: exported_functions(m, wanted),
+                                        frozenset())
+    return result
+
+
+def file_probe_points(path: str | Path, exported_only: bool = False) -> tuple[ProbePoint, ...]:
+    result: tuple[ProbePoint, ...] = _with_file(
+        path, lambda m: probe_points(m, exported_only), ())
+    return result
 
 
 @dataclass(frozen=True)
@@ -137,11 +284,16 @@ def executable_mappings(maps_text: str) -> list[Mapping]:
 
 @dataclass(frozen=True)
 class Library:
-    """A file to attach to: `path` opens it from here, `functions` are its exported SSL calls."""
+    """A file to attach to: `path` opens it from here; `probes` are where (probe_points)."""
 
     path: str
-    functions: tuple[str, ...]
+    probes: tuple[ProbePoint, ...]
     key: tuple[int, int]  # (st_dev, st_ino): one uprobe per inode, however many paths lead to it
+
+    def describe(self) -> str:
+        parts = [p.label if p.covers == (p.label,) else f"{'+'.join(p.covers)} via {p.label}"
+                 for p in self.probes]
+        return f"{self.path} ({', '.join(parts)})"
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -155,8 +307,9 @@ def _identity(path: str) -> tuple[int, int] | None:
 class Finder:
     """Discovers libraries, remembering every inode already judged so rescans stay cheap."""
 
-    def __init__(self, proc: Path = Path("/proc")):
+    def __init__(self, proc: Path = Path("/proc"), exported_only: bool = False):
         self.proc = proc
+        self.exported_only = exported_only
         self._judged: dict[tuple[int, int], Library | None] = {}
 
     def check(self, path: str) -> Library | None:
@@ -165,9 +318,8 @@ class Finder:
         if key is None:
             return None
         if key not in self._judged:
-            funcs = file_exports(path)
-            found = tuple(f for f in SSL_FUNCTIONS if f in funcs)
-            self._judged[key] = Library(path, found, key) if found else None
+            points = file_probe_points(path, self.exported_only)
+            self._judged[key] = Library(path, points, key) if points else None
         return self._judged[key]
 
     def defaults(self) -> list[str]:
@@ -246,31 +398,31 @@ class Attacher:
         self.probe_names: list[str] = []  # for the heartbeat's attached_probes
 
     def attach(self, lib: Library) -> str | None:
-        """Attach to every SSL function lib exports; a one-line reason on failure."""
+        """Attach every probe point of lib; a one-line reason on failure."""
         if len(self.libs) >= MAX_SLOTS:
             return f"{lib.path}: not attached, all {MAX_SLOTS} library slots are in use"
         slot = len(self.libs)
-        done: list[str] = []
-        for fn in lib.functions:
+        done: list[ProbePoint] = []
+        for p in lib.probes:
             try:
-                self.bpf.attach_uprobe(name=lib.path.encode(), sym=fn.encode(),
-                                       fn_name=f"{self.ENTRY[fn]}{slot}".encode())
-                self.bpf.attach_uretprobe(name=lib.path.encode(), sym=fn.encode(),
+                self.bpf.attach_uprobe(name=lib.path.encode(), addr=p.addr,
+                                       fn_name=f"{self.ENTRY[p.fn]}{slot}".encode())
+                done.append(p)
+                self.bpf.attach_uretprobe(name=lib.path.encode(), addr=p.addr,
                                           fn_name=b"ssl_return")
             except Exception as e:
-                for name in done:  # leave nothing half-attached
-                    self._detach(lib.path, name)
-                return f"{lib.path}: cannot attach {fn}: {e}"
-            done.append(fn)
+                for q in done:  # leave nothing half-attached
+                    self._detach(lib.path, q.addr)
+                return f"{lib.path}: cannot attach at {p.label}: {e}"
         self.libs.append(lib.path)
-        for fn in done:
-            self.probe_names += [f"uprobe:{lib.path}:{fn}", f"uretprobe:{lib.path}:{fn}"]
+        for p in done:
+            self.probe_names += [f"uprobe:{lib.path}:{p.label}", f"uretprobe:{lib.path}:{p.label}"]
         return None
 
-    def _detach(self, path: str, fn: str) -> None:
+    def _detach(self, path: str, addr: int) -> None:
         for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
             with contextlib.suppress(Exception):  # best effort: cleanup() detaches the rest
-                detach(name=path.encode(), sym=fn.encode())
+                detach(name=path.encode(), addr=addr)
 
 
 class SslProbes:
@@ -279,14 +431,14 @@ class SslProbes:
     could not be attached, for the tool to print."""
 
     def __init__(self, defines: dict[str, int | bool], extra: Iterable[str] = (),
-                 finder: Finder | None = None):
+                 exported_only: bool = False):
         from libobs.probes import Program  # bcc is imported late (preflight reports it first)
 
         self.program = Program("ssl.bpf.c", defines)
-        self.finder = finder or Finder()
+        self.finder = Finder(exported_only=exported_only)
         self.attacher = Attacher(self.program.bpf)
         self.problems: list[str] = []
-        self.attached: dict[str, tuple[str, ...]] = {}
+        self.attached: list[Library] = []
         self._attach(self.finder.initial(extra))
 
     @property
@@ -300,7 +452,7 @@ class SslProbes:
 
     def describe(self) -> str:
         """One line: what is attached where."""
-        return "; ".join(f"{path} ({', '.join(fns)})" for path, fns in self.attached.items())
+        return "; ".join(lib.describe() for lib in self.attached)
 
     def rescan(self) -> list[str]:
         """Attach to libraries that processes started mapping since; a line about each."""
@@ -313,6 +465,6 @@ class SslProbes:
             if problem:
                 self.problems.append(problem)
             else:
-                self.attached[lib.path] = lib.functions
-            notes.append(problem or f"attached to {lib.path} ({', '.join(lib.functions)})")
+                self.attached.append(lib)
+            notes.append(problem or f"attached to {lib.describe()}")
         return notes

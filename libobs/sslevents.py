@@ -21,6 +21,7 @@ and the connection is dropped until the client starts a new request at a call bo
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import time
@@ -120,6 +121,10 @@ class CallAssembler:
     def feed(self, c: SslChunk, now: float | None = None) -> list[SslCall]:
         out: list[SslCall] = []
         p = self._pending.get(c.h.tid)
+        if p is None and c.chunk == 0 and c.captured <= CHUNK:  # most calls: one record
+            out.append(SslCall(c.h, c.ssl, c.off, c.total, c.fn, c.lib,
+                               b"" if c.read_failed else c.data))
+            return out
         if p is not None and (p.first.h.ts != c.h.ts or c.chunk == 0):
             out.append(self._finish(self._pending.pop(c.h.tid)))
             p = None
@@ -170,7 +175,13 @@ class ApiFact:
 
     @property
     def provider(self) -> str | None:
-        return classify(host_name(self.host))
+        return provider_of(self.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def provider_of(host: str | None) -> str | None:
+    """The provider serving a Host header's host (cached: asked for every event)."""
+    return classify(host_name(host))
 
 
 def host_name(host: str | None) -> str | None:
@@ -363,7 +374,7 @@ class SslDecoder:
                   "content": text(self.scrub(call.data)), "len": call.total,
                   "truncated": call.truncated, "lib": lib}
         identity, process = self.ids.of(h)
-        provider = classify(host_name(self.tracker.host_of(h.pid, call.ssl)))
+        provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
         return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,
                         identity=identity, process=process, provider=provider)
 

@@ -21,8 +21,8 @@ TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_crea
 
 PY_CLIENT = r"""
 import http.client, json, ssl, sys
-host, ca, requests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-conn = http.client.HTTPSConnection(host, 443, context=ssl.create_default_context(cafile=ca))
+host, port, ca, requests = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+conn = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca))
 for method, path, headers, body in requests:   # all on one keep-alive connection
     conn.request(method, path, body=body.encode() if body else None, headers=headers)
     resp = conn.getresponse()
@@ -83,7 +83,8 @@ def headers_for(api: str, encoding: str) -> dict[str, str]:
 
 
 def python_client(server: ps.Server, host: str, requests: list[list[Any]]) -> int:
-    return run([sys.executable, "-c", PY_CLIENT, host, str(server.ca), json.dumps(requests)])
+    return run([sys.executable, "-c", PY_CLIENT, host, str(server.port(host)), str(server.ca),
+                json.dumps(requests)])
 
 
 def run_client(client: str, server: ps.Server, api: str, stream: bool, encoding: str) -> int:
@@ -92,7 +93,7 @@ def run_client(client: str, server: ps.Server, api: str, stream: bool, encoding:
     body = ps.request_body(api, stream).decode()
     if client == "curl":
         cmd = ["curl", "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
-               "-X", "POST", f"https://{host}{path}", "--data-binary", body]
+               "-X", "POST", server.url(host, path), "--data-binary", body]
         for k, v in headers.items():
             cmd += ["-H", f"{k}: {v}"]
         return run(cmd)
@@ -103,7 +104,7 @@ def run_client(client: str, server: ps.Server, api: str, stream: bool, encoding:
         pytest.skip(reason)
     node = node_path()
     assert node
-    return run([node, "-e", NODE_CLIENT, f"https://{host}{path}", json.dumps(headers), body],
+    return run([node, "-e", NODE_CLIENT, server.url(host, path), json.dumps(headers), body],
                env={"NODE_EXTRA_CA_CERTS": str(server.ca)})
 
 
@@ -151,7 +152,7 @@ def test_keep_alive_many_exchanges_one_connection(obs, server):
     pid = python_client(server, "api.openai.com", requests)
     events = api_events(obs, pid, count=2 * len(calls))
     assert len(events) == 2 * len(calls)
-    for (api, stream), (req, resp) in zip(calls, zip(events[::2], events[1::2]), strict=True):
+    for (api, stream), (req, resp) in zip(calls, zip(events[::2], events[1::2], strict=True), strict=True):
         assert strip(req) == expected_request(api, stream)
         assert strip(resp) == expected_response(api, stream)
 
@@ -195,7 +196,7 @@ def test_credentials_redacted(obs, server):
         "POST", "/v1/messages", anthropic, ps.request_body("anthropic", False).decode()]])
     pid_o = run(["curl", "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
                  "-H", f"Authorization: {openai['Authorization']}", "-H", "x-api-key: sk-ant-"
-                 + "D" * 30, "https://api.openai.com/v1/chat/completions",
+                 + "D" * 30, server.url("api.openai.com", "/v1/chat/completions"),
                  "--data-binary", ps.request_body("openai-chat", False).decode()])
     for pid in (pid_a, pid_o):
         api_events(obs, pid)
@@ -216,8 +217,11 @@ def test_heartbeat_and_stderr_name_the_libraries(obs):
     libssl_paths = {p.split(":")[1] for p in probes if "libssl.so" in p}
     assert libssl_paths, probes
     lib = sorted(libssl_paths)[0]
-    for fn in libssl.SSL_FUNCTIONS:
-        assert f"uprobe:{lib}:{fn}" in probes and f"uretprobe:{lib}:{fn}" in probes
+    expected = {f"{kind}:{lib}:{p.label}" for p in libssl.file_probe_points(lib)
+                for kind in ("uprobe", "uretprobe")}
+    assert len(expected) >= 4 and expected <= set(probes)
+    covered = {fn for p in libssl.file_probe_points(lib) for fn in p.covers}
+    assert covered == set(libssl.SSL_FUNCTIONS)
     assert "attached to" in obs.stderr() and lib in obs.stderr()
     node = node_path()
     if node_skip_reason() is None:
@@ -233,7 +237,7 @@ def test_no_redact_and_api_only(server, tmp_path):
     with running("obs-ssl", "--no-redact", "--comm", "obsnoredact") as raw, \
             running("obs-ssl", "--api-only", "--comm", "obsnoredact") as api_only:
         pid = run([str(curl), "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
-                   "-H", f"x-api-key: {key}", "https://api.anthropic.com/v1/messages",
+                   "-H", f"x-api-key: {key}", server.url("api.anthropic.com", "/v1/messages"),
                    "--data-binary", ps.request_body("anthropic", False).decode()])
         raw.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
         api_only.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)

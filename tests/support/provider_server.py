@@ -21,6 +21,7 @@ import contextlib
 import gzip
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -38,7 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 HOSTS = {"api.anthropic.com": "127.0.0.50", "api.openai.com": "127.0.0.51",
          "generativelanguage.googleapis.com": "127.0.0.52"}
-PORT = 443
 APIS = ("anthropic", "openai-chat", "openai-responses", "gemini")
 HOST_OF = {"anthropic": "api.anthropic.com", "openai-chat": "api.openai.com",
            "openai-responses": "api.openai.com", "gemini": "generativelanguage.googleapis.com"}
@@ -224,6 +224,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "provider-server"
 
+    def setup(self) -> None:
+        super().setup()
+        # Each SSE event is its own write: without NODELAY, Nagle holds it for the client's
+        # delayed ACK (40 ms a piece).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -322,19 +328,22 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serve(cert: Path, key: Path, addrs: list[str], port: int) -> None:
+def serve(cert: Path, key: Path, addrs: list[str]) -> None:
+    """Listen on a free port of each address; print `ready {addr: port}` once listening."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["http/1.1"])
     servers = []
+    ports = {}
     for addr in addrs:
-        httpd = ThreadingHTTPServer((addr, port), Handler)
+        httpd = ThreadingHTTPServer((addr, 0), Handler)  # 0: concurrent test runs coexist
         httpd.daemon_threads = True
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+        ports[addr] = httpd.server_address[1]
         servers.append(httpd)
     for httpd in servers:
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    print("ready", flush=True)
+    print("ready", json.dumps(ports), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
 
 
@@ -344,6 +353,13 @@ def serve(cert: Path, key: Path, addrs: list[str], port: int) -> None:
 class Server:
     ca: Path          # PEM of the CA that signed the server certificate
     pid: int
+    ports: dict[str, int]  # listening address -> port
+
+    def port(self, host: str) -> int:
+        return self.ports[HOSTS[host]]
+
+    def url(self, host: str, path: str) -> str:
+        return f"https://{host}:{self.port(host)}{path}"
 
 
 def write_certs(directory: Path) -> tuple[Path, Path, Path]:
@@ -360,25 +376,31 @@ def write_certs(directory: Path) -> tuple[Path, Path, Path]:
 
 
 @contextlib.contextmanager
-def serving() -> Iterator[Server]:
-    """The server on HOSTS' addresses, port 443, with the names mapped in /etc/hosts."""
+def serving(lib_dir: Path | None = None) -> Iterator[Server]:
+    """The server on HOSTS' addresses (a free port each), the names mapped in /etc/hosts.
+    `lib_dir` goes first on the server's LD_LIBRARY_PATH (a private libssl copy: a server whose
+    SSL calls no probe sees, like a remote one)."""
     from tests.support.hosts import mapped
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if lib_dir is not None:
+        env["LD_LIBRARY_PATH"] = str(lib_dir)
 
     with tempfile.TemporaryDirectory(prefix="provider-server-") as tmp:
         ca, cert, key = write_certs(Path(tmp))
         args = [sys.executable, "-m", "tests.support.provider_server", "--cert", str(cert),
-                "--key", str(key), "--port", str(PORT)]
+                "--key", str(key)]
         for addr in dict.fromkeys(HOSTS.values()):
             args += ["--addr", addr]
         proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env=env)
         try:
             assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != b"ready":
-                raise RuntimeError(f"provider server did not start (exit {proc.poll()})")
+            word, _, ports = proc.stdout.readline().partition(b" ")
+            if word != b"ready":
+                raise RuntimeError(f"provider server did not start (exit {proc.wait()})")
             with mapped(HOSTS):
-                yield Server(ca, proc.pid)
+                yield Server(ca, proc.pid, json.loads(ports))
         finally:
             if proc.stdin:
                 proc.stdin.close()
@@ -394,9 +416,8 @@ def main() -> None:
     ap.add_argument("--cert", type=Path, required=True)
     ap.add_argument("--key", type=Path, required=True)
     ap.add_argument("--addr", action="append", required=True)
-    ap.add_argument("--port", type=int, default=PORT)
     a = ap.parse_args()
-    serve(a.cert, a.key, a.addr, a.port)
+    serve(a.cert, a.key, a.addr)
 
 
 if __name__ == "__main__":

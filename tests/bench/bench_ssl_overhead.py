@@ -1,0 +1,108 @@
+"""What attaching obs-ssl costs a TLS-heavy client (not collected by pytest: no test_ prefix).
+
+A Python client (CPython's ssl) makes N HTTPS requests over one keep-alive connection to the
+local provider server (tests/support/provider_server.py): chat completions, half JSON and
+half SSE, about 15 SSL calls per request and under 0.3 ms a request — far more TLS calls per
+second than any LLM client makes. Its wall time is measured untraced and with obs-ssl
+attached (default: SslContent + LlmApi; and --api-only), alternating in rounds so drift on
+the machine hits every variant alike; medians are compared.
+
+The server loads a private copy of libssl (LD_LIBRARY_PATH) and starts after obs-ssl has
+attached (--rescan 0), so only the client is traced, as with a remote API. `--both-traced`
+traces the server too (twice the records, on the same two cores).
+
+    sudo .venv/bin/python -m tests.bench.bench_ssl_overhead [--requests N] [--rounds R]
+
+Prints one line per variant, then `ratio <traced/untraced>` for the default mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from tests.support import provider_server as ps
+from tests.support.tools import running
+
+SYSTEM_LIBSSL = Path("/lib/x86_64-linux-gnu/libssl.so.3")
+CLIENT = r"""
+import http.client, json, ssl, sys, time
+ca, port, n, requests = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+conn = http.client.HTTPSConnection("api.openai.com", port,
+                                   context=ssl.create_default_context(cafile=ca))
+conn.request("GET", "/big?size=64", headers={})  # connect and warm up outside the timing
+conn.getresponse().read()
+t0 = time.perf_counter()
+for i in range(n):
+    path, headers, body = requests[i % len(requests)]
+    conn.request("POST", path, body=body.encode(), headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200
+print(time.perf_counter() - t0)
+"""
+
+
+def client_seconds(server: ps.Server, n: int) -> float:
+    requests = []
+    for stream in (False, True):
+        headers = {**ps.request_headers("openai-chat"), "Content-Type": "application/json"}
+        requests.append([ps.request_path("openai-chat", stream), headers,
+                         ps.request_body("openai-chat", stream).decode()])
+    out = subprocess.run([sys.executable, "-c", CLIENT, str(server.ca),
+                          str(server.port("api.openai.com")), str(n), json.dumps(requests)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int) -> float:
+    """Client seconds, with obs-ssl (args) or without (None); the server starts last."""
+    with ExitStack() as stack:
+        tool = None
+        if args is not None:
+            tool = stack.enter_context(running("obs-ssl", "--rescan", "0", *args))
+        server = stack.enter_context(ps.serving(lib_dir))
+        client_seconds(server, 20)  # warm up
+        seconds = client_seconds(server, n)
+    if tool is not None and (tool.status != 0 or "dropped" in tool.stderr()):
+        print(f"obs-ssl {' '.join(args or ())}: status {tool.status}: {tool.stderr()}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="obs-ssl overhead on a TLS-heavy client")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--both-traced", action="store_true",
+                    help="let the server use the probed system libssl too")
+    a = ap.parse_args()
+    variants: dict[str, tuple[str, ...] | None] = {
+        "untraced": None, "content": (), "api-only": ("--api-only",)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory(prefix="bench-ssl-") as tmp:
+        lib_dir = None
+        if not a.both_traced:
+            lib_dir = Path(tmp)
+            shutil.copy2(SYSTEM_LIBSSL, lib_dir / SYSTEM_LIBSSL.name)
+        for _ in range(a.rounds):
+            for name, args in variants.items():
+                times[name].append(one_round(args, lib_dir, a.requests))
+    base = statistics.median(times["untraced"])
+    traced = "client and server" if a.both_traced else "client only"
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:9} median {med:.3f}s ({med / a.requests * 1e6:.0f} us/request), "
+              f"{a.rounds} rounds of {a.requests} requests, {traced} traced; "
+              f"ratio {med / base:.3f}")
+    print(f"ratio {statistics.median(times['content']) / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
