@@ -11,7 +11,7 @@ The server loads a private copy of libssl (LD_LIBRARY_PATH) and starts after obs
 attached (--rescan 0), so only the client is traced, as with a remote API. `--both-traced`
 traces the server too (twice the records, on the same two cores).
 
-    sudo .venv/bin/python -m tests.bench.bench_ssl_overhead [--requests N] [--rounds R]
+    sudo .venv/bin/python tests/bench/bench_ssl_overhead.py [--requests N] [--rounds R]
 
 Prints one line per variant, then `ratio <traced/untraced>` for the default mode.
 """
@@ -28,8 +28,12 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.support import provider_server as ps
-from tests.support.tools import running
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # nox runs benches as scripts
+    sys.path.insert(0, str(REPO))
+
+from tests.support import provider_server as ps  # noqa: E402
+from tests.support.tools import running  # noqa: E402
 
 SYSTEM_LIBSSL = Path("/lib/x86_64-linux-gnu/libssl.so.3")
 CLIENT = r"""
