@@ -1,9 +1,11 @@
 """obs-enforce in user space: what goes into the kernel's maps, and what comes back.
 
 The kernel side (bpf/enforce.bpf.c) looks destinations up in two hashes keyed by
-(family, address): ``deny`` (refuse, naming a rule id) and, with --deny-unclassified,
-``allow`` (the only non-loopback destinations that pass). This module decides their contents
-from the policies (libobs.policy), keeps rule ids stable so a refusal maps back to the
+(family, address): ``deny`` (refuse, naming a rule id) and ``allow`` (approved providers'
+addresses: with --deny-unclassified the only non-loopback destinations that pass, otherwise
+only a guard against denying them). Two more feed its DNS learning: ``names`` (listed
+hostnames in wire format) and ``servers`` (trusted DNS servers). This module decides all
+four from the policies (libobs.policy), keeps rule ids stable so a refusal maps back to the
 deny-file line or policy that caused it, and decodes the kernel's records into ``Denied``
 events and DNS answers (libobs.parse.dns).
 
@@ -565,11 +567,11 @@ class BccMaps:
         self.bpf = bpf
 
     def update(self, table: str, key: bytes, value: bytes) -> None:
-        t = self.bpf[table]
+        t = self.bpf[table.encode()]
         t[t.Key.from_buffer_copy(key)] = t.Leaf.from_buffer_copy(value)
 
     def delete(self, table: str, key: bytes) -> None:
-        t = self.bpf[table]
+        t = self.bpf[table.encode()]
         with contextlib.suppress(KeyError):
             del t[t.Key.from_buffer_copy(key)]
 

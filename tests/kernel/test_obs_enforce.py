@@ -441,11 +441,11 @@ def test_map_layouts_match_the_c():
         import ctypes
 
         b = prog.bpf
-        for table in ("deny", "allow"):
+        for table in (b"deny", b"allow"):
             assert ctypes.sizeof(b[table].Key) == enforce.KEY.size
             assert ctypes.sizeof(b[table].Leaf) == enforce.VAL.size
-        assert ctypes.sizeof(b["names"].Key) == enforce.NAME_LEN
-        assert ctypes.sizeof(b["names"].Leaf) == enforce.NAME_VAL.size
-        assert ctypes.sizeof(b["servers"].Key) == enforce.KEY.size
+        assert ctypes.sizeof(b[b"names"].Key) == enforce.NAME_LEN
+        assert ctypes.sizeof(b[b"names"].Leaf) == enforce.NAME_VAL.size
+        assert ctypes.sizeof(b[b"servers"].Key) == enforce.KEY.size
     finally:
         prog.close()
