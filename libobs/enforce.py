@@ -100,6 +100,8 @@ def key_bytes(key: Key) -> bytes:
 def wire_name(host: str) -> bytes | None:
     """The names-map key of a normalised hostname: DNS wire format, zero-padded; None if it
     does not fit (such names are matched in user space only)."""
+    if not host.isascii():
+        return None
     labels = [label.encode("ascii") for label in host.split(".") if label]
     wire = b"".join(bytes([len(lb)]) + lb for lb in labels) + b"\0"
     if any(len(lb) > 63 for lb in labels) or len(wire) > NAME_LEN:

@@ -47,6 +47,13 @@ def test_wire_name():
     assert enforce.wire_name(".".join(["abcdefghi"] * 12)) is not None
 
 
+@given(st.text(max_size=300))
+def test_wire_name_and_nameservers_are_total(text):
+    key = enforce.wire_name(text)
+    assert key is None or len(key) == enforce.NAME_LEN
+    assert all(ip(str(a)) == a for a in enforce.nameservers(text))
+
+
 def test_rule_ids_are_stable_and_never_reused():
     ids = enforce.RuleIds()
     a, b = ids.id(R("10.0.0.1")), ids.id(R("provider:OpenAi not allowed", "OpenAi"))
