@@ -245,3 +245,84 @@ def test_no_redact_and_api_only(server, tmp_path):
     assert any(f"x-api-key: {key}" in w for w in writes)
     assert api_only.of_kind("SslContent") == []
     assert {f["pid"] for f in raw.of_kind("LlmApi")} == {pid}  # the comm filter held
+
+
+STEPPED_CLIENT = r"""
+import http.client, json, ssl, sys
+host, port, ca, requests = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+conn = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca))
+for method, path, headers, body in requests:   # one keep-alive connection, a step per line
+    sys.stdin.readline()
+    conn.request(method, path, body=body.encode() if body else None, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
+    print("done", flush=True)
+"""
+
+
+def test_ring_buffer_overflow_is_counted_and_the_connection_recovers(server, tmp_path):
+    """A reader that stops (SIGSTOP) while 32 MB arrive: records are lost, counted, and the
+    next exchange on the same connection is reported exactly."""
+    import signal
+    import time
+
+    host = ps.HOST_OF["openai-chat"]
+    requests = [["GET", f"/big?size={32 << 20}", {}, ""],
+                ["POST", ps.request_path("openai-chat", True), headers_for("openai-chat", "gzip"),
+                 ps.request_body("openai-chat", True).decode()]]
+    with running("obs-ssl", "--api-only", "--ring-size", "1", "--heartbeat-interval", "0.5",
+                 "--comm", "obsburst") as obs:
+        client = tmp_path / "obsburst"
+        client.symlink_to(sys.executable)
+        proc = subprocess.Popen([str(client), "-c", STEPPED_CLIENT, host, str(server.port(host)),
+                                 str(server.ca), json.dumps(requests)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdin and proc.stdout
+        obs.proc.send_signal(signal.SIGSTOP)
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "done\n"
+        finally:
+            obs.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        req, resp = obs.wait_events("LlmApi", lambda f: f["pid"] == proc.pid, count=2)
+        hb = obs.wait_events("CollectorHeartbeat", lambda f: f["dropped"] > 0)[-1]
+    assert strip(req) == expected_request("openai-chat", True)
+    assert strip(resp) == expected_response("openai-chat", True)
+    assert hb["dropped"] > 0
+    assert "dropped" in obs.stderr()
+
+
+def test_rescan_finds_a_private_libssl_loaded_later(server, tmp_path):
+    private = tmp_path / "lib"
+    private.mkdir()
+    shutil.copy2("/lib/x86_64-linux-gnu/libssl.so.3", private / "libssl.so.3")
+    host = ps.HOST_OF["anthropic"]
+    requests = [["POST", "/v1/messages", headers_for("anthropic", "identity"),
+                 ps.request_body("anthropic", False).decode()]]
+    with running("obs-ssl", "--rescan", "0.3", "--comm", "obsrescan") as obs:
+        assert str(private) not in obs.stderr()
+        client = tmp_path / "obsrescan"
+        client.symlink_to(sys.executable)
+        proc = subprocess.Popen([str(client), "-c", STEPPED_CLIENT, host, str(server.port(host)),
+                                 str(server.ca), json.dumps(requests)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "LD_LIBRARY_PATH": str(private)})
+        assert proc.stdin and proc.stdout
+        from tests.support.tools import wait_for
+        wait_for(lambda: f"attached to {private}/libssl.so.3" in obs.stderr(), timeout=20,
+                 what="the rescan to attach to the private libssl")
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        req, resp = obs.wait_events("LlmApi", lambda f: f["pid"] == proc.pid, count=2)
+    assert strip(resp) == expected_response("anthropic", False)
+    libs = {f["lib"] for f in obs.of_kind("SslContent") if f["pid"] == proc.pid}
+    assert libs == {f"{private}/libssl.so.3"}
