@@ -15,7 +15,7 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   has arrived starts the next exchange — one per HTTP/1.1 request, keep-alive or not.
 - A segment is response data only if the server sent it after receiving the whole request
   (its ack_seq covers the request's last byte), and, on TLS 1.3, if it did not arrive within
-  1.5 handshake round trips + 2 ms of the client's Finished: the server writes its
+  1.5 handshake round trips + 20 ms of the client's Finished: the server writes its
   NewSessionTickets (and an HTTP/2 server its SETTINGS) as soon as it reads the Finished,
   and they often arrive after the request, acking it when the client sent both back to back.
   The round trip is measured on the connection (ClientHello sent → server's first flight).
@@ -67,8 +67,10 @@ CONTROL_MAX = 48
 _SEQ = 1 << 32
 NS = 1_000_000_000
 # Post-handshake window after a TLS 1.3 Finished: 1.5 handshake round trips + this slack,
-# and at most this many bytes (tickets are ~250 B each; a big burst is a response).
-POST_HS_SLACK_NS = 2_000_000
+# and at most this many bytes (tickets are ~250 B each; a big burst is a response). The slack
+# absorbs a busy server writing its tickets late (a Python server waits up to its 5 ms GIL
+# switch interval) and network jitter; no LLM API answers that fast.
+POST_HS_SLACK_NS = 20_000_000
 POST_HS_MAX_BYTES = 4096
 
 
