@@ -1,16 +1,20 @@
 """LLM API facts (model, tokens, stream, path) from TLS plaintext, for tools that join them
 onto their own events — obs-llm's --api joins them onto LlmCall.
 
-    from libobs import sslapi
-    probes = sslapi.load(probes.base_defines(ring) | filters.defines())
+    from libobs import probes, sslapi
+    ssl = sslapi.load(probes.base_defines(ring) | filters.defines())
+    filters.apply(ssl.program.bpf)
+    err(TOOL, ssl.describe())             # and each of ssl.problems
     api = sslapi.SslApi(clock)            # the same Clock as the tool's own events
-    ...
-    # in the decode callback, for records of that program (both programs' rings may share
-    # one callback: sslapi.is_ssl_record tells them apart)
-    for fact in api.feed(raw):
-        index[fact.key] = fact            # key = (pid, request_ts)
-    # in the tick callback
+    loop = Loop(cfg, [own_program, ssl.program], decode, tick=tick,
+                attached=own_names + ssl.probe_names)
+    # decode: both programs' records reach one callback; is_ssl_record tells them apart
+    if sslapi.is_ssl_record(raw):
+        for fact in api.feed(raw):
+            index[fact.key] = fact        # key = (pid, request_ts)
+    # tick (and once with now=float("inf") at exit)
     for fact in api.tick(now): ...
+    ssl.rescan()                          # now and then: OpenSSL copies loaded since
 
 Each HTTP exchange with an LLM API yields two facts: the request's (is_request=True: model
 and stream as asked) once its last byte is written, and the response's (is_request=False:
@@ -30,11 +34,9 @@ from typing import Any
 from libobs import libssl
 from libobs.events import Clock
 from libobs.records import HDR
-from libobs.sslevents import K_SSL, ApiFact, ApiTracker, CallAssembler, decode_chunk
+from libobs.sslevents import CALL_WAIT, K_SSL, ApiFact, ApiTracker, CallAssembler, decode_chunk
 
 __all__ = ["LlmFact", "SslApi", "is_ssl_record", "load"]
-
-CALL_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SslApi:
         self.clock = clock
         self.calls = CallAssembler()
         self.tracker = tracker or ApiTracker()
+        self._expired = 0.0
 
     def feed(self, raw: bytes) -> list[LlmFact]:
         chunk = decode_chunk(raw)
@@ -83,7 +86,10 @@ class SslApi:
         final = now == float("inf")
         out = [self._fact(f) for call in self.calls.flush(None if final else now - CALL_WAIT)
                for f in self.tracker.feed(call)]
-        return out + [self._fact(f) for f in self.tracker.expire(now)]
+        if final or now - self._expired >= 1.0:  # idle connections: once a second is plenty
+            self._expired = now
+            out += [self._fact(f) for f in self.tracker.expire(now)]
+        return out
 
     def _fact(self, f: ApiFact) -> LlmFact:
         return LlmFact(f.h.pid, f.h.tid, f.is_request, self.clock.wall(f.ts),

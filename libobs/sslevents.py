@@ -42,7 +42,7 @@ K_SSL = 0x5353                   # bpf/ssl.bpf.c
 CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at most
 REC = struct.Struct("<QQIIHBBB3x")  # ssl, off, total, captured, chunk, fn, lib, read_failed
 DATA = HDR.size + REC.size       # 104: where a record's data starts
-FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
+FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                 "cache_creation_tokens")
 

@@ -326,3 +326,30 @@ def test_rescan_finds_a_private_libssl_loaded_later(server, tmp_path):
     assert strip(resp) == expected_response("anthropic", False)
     libs = {f["lib"] for f in obs.of_kind("SslContent") if f["pid"] == proc.pid}
     assert libs == {f"{private}/libssl.so.3"}
+
+
+def test_record_layout_matches_the_c_struct():
+    """libobs.sslevents reads struct ssl_rec at fixed offsets: check them against what clang
+    compiled (a map with the struct as its value gives bcc's ctypes mirror of it)."""
+    import ctypes
+
+    from bcc import BPF
+
+    from libobs import probes
+    from libobs.sslevents import DATA, REC
+
+    text = probes.source_text("ssl.bpf.c") + "\nBPF_ARRAY(layout_check, struct ssl_rec, 1);\n"
+    b = BPF(text=text.encode(), cflags=probes.cflags(probes.base_defines(1 << 20)))
+    try:
+        leaf = b[b"layout_check"].Leaf
+        offsets = {name: getattr(leaf, name).offset for name, *_ in leaf._fields_}
+        assert ctypes.sizeof(leaf) == DATA
+    finally:
+        b.cleanup()
+    names = ["ssl", "off", "total", "captured", "chunk", "fn", "lib", "read_failed"]
+    expected, at = {}, 72
+    for name, size in zip(names, [8, 8, 4, 4, 2, 1, 1, 1], strict=True):
+        expected[name] = at
+        at += size
+    assert {n: offsets[n] for n in names} == expected
+    assert REC.size == DATA - 72
