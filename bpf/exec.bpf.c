@@ -137,6 +137,21 @@ static __always_inline int sec_enter(u32 action, s64 a0, s64 a1, s64 a2)
     return 0;
 }
 
+/* listen(): the address comes from the socket itself, so bind(port 0) and autobind report
+ * the port the kernel chose. */
+static __always_inline void sec_listen_addr(struct sec_rec *r)
+{
+    void *sk = obs_fd_sock((void *)bpf_get_current_task(), (int)r->a0);
+    if (!sk)
+        return;
+    bpf_probe_read_kernel(&r->family, 2, (char *)sk + OFF_SKC_FAMILY);
+    bpf_probe_read_kernel(&r->port, 2, (char *)sk + OFF_SKC_NUM);
+    if (r->family == 2)
+        bpf_probe_read_kernel(&r->addr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+    else
+        bpf_probe_read_kernel(&r->addr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
+}
+
 static __always_inline int sec_exit(long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -147,6 +162,8 @@ static __always_inline int sec_exit(long ret)
     sec_pending.delete(&tid);
     obs_fill_hdr(&r.h, K_SECURITY);
     r.ret = ret;
+    if (r.action == SEC_LISTEN)
+        sec_listen_addr(&r);
     obs_output(&r, sizeof(r));
     return 0;
 }
@@ -188,8 +205,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ptrace)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_ptrace) { return sec_exit(args->ret); }
 
-/* listen(): the address comes from the socket itself at exit, so bind(port 0) and autobind
- * report the port the kernel chose. */
 TRACEPOINT_PROBE(syscalls, sys_enter_listen)
 {
     if (obs_filtered_out())
@@ -198,28 +213,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_listen)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_listen)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct sec_rec *p = sec_pending.lookup(&tid);
-    if (!p)
-        return 0;
-    struct sec_rec r = *p;
-    sec_pending.delete(&tid);
-    obs_fill_hdr(&r.h, K_SECURITY);
-    r.ret = args->ret;
-    void *sk = obs_fd_sock((void *)bpf_get_current_task(), (int)r.a0);
-    if (sk) {
-        bpf_probe_read_kernel(&r.family, 2, (char *)sk + OFF_SKC_FAMILY);
-        bpf_probe_read_kernel(&r.port, 2, (char *)sk + OFF_SKC_NUM);
-        if (r.family == 2)
-            bpf_probe_read_kernel(&r.addr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
-        else
-            bpf_probe_read_kernel(&r.addr, 16, (char *)sk + OFF_SKC_V6_RCV_SADDR);
-    }
-    obs_output(&r, sizeof(r));
-    return 0;
-}
+TRACEPOINT_PROBE(syscalls, sys_exit_listen) { return sec_exit(args->ret); }
 
 #ifdef FILES
 /* ---- FileAccess (opens with write intent) and FileDelete --------------------------------- */

@@ -233,16 +233,26 @@ def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
         f"{tmp_path}/rel.txt", f"{tmp_path}/abs.txt", f"{sub}/inner.txt", str(sub)]
 
 
-def test_heartbeat_counts(tool):
-    def hb():
-        return [e for e in tool.events() if "CollectorHeartbeat" in e["event"]]
+def test_heartbeat_counts(tmp_path):
     from tests.support.tools import wait_for
-    beats = wait_for(hb, 10, "a heartbeat")
-    h = beats[-1]["event"]["CollectorHeartbeat"]
-    assert h["tool"] == "obs-exec" and h["dropped"] == 0
+    prog = _copy_true(tmp_path, "zzobshb")
+    with running("obs-exec", "--comm", "zzobshb", "--heartbeat-interval", "0.3") as r:
+        for i in range(5):
+            subprocess.run([str(prog), str(i)], check=True)
+        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobshb", count=5)
+
+        def settled():
+            beats = [e for e in r.events() if "CollectorHeartbeat" in e["event"]]
+            last = beats[-1] if beats else None
+            counts = last["event"]["CollectorHeartbeat"]["counts"] if last else {}
+            return last if counts.get("ProcessExit") == 5 else None
+        last = wait_for(settled, 10, "a heartbeat counting the five exits")
+    h = last["event"]["CollectorHeartbeat"]
+    assert h["tool"] == "obs-exec" and h["dropped"] == 0 and h["output_dropped"] == 0
+    assert h["counts"]["ToolExec"] == 5 and h["interval_secs"] == 0.3
     assert "tracepoint:sched:sched_process_exec" in h["attached_probes"]
-    assert beats[-1]["identity"] == {"agent": None, "task": None, "session": None}
-    assert beats[-1]["provider"] is None
+    assert last["identity"] == {"agent": None, "task": None, "session": None}
+    assert last["provider"] is None
 
 
 def test_sigint_detaches_and_exits_zero():
