@@ -264,9 +264,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (!sk || (type != SOCK_STREAM_ && type != SOCK_DGRAM_))
         return 0;
     u64 skey = (u64)sk;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (type == SOCK_STREAM_) {
+        /* connect() again on a non-blocking socket returns 0 once it is established: the
+         * same connection, already reported */
+        struct sk_info *seen = sks.lookup(&skey);
+        if (seen && seen->tgid == tgid && seen->fd == a.fd)
+            return 0;
         /* tracked before the state is read, so no later transition can be missed */
-        struct sk_info si = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = a.fd};
+        struct sk_info si = {.tgid = tgid, .fd = a.fd};
 #ifdef LLM
         si.flags = S_LLM;
 #endif
@@ -366,9 +372,6 @@ static __always_inline void first_write(s32 fd, u64 key, struct fd_info *fip, u6
             fds.update(&key, &fi);
         else
             fds.delete(&key);
-#ifndef LLM
-        sks.delete(&fi.sk); /* obs-net needs no more of this connection */
-#endif
         u64 total = vec ? HELLO_CAP : len;
         CLAMP(total, 0xFFFFFFFF);
         emit_payload(K_HELLO, fd, fi.sk, &fi.peer, fi.proto, 0, ptr, len, vec, HELLO_CAP,

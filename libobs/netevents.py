@@ -289,11 +289,16 @@ class NetDecoder:
 
 
 def untracker(table: Any) -> Callable[[int], None]:
-    """Forget a struct sock * in the kernel's `sks` map (bcc table): no more records for it."""
+    """Stop the kernel's per-send and per-segment records for a struct sock * (bcc table
+    `sks`). The entry stays until the connection closes: a repeated connect() on the socket
+    is then still known as the same connection."""
     import contextlib
     import ctypes
 
     def untrack(sk: int) -> None:
+        key = ctypes.c_uint64(sk)
         with contextlib.suppress(KeyError):
-            del table[ctypes.c_uint64(sk)]
+            leaf = table[key]
+            leaf.flags = 0
+            table[key] = leaf
     return untrack

@@ -42,7 +42,10 @@ def tool():
 def egress(tool, pid: int, count: int = 1) -> list[dict]:
     tool.wait_events("Egress", lambda f: f["pid"] == pid, count=count)
     time.sleep(0.5)  # one event per connection: a second one would show up now
-    return [f for f in tool.of_kind("Egress") if f["pid"] == pid]
+    found = [f for f in tool.of_kind("Egress") if f["pid"] == pid]
+    assert len(found) == count, [{k: v for k, v in f.items() if k != "_env"} | {
+        "ts": f["_env"]["ts"]} for f in found]
+    return found
 
 
 def py(code: str, *args: str) -> subprocess.Popen[str]:
@@ -106,6 +109,26 @@ def test_big_hello_through_every_send_path(tool, server, method):
     pid = finished(py(SEND_HELLO, server.port, method, hello.hex()))
     [e] = egress(tool, pid)
     assert e["sni"] == name and e["_env"]["provider"] == "Anthropic"
+
+
+def test_connect_called_again_is_one_connection(tool, server):
+    # A non-blocking connect() polled by calling connect() again: the second call returns 0
+    # once established (some event loops do this). One connection, one Egress.
+    name = "again.big-hello.anthropic.com"
+    pid = finished(py("""
+        import select, socket, sys
+        s = socket.socket()
+        s.setblocking(False)
+        first = s.connect_ex(("127.0.0.1", int(sys.argv[1])))
+        select.select([], [s], [], 5)
+        again = s.connect_ex(("127.0.0.1", int(sys.argv[1])))
+        assert first in (0, 115) and again in (0, 106), (first, again)
+        s.setblocking(True)
+        s.send(bytes.fromhex(sys.argv[2]))
+        s.recv(100)
+    """, server.port, records(big_hello(name.encode())).hex()))
+    [e] = egress(tool, pid)
+    assert e["sni"] == name
 
 
 def test_ipv6_and_v4_mapped(tool):
