@@ -26,7 +26,7 @@ import re
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,13 +35,14 @@ from libobs.identity import Identities
 from libobs.parse.http import HttpMessage, HttpStream
 from libobs.parse.llmapi import request_facts, response_facts
 from libobs.providers import classify
-from libobs.records import HDR, Hdr, hdr
+from libobs.records import HDR, Hdr
 from libobs.redact import redact
 
 K_SSL = 0x5353                   # bpf/ssl.bpf.c
 CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at most
 REC = struct.Struct("<QQIIHBBB3x")  # ssl, off, total, captured, chunk, fn, lib, read_failed
 DATA = HDR.size + REC.size       # 104: where a record's data starts
+_RECORD = struct.Struct(HDR.format + REC.format[1:])
 FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                 "cache_creation_tokens")
@@ -68,14 +69,12 @@ class SslChunk(NamedTuple):
 
 def decode_chunk(raw: bytes) -> SslChunk | None:
     """A record of bpf/ssl.bpf.c, or None for any other record."""
-    if len(raw) < DATA:
+    if len(raw) < DATA or int.from_bytes(raw[:4], "little") != K_SSL:
         return None
-    h = hdr(raw)
-    if h.kind != K_SSL:
-        return None
-    ssl, off, total, captured, chunk, fn, lib, failed = REC.unpack_from(raw, HDR.size)
+    v = _RECORD.unpack_from(raw, 0)  # header and fixed part in one go: this runs per call
+    h = Hdr._make(v[:12])
     n = min(h.len, len(raw) - DATA, CHUNK)
-    return SslChunk(h, ssl, off, total, captured, chunk, fn, lib, bool(failed),
+    return SslChunk(h, v[12], v[13], v[14], v[15], v[16], v[17], v[18], bool(v[19]),
                     bytes(raw[DATA:DATA + n]))
 
 
@@ -246,7 +245,9 @@ class ApiTracker:
         self._conns.move_to_end(key)
         conn.h, conn.seen = call.h, now
         conn.next_off[d] = call.off + call.total
-        facts += self._facts(conn, call.ssl, conn.http.feed(call.is_read, call.data, call.h.ts))
+        msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
+        if msgs:
+            facts += self._facts(conn, call.ssl, msgs)
         if call.truncated:
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
@@ -344,28 +345,32 @@ class SslDecoder:
         self.tracker = ApiTracker()
         self._expired = 0.0
 
-    def __call__(self, raw: bytes) -> Iterator[Event]:
+    def __call__(self, raw: bytes) -> list[Event]:
+        # lists rather than generators: this runs once per SSL call
         chunk = decode_chunk(raw)
         if chunk is None:
-            return
+            return []
+        out: list[Event] = []
         for call in self.calls.feed(chunk):
-            yield from self._call(call)
+            self._call(call, out)
+        return out
 
-    def tick(self, now: float) -> Iterator[Event]:
+    def tick(self, now: float) -> list[Event]:
+        out: list[Event] = []
         final = now == float("inf")
         for call in self.calls.flush(None if final else now - CALL_WAIT):
-            yield from self._call(call)
+            self._call(call, out)
         if self.api and (final or now - self._expired >= 1.0):
             self._expired = now
-            for fact in self.tracker.expire(now):
-                yield self.llm_api(fact)
+            out += [self.llm_api(fact) for fact in self.tracker.expire(now)]
+        return out
 
-    def _call(self, call: SslCall) -> Iterator[Event]:
+    def _call(self, call: SslCall, out: list[Event]) -> None:
         facts = self.tracker.feed(call) if self.api else []
         if self.content:
-            yield self.ssl_content(call)
+            out.append(self.ssl_content(call))
         for fact in facts:
-            yield self.llm_api(fact)
+            out.append(self.llm_api(fact))
 
     def ssl_content(self, call: SslCall) -> Event:
         h = call.h
