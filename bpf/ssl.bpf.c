@@ -12,9 +12,14 @@
  * direction), so user space sees exactly where bytes are missing — a full ring buffer or a
  * call larger than MAX_CAPTURE — instead of splicing unrelated bytes together.
  *
- * Entry probes exist once per library slot (LIB_SLOTS of them): the slot number is baked
- * into the function, which is how a record says which library it came from.
- * Record layout mirrored in libobs/sslevents.py.
+ * Where a library's exported SSL_read_ex/SSL_write_ex are thin wrappers that uprobes would
+ * have to single-step, libobs/libssl.py attaches these same programs to the internal
+ * ssl_read_internal/ssl_write_internal instead (the _ex calling convention, returning > 0 on
+ * success), which also see SSL_read/SSL_write.
+ *
+ * Entry probes exist once per library slot (16 of them, SSL_SLOT below): the slot number is
+ * baked into the function, which is how a record says which library it came from.
+ * Record layout mirrored in libobs/sslevents.py (checked by tests/kernel/test_obs_ssl.py).
  */
 #include "common.h"
 
@@ -51,7 +56,8 @@ struct ssl_args {
     u32 lib;
     u32 fn;
 };
-BPF_HASH(ssl_pending, u64, struct ssl_args, 16384);
+/* LRU: a thread that never returns (killed mid-call) must not leave a slot taken forever */
+BPF_TABLE("lru_hash", u64, struct ssl_args, ssl_pending, 16384);
 
 struct stream_key {
     u64 ssl;
