@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,10 @@ from tests.support.tools import Running, running
 
 pytestmark = pytest.mark.kernel
 TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens")
+# Every client runs under this comm (through a symlink of that name) and the module's obs-ssl
+# filters on it: its output stays small whatever else the host is doing over TLS.
+COMM = "obs-ssl-client"
+_CLIENT_DIR = Path(tempfile.mkdtemp(prefix="obs-ssl-clients-"))
 
 PY_CLIENT = r"""
 import http.client, json, ssl, sys
@@ -63,13 +69,25 @@ def server():
 
 @pytest.fixture(scope="module")
 def obs(server):
-    with running("obs-ssl", "--heartbeat-interval", "1") as r:
+    with running("obs-ssl", "--heartbeat-interval", "1", "--comm", COMM) as r:
         yield r
     assert r.status == 0, r.stderr()
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run a client to completion; its pid."""
+def as_client(program: str) -> str:
+    """A path that runs `program` with the comm COMM."""
+    target = Path(shutil.which(program) or program).resolve()
+    link = _CLIENT_DIR / target.name / COMM
+    if not link.exists():
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(target)
+    return str(link)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, client: bool = True) -> int:
+    """Run a client to completion (under the comm COMM unless client=False); its pid."""
+    if client:
+        cmd = [as_client(cmd[0]), *cmd[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
     _, err = proc.communicate(timeout=60)
@@ -238,7 +256,7 @@ def test_no_redact_and_api_only(server, tmp_path):
             running("obs-ssl", "--api-only", "--comm", "obsnoredact") as api_only:
         pid = run([str(curl), "-sS", "--fail", "--cacert", str(server.ca), "-o", "/dev/null",
                    "-H", f"x-api-key: {key}", server.url("api.anthropic.com", "/v1/messages"),
-                   "--data-binary", ps.request_body("anthropic", False).decode()])
+                   "--data-binary", ps.request_body("anthropic", False).decode()], client=False)
         raw.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
         api_only.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
     writes = [f["content"] for f in raw.of_kind("SslContent") if not f["is_read"]]
