@@ -191,7 +191,7 @@ def test_uprobes_missing_is_none_or_a_reason():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--lib", "/etc/hostname"], "--lib /etc/hostname: not an ELF file exporting"),
-    (["--max-capture", "48"], "--max-capture must be a power of two"),
+    (["--max-capture", "96"], "--max-capture must be a power of two"),
     (["--comm", "a-very-long-command-name"], "--comm must be 1-15 bytes"),
 ])
 def test_bad_options_one_line_and_exit_2(args, message):
