@@ -280,13 +280,13 @@ for method, path, headers, body in requests:   # one keep-alive connection, a st
 
 
 def test_ring_buffer_overflow_is_counted_and_the_connection_recovers(server, tmp_path):
-    """A reader that stops (SIGSTOP) while 32 MB arrive: records are lost, counted, and the
+    """A reader that stops (SIGSTOP) while 8 MB arrive (a 1 MiB ring buffer): records are lost, counted, and the
     next exchange on the same connection is reported exactly."""
     import signal
     import time
 
     host = ps.HOST_OF["openai-chat"]
-    requests = [["GET", f"/big?size={32 << 20}", {}, ""],
+    requests = [["GET", f"/big?size={8 << 20}", {}, ""],
                 ["POST", ps.request_path("openai-chat", True), headers_for("openai-chat", "gzip"),
                  ps.request_body("openai-chat", True).decode()]]
     with running("obs-ssl", "--api-only", "--ring-size", "1", "--heartbeat-interval", "0.5",
