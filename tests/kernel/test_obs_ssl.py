@@ -280,8 +280,8 @@ for method, path, headers, body in requests:   # one keep-alive connection, a st
 
 
 def test_ring_buffer_overflow_is_counted_and_the_connection_recovers(server, tmp_path):
-    """A reader that stops (SIGSTOP) while 8 MB arrive (a 1 MiB ring buffer): records are lost, counted, and the
-    next exchange on the same connection is reported exactly."""
+    """A reader that stops (SIGSTOP) while 8 MB arrive through a 1 MiB ring buffer: records
+    are lost, counted, and the next exchange on the same connection is reported exactly."""
     import signal
     import time
 
