@@ -193,6 +193,8 @@ def test_uprobes_missing_is_none_or_a_reason():
     (["--lib", "/etc/hostname"], "--lib /etc/hostname: not an ELF file exporting"),
     (["--max-capture", "96"], "--max-capture must be a power of two"),
     (["--comm", "a-very-long-command-name"], "--comm must be 1-15 bytes"),
+    (["--max-capture", "16"], "Invalid value for '--max-capture'"),
+    (["--no-such-option"], "No such option"),
 ])
 def test_bad_options_one_line_and_exit_2(args, message):
     p = subprocess.run([sys.executable, str(REPO / "tools" / "obs-ssl"), *args],
