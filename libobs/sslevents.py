@@ -206,10 +206,11 @@ class _Conn:
 
 class ApiTracker:
     """Per-connection HTTP/1.1 reassembly and LLM facts. Bounded: at most `max_conns`
-    connections (least recently used dropped first), idle ones expired by `expire`."""
+    connections (least recently used dropped first), idle ones expired by `expire`; a
+    message body is kept up to `max_body` (beyond it llmapi reads the head by pattern)."""
 
     def __init__(self, max_conns: int = 4096, idle_secs: float = 300.0,
-                 max_body: int = 8 << 20):
+                 max_body: int = 4 << 20):
         self.max_conns = max_conns
         self.idle_secs = idle_secs
         self.max_body = max_body
@@ -241,7 +242,7 @@ class ApiTracker:
             conn = _Conn(HttpStream(self.max_body), call.h, now)
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
-                self._drop(next(iter(self._conns)))
+                self._conns.popitem(last=False)  # the least recently used
         self._conns.move_to_end(key)
         conn.h, conn.seen = call.h, now
         conn.next_off[d] = call.off + call.total
