@@ -430,7 +430,7 @@ class SslProbes:
     later): what obs-ssl and obs-llm --api load. `problems` holds one line per library that
     could not be attached, for the tool to print."""
 
-    def __init__(self, defines: dict[str, int | bool], extra: Iterable[str] = (),
+    def __init__(self, defines: dict[str, int | bool], extra: Iterable[str | Path] = (),
                  exported_only: bool = False):
         from libobs.probes import Program  # bcc is imported late (preflight reports it first)
 
@@ -439,7 +439,7 @@ class SslProbes:
         self.attacher = Attacher(self.program.bpf)
         self.problems: list[str] = []
         self.attached: list[Library] = []
-        self._attach(self.finder.initial(extra))
+        self._attach(self.finder.initial(str(p) for p in extra))
 
     @property
     def libs(self) -> list[str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from libobs import libssl
@@ -96,7 +97,8 @@ class SslApi:
                        self.clock.wall(f.request_ts), f.provider, f.host, dict(f.fields))
 
 
-def load(defines: dict[str, int | bool], extra_libs: Sequence[str] = ()) -> libssl.SslProbes:
+def load(defines: dict[str, int | bool], extra_libs: Sequence[str | Path] = ()
+         ) -> libssl.SslProbes:
     """Compile bpf/ssl.bpf.c and attach it to every OpenSSL found (libssl.Finder). Use
     `.program` (a probes.Program: give it to the run loop), `.probe_names` (for the heartbeat),
     `.describe()` and `.problems` (lines for stderr) and `.rescan()` now and then."""
