@@ -145,6 +145,9 @@ class Exchange:
     resp_bytes: int = 0
     resp_segments: int = 0
     _tail: tuple[int, int] = (0, 0)  # (bytes, previous last_resp_ts) of the last segment
+    # In-window segments acking the request (ts, bytes): tickets if a response follows later,
+    # else they were the response of a server faster than the window (settle()).
+    held: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def ttft_ns(self) -> int:
@@ -155,7 +158,19 @@ class Exchange:
         return (self.last_resp_ts or self.req_end_ts) - self.start_ts
 
     def answered(self) -> bool:
+        self.settle()
         return self.first_resp_ts is not None and self.req_bytes > CONTROL_MAX
+
+    def settle(self) -> None:
+        """No data came after the post-handshake window: what came inside it, after the
+        server had the whole request, was the response."""
+        if self.first_resp_ts is None and self.held:
+            self.first_resp_ts, self.last_resp_ts = self.held[0][0], self.held[-1][0]
+            self.resp_bytes = sum(n for _, n in self.held)
+            self.resp_segments = len(self.held)
+            self._tail = (self.held[-1][1], self.held[-2][0] if len(self.held) > 1
+                          else self.held[0][0])
+        self.held = []
 
     def drop_trailing_alert(self) -> None:
         nbytes, prev = self._tail
@@ -244,13 +259,17 @@ class Connection:
             if self.hello_answered is False:
                 self.hello_answered, self.hs_rtt = True, seg.ts - self.hello_ts
             return []
-        if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
-            self.post_hs_bytes += new
-            return []  # the server's answer to our Finished (session tickets), not a response
         cur = self.current
+        if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
+            self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
+            if cur is not None and cur.first_resp_ts is None and not seq_before(seg.ack,
+                                                                                cur.req_seq):
+                cur.held.append((seg.ts, new))  # …or a very fast server's response
+            return []
         if cur is None or seq_before(seg.ack, cur.req_seq):
             return []  # unsolicited, or sent before the server had the whole request
         if cur.first_resp_ts is None:
+            cur.held = []  # data after the window: what came inside it was tickets
             cur.first_resp_ts = seg.ts
         cur._tail = (new, cur.last_resp_ts or seg.ts)
         cur.last_resp_ts = seg.ts
@@ -269,6 +288,8 @@ class Connection:
     def idle(self, now_ns: int, idle_ns: int) -> list[Exchange]:
         """The current exchange once no response byte came for idle_ns."""
         cur = self.current
+        if cur is not None and cur.held and now_ns - cur.held[-1][0] >= idle_ns:
+            cur.settle()
         if cur is None or cur.last_resp_ts is None or now_ns - cur.last_resp_ts < idle_ns:
             return []
         self.current = None

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from libobs.kernel import cgroup2_root
@@ -28,10 +28,8 @@ def cgroup(prefix: str = "obs-test") -> Iterator[Path]:
         for _ in range(50):
             try:
                 for pid in (path / "cgroup.procs").read_text().split():
-                    try:
+                    with suppress(OSError):
                         (root / "cgroup.procs").write_text(pid)
-                    except OSError:
-                        pass
                 path.rmdir()
                 break
             except OSError:

@@ -292,15 +292,30 @@ def test_peer_close_drops_its_trailing_close_notify():
     assert e.resp_bytes == 1157 and e.last_resp_ts == last.ts
 
 
-def test_a_response_inside_the_post_handshake_window_is_taken_for_tickets():
-    # The documented trade-off: on a TLS 1.3 connection's first request, data arriving
-    # within 1.5 handshake round trips + 20 ms of the Finished is not response data.
+def test_a_response_inside_the_post_handshake_window_is_still_a_call():
+    # A server faster than the post-handshake window: nothing arrives after the window, so
+    # what arrived inside it (after the server had the request) was the response.
     w = Wire()
     w.tls13(tickets="none")
-    w.send(162, dt=10_000)
-    w.recv(300, dt=MS)
+    req = w.send(162, dt=10_000)
+    first = w.recv(300, dt=MS)
+    w.recv(200, dt=MS)
     w.close(dt=MS)
-    assert w.out == []
+    [e] = w.out
+    assert (e.req_bytes, e.resp_bytes) == (162, 500)
+    assert e.ttft_ns == first.ts - req.ts
+
+
+def test_in_window_data_before_a_later_response_is_tickets():
+    w = Wire()
+    w.tls13(tickets="none")
+    req = w.send(162, dt=10_000)
+    w.recv(250, dt=MS)              # inside the window: tickets, as it turns out…
+    resp = w.recv(900, dt=80 * MS)  # …because the response comes after it
+    w.close(dt=MS)
+    [e] = w.out
+    assert e.resp_bytes == 900
+    assert e.ttft_ns == resp.ts - req.ts
 
 
 def test_no_response_is_not_a_call():

@@ -1,0 +1,69 @@
+from libobs.events import envelope
+from libobs.llmjoin import API_FIELDS, ApiJoin
+from libobs.sslapi import LlmFact
+
+MS = 1_000_000
+
+
+def call(pid, ts):
+    return envelope("LlmCall", {"pid": pid, "sni": "api.openai.com"}, ts=ts, host="h")
+
+
+def fact(pid, request_ts, model="gpt-4o", p=10, c=2, is_request=False):
+    return LlmFact(pid, pid, is_request, request_ts + 50 * MS, request_ts, "OpenAi",
+                   "api.openai.com", {"model": model, "prompt_tokens": p, "completion_tokens": c,
+                                      "stream": False})
+
+
+def test_fact_before_call_joins_at_once():
+    j = ApiJoin()
+    j.add_fact(fact(7, 1000 * MS))
+    [ev] = j.add_call(call(7, 1000 * MS + 30_000), now_ns=0)
+    c = ev["event"]["LlmCall"]
+    assert (c["model"], c["prompt_tokens"], c["completion_tokens"]) == ("gpt-4o", 10, 2)
+
+
+def test_nearest_fact_of_the_same_pid_wins():
+    j = ApiJoin()
+    j.add_fact(fact(7, 1000 * MS, model="a"))
+    j.add_fact(fact(7, 2000 * MS, model="b"))
+    j.add_fact(fact(8, 2000 * MS, model="other-pid"))
+    [ev] = j.add_call(call(7, 2000 * MS + 5), now_ns=0)
+    assert ev["event"]["LlmCall"]["model"] == "b"
+    [ev] = j.add_call(call(7, 1000 * MS + 5), now_ns=0)
+    assert ev["event"]["LlmCall"]["model"] == "a"
+
+
+def test_request_facts_do_not_join():
+    j = ApiJoin()
+    j.add_fact(fact(7, 1000 * MS, is_request=True))
+    assert j.add_call(call(7, 1000 * MS), now_ns=0) == []
+
+
+def test_late_fact_joins_within_grace_else_nulls():
+    j = ApiJoin(grace_ns=100 * MS)
+    assert j.add_call(call(7, 1000 * MS), now_ns=0) == []
+    assert j.add_call(call(9, 5000 * MS), now_ns=0) == []
+    j.add_fact(fact(7, 1000 * MS + 1))
+    out = j.tick(now_ns=10 * MS)
+    assert [e["event"]["LlmCall"]["pid"] for e in out] == [7]
+    assert out[0]["event"]["LlmCall"]["model"] == "gpt-4o"
+    [late] = j.tick(now_ns=200 * MS)
+    assert all(late["event"]["LlmCall"][k] is None for k in API_FIELDS)
+
+
+def test_fact_outside_tolerance_is_not_used():
+    j = ApiJoin(tolerance_ns=10 * MS, grace_ns=0)
+    j.add_fact(fact(7, 1000 * MS))
+    assert j.add_call(call(7, 1100 * MS), now_ns=0) == []
+    [ev] = j.tick(now_ns=1)
+    assert ev["event"]["LlmCall"]["model"] is None
+
+
+def test_other_events_pass_through_and_memory_is_bounded():
+    j = ApiJoin(max_facts=100, keep_ns=1000 * MS)
+    other = envelope("Egress", {"pid": 1}, ts=0, host="h")
+    assert j.add_call(other, now_ns=0) == [other]
+    for i in range(10_000):
+        j.add_fact(fact(i % 7, i * 10 * MS))
+    assert j.n_facts <= 100 and sum(len(v) for v in j.facts.values()) == j.n_facts
