@@ -7,6 +7,7 @@ session runs in it (nox's own venvs would not see bcc). `session.posargs` pass t
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import nox
@@ -30,10 +31,18 @@ def setup(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def run(session: nox.Session) -> None:
-    """Setup, then observe this host: processes, network and LLM calls, merged by session.
-    Extra arguments go to obs-exec (e.g. `nox -s run -- --files`)."""
+    """Setup, then observe this host: processes and file writes, connections and DNS, and LLM
+    calls, merged into one stream by agent session (Ctrl-C stops). Extra arguments go to every
+    observer, e.g. `nox -s run -- --comm python3`."""
     _setup(session)
-    session.run(PY, str(ROOT / "tools" / "obs-exec"), *session.posargs, external=True)
+    extra = " ".join(shlex.quote(a) for a in session.posargs)
+
+    def tool(name: str, *args: str) -> str:
+        return " ".join([shlex.quote(PY), shlex.quote(str(ROOT / "tools" / name)), *args])
+
+    script = (f"exec {tool('obs-merge')} <({tool('obs-exec', '--files', extra)}) "
+              f"<({tool('obs-net', extra)}) <({tool('obs-llm', extra)})")
+    session.run("bash", "-c", script, external=True)
 
 
 @nox.session(venv_backend="none")
