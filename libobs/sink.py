@@ -110,7 +110,7 @@ class Sink:
     loop calls after every batch it drains: nothing waits for more data to arrive."""
 
     def __init__(self, fmt: str = "json", fd: int = 1, max_buffer: int = DEFAULT_BUFFER,
-                 autoflush: bool = True):
+                 autoflush: bool = True, lossless: bool = False):
         if fmt not in ("json", "human"):
             raise ValueError(f"unknown format {fmt!r}")
         self.fd = fd
@@ -123,7 +123,10 @@ class Sink:
         self._nonblocking = False
         try:
             mode = os.fstat(fd).st_mode
-            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            if lossless:
+                # No kernel side to protect (obs-merge): a slow reader slows us down instead.
+                os.set_blocking(fd, True)
+            elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                 os.set_blocking(fd, False)
                 self._nonblocking = True
         except OSError:
@@ -144,6 +147,11 @@ class Sink:
         self.pending += line
         if self.autoflush:
             self.flush()
+
+    def write_raw(self, data: bytes, timeout: float = 5.0) -> None:
+        """Text that is not an event (a summary table), after everything already emitted."""
+        self.pending += data
+        self.drain(timeout)
 
     def flush(self) -> None:
         """Write what the fd accepts now; raises OutputClosed when the reader is gone."""

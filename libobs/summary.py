@@ -21,7 +21,6 @@ import contextlib
 import math
 import os
 import random
-import select
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from libobs.events import duration_ns, event_kind
 from libobs.sessions import Proc, event_pid
-from libobs.sink import OutputClosed, Sink
+from libobs.sink import Sink
 
 MAX_SESSIONS = 4096
 MAX_ITEMS = 1000
@@ -347,15 +346,4 @@ def _item(key: Any) -> str:
 
 def write(sink: Sink, text: bytes, timeout: float = 5.0) -> None:
     """Write after whatever the sink still holds, waiting for a slow reader up to `timeout`."""
-    sink.drain(timeout)
-    view = memoryview(text)
-    deadline = time.monotonic() + timeout
-    while view and time.monotonic() < deadline:
-        try:
-            n = os.write(sink.fd, view)
-        except BlockingIOError:
-            select.select([], [sink.fd], [], 0.1)
-            continue
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise OutputClosed from e
-        view = view[n:]
+    sink.write_raw(text, timeout)

@@ -29,6 +29,7 @@ from libobs.fanotify import (
     mark_filesystem,
     mark_inode,
 )
+from tests.support.clients import EXECER, OPENER
 
 pytestmark = [
     pytest.mark.kernel,
@@ -36,23 +37,6 @@ pytestmark = [
 ]
 
 EPERM = str(errno.EPERM)
-OPENER = """
-import sys
-for p in sys.argv[1:]:
-    try:
-        open(p, "rb").close()
-        print("ok")
-    except OSError as e:
-        print(e.errno)
-"""
-EXECER = """
-import os, sys
-try:
-    os.execv(sys.argv[1], sys.argv[1:])
-except OSError as e:
-    print(e.errno)
-    sys.exit(3)
-"""
 
 Decide = Callable[[Event, bytes], bool]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from libobs.kernel import cgroup2_root
+from tests.support.clients import EXECER, OPENER
 from tests.support.tools import running, tool_cmd, wait_for
 
 pytestmark = [
@@ -33,23 +34,6 @@ pytestmark = [
 EPERM = str(errno.EPERM)
 TOOL = "obs-fileguard"
 RELOAD_BOUND = 2.0  # the contract: a deny-file change applies within 2 s
-OPENER = """
-import sys
-for p in sys.argv[1:]:
-    try:
-        open(p, "rb").close()
-        print("ok")
-    except OSError as e:
-        print(e.errno)
-"""
-EXECER = """
-import os, sys
-try:
-    os.execv(sys.argv[1], sys.argv[1:])
-except OSError as e:
-    print(e.errno)
-    sys.exit(3)
-"""
 BURST = """
 import os, sys
 n, paths = int(sys.argv[1]), sys.argv[2:]

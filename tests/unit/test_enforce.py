@@ -19,6 +19,7 @@ from libobs.events import Clock
 from libobs.parse.dns import DnsAnswer
 from libobs.policy import ProviderPolicy
 from libobs.records import HDR
+from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address
 R = enforce.Rule
@@ -219,21 +220,8 @@ class Maps:
         return out
 
 
-class Rules:
-    TABLE = {"Anthropic": ["api.anthropic.com", "anthropic.com"],
-             "OpenAi": ["api.openai.com", "openai.com"], "Mistral": ["mistral.ai"]}
-
-    def classify(self, host):
-        for name, suffixes in self.TABLE.items():
-            if any(host == s or host.endswith("." + s) for s in suffixes):
-                return name
-        return None
-
-    def hostnames(self, provider):
-        return list(self.TABLE[provider])
-
-    def providers(self):
-        return list(self.TABLE)
+RULES = small_rules({"Anthropic": ["api.anthropic.com", "anthropic.com"],
+                     "OpenAi": ["api.openai.com", "openai.com"], "Mistral": ["mistral.ai"]})
 
 
 def make(tmp_path, text=None, allow=(), deny_unclassified=False, hosts=None, servers=()):
@@ -243,9 +231,9 @@ def make(tmp_path, text=None, allow=(), deny_unclassified=False, hosts=None, ser
         f.write_text(text)
         f.chmod(0o644)
         watcher = DenyFileWatcher(f, parse_egress, interval=0, trusted_uid=os.getuid())
-    providers = ProviderPolicy(allow, deny_unclassified, Rules()) if allow else None
+    providers = ProviderPolicy(allow, deny_unclassified, RULES) if allow else None
     reports: list[str] = []
-    e = enforce.Enforcer(watcher=watcher, providers=providers, rules=Rules(),
+    e = enforce.Enforcer(watcher=watcher, providers=providers, rules=RULES,
                          servers=[ip(s) for s in servers], pool=SyncPool(hosts or {}),
                          report=reports.append)
     return e, Maps(), reports
@@ -389,7 +377,7 @@ def test_sync_writes_only_changes():
             Counting.writes += 1
             super().update(table, key, value)
 
-    e = enforce.Enforcer(watcher=None, providers=None, rules=Rules(), servers=[],
+    e = enforce.Enforcer(watcher=None, providers=None, rules=RULES, servers=[],
                          pool=SyncPool({}), report=print)
     maps = Counting()
     e.sync(maps)

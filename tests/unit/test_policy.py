@@ -5,34 +5,17 @@ import pytest
 
 from libobs.denyfile import parse_egress, parse_paths
 from libobs.policy import DenyListPolicy, Policy, ProviderPolicy, Verdict
+from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address
 
 
-class StandInRules:
-    """Duck-typed libobs.providers.Rules: dot-boundary suffix match over a small table."""
-
-    TABLE = {
-        "Anthropic": ["anthropic.com"],
-        "OpenAi": ["openai.com", "api.openai.com"],
-        "Mistral": ["mistral.ai"],
-    }
-
-    def classify(self, host):
-        for name, suffixes in self.TABLE.items():
-            if any(host == s or host.endswith("." + s) for s in suffixes):
-                return name
-        return None
-
-    def hostnames(self, provider):
-        return list(self.TABLE[provider])
-
-    def providers(self):
-        return list(self.TABLE)
+RULES = small_rules({"Anthropic": ["anthropic.com"], "OpenAi": ["openai.com", "api.openai.com"],
+                     "Mistral": ["mistral.ai"]})
 
 
 def provider_policy(allow=("Anthropic",), deny_unclassified=False, **kw):
-    return ProviderPolicy(set(allow), deny_unclassified, StandInRules(), **kw)
+    return ProviderPolicy(set(allow), deny_unclassified, RULES, **kw)
 
 
 def test_both_policies_satisfy_the_protocol():
@@ -96,7 +79,7 @@ def test_unapproved_hostnames_are_every_disallowed_providers_names():
         "anthropic.com",
         "mistral.ai",
     ]
-    assert provider_policy(allow=StandInRules.TABLE).unapproved_hostnames() == []
+    assert provider_policy(allow=RULES.providers()).unapproved_hostnames() == []
 
 
 def test_provider_policy_leaves_files_and_exec_alone():
