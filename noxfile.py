@@ -77,4 +77,4 @@ def bench(session: nox.Session) -> None:
     for script in sorted((ROOT / "tests" / "bench").glob("bench_*.py")):
         if session.posargs and not any(a in script.name for a in session.posargs):
             continue
-        session.run(PY, str(script), external=True)
+        session.run(PY, str(script), external=True, env={"PYTHONPATH": str(ROOT)})
