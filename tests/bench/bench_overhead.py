@@ -4,6 +4,7 @@ same run, alternating (none, all, none, all, …) so drift hits both sides alike
 The workload (a separate Python process, as an agent would be): OBS_BENCH_ITER iterations of
 one LLM call over TLS to a local endpoint (api.anthropic.com mapped to 127.0.0.93, 50 ms to
 first byte, streamed in 5 chunks), three tool subprocesses and ten file writes.
+OBS_BENCH_OBSERVERS=obs-net,obs-llm measures a subset.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def run_agent(port: int, cafile: Path) -> float:
 
 
 def main() -> None:
-    present = {t: a for t, a in OBSERVERS.items() if (REPO / "tools" / t).exists()}
+    only = os.environ.get("OBS_BENCH_OBSERVERS")  # e.g. "obs-net,obs-llm": a subset
+    present = {t: a for t, a in OBSERVERS.items() if (REPO / "tools" / t).exists()
+               and (not only or t in only.split(","))}
     base: list[float] = []
     observed: list[float] = []
     with mapped({"api.anthropic.com": "127.0.0.93"}), \
@@ -75,7 +78,7 @@ def main() -> None:
     print(table([["none", f"{mb:.3f}"], ["all observers", f"{mo:.3f}"]],
                 ["observers", "median wall s"]))
     print(f"slowdown with {', '.join(present)}: {100 * (ratio - 1):+.2f}% (ratio {ratio:.4f})")
-    save("overhead", {"iterations": ITER, "rounds": ROUNDS, "observers": list(present),
+    save("overhead" + (f"-{'-'.join(present)}" if only else ""), {"iterations": ITER, "rounds": ROUNDS, "observers": list(present),
                       "baseline_s": base, "observed_s": observed, "ratio": ratio})
 
 

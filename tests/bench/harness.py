@@ -72,12 +72,28 @@ class Tool:
         return out
 
     def count(self, kind: str) -> int:
+        """Lines of this kind, streaming: a 30 s storm is several GB of NDJSON."""
         needle = b'"event":{"' + kind.encode() + b'"'
-        return sum(1 for ln in self.out.read_bytes().splitlines() if needle in ln)
+        n, tail = 0, b""
+        with open(self.out, "rb") as f:
+            while chunk := f.read(8 << 20):
+                data = tail + chunk
+                n += data.count(needle)
+                tail = data[-(len(needle) - 1):]  # a needle split across chunks
+                n -= tail.count(needle)          # (never counted twice)
+        return n
 
     def last_heartbeat(self) -> dict[str, Any]:
-        beats = [e for e in self.lines() if "CollectorHeartbeat" in e["event"]]
-        return beats[-1]["event"]["CollectorHeartbeat"] if beats else {}
+        """The last heartbeat line, read from the end of the file."""
+        size = self.out.stat().st_size
+        with open(self.out, "rb") as f:
+            f.seek(max(0, size - (4 << 20)))
+            lines = f.read().splitlines()
+        for ln in reversed(lines):
+            if b'"CollectorHeartbeat"' in ln:
+                with contextlib.suppress(ValueError):
+                    return json.loads(ln)["event"]["CollectorHeartbeat"]
+        return {}
 
     def rss_kib(self) -> dict[str, int]:
         return rss_kib(self.proc.pid)
