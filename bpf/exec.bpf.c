@@ -233,6 +233,25 @@ struct file_rec {
 };
 BPF_ARRAY(file_scratch, struct file_rec, NCPU);
 
+/* The CPU's scratch record with its header filled, or 0. */
+static __always_inline struct file_rec *file_rec_begin(u32 kind)
+{
+    u32 cpu = bpf_get_smp_processor_id();
+    struct file_rec *r = file_scratch.lookup(&cpu);
+    if (r)
+        obs_fill_hdr(&r->h, kind);
+    return r;
+}
+
+/* Output up to the last path slot used. */
+static __always_inline void file_rec_emit(struct file_rec *r)
+{
+    u64 size = offsetof(struct file_rec, path) + (u64)r->slots * PATH_SLOT;
+    if (size > sizeof(*r))
+        size = sizeof(*r);
+    obs_output(r, size);
+}
+
 struct open_args { u32 flags; };
 BPF_HASH(open_pending, u32, struct open_args, 16384);
 
@@ -258,21 +277,16 @@ static __always_inline int open_exit(long ret)
     open_pending.delete(&tid);
     if (ret < 0)
         return 0;
-    u32 cpu = bpf_get_smp_processor_id();
-    struct file_rec *r = file_scratch.lookup(&cpu);
+    struct file_rec *r = file_rec_begin(K_FILE_OPEN);
     if (!r)
         return 0;
-    obs_fill_hdr(&r->h, K_FILE_OPEN);
     r->flags = flags;
     r->dfd = 0;
     r->name_len = 0;
     r->name[0] = 0;
     void *file = obs_fd_file((void *)bpf_get_current_task(), (int)ret);
     r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete) : 0;
-    u64 size = offsetof(struct file_rec, path) + (u64)r->slots * PATH_SLOT;
-    if (size > sizeof(*r))
-        size = sizeof(*r);
-    obs_output(r, size);
+    file_rec_emit(r);
     return 0;
 }
 
@@ -313,11 +327,9 @@ static __always_inline int del_exit(long ret)
     del_pending.delete(&tid);
     if (ret != 0)
         return 0;
-    u32 cpu = bpf_get_smp_processor_id();
-    struct file_rec *r = file_scratch.lookup(&cpu);
+    struct file_rec *r = file_rec_begin(K_FILE_DELETE);
     if (!r)
         return 0;
-    obs_fill_hdr(&r->h, K_FILE_DELETE);
     r->flags = 0;
     r->dfd = a.dfd;
     r->op = a.op;
@@ -334,10 +346,7 @@ static __always_inline int del_exit(long ret)
             r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete) : 0;
         }
     }
-    u64 size = offsetof(struct file_rec, path) + (u64)r->slots * PATH_SLOT;
-    if (size > sizeof(*r))
-        size = sizeof(*r);
-    obs_output(r, size);
+    file_rec_emit(r);
     return 0;
 }
 
