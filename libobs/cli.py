@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from libobs import kernel
+from libobs.denyfile import DenyFileError, read_denyfile
 from libobs.providers import ProvidersError, Rules, load_rules
 from libobs.runloop import LoopConfig, err
 from libobs.sink import default_format
@@ -130,12 +131,16 @@ def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
                       heartbeat_file=heartbeat_file, duration=duration, features=features)
 
 
-def provider_rules(path: Path | None) -> Rules:
-    """The packaged provider rules plus a user's file (--providers); a bad file is a UsageError."""
+def provider_rules(path: Path | None, trusted_uid: int | None = 0) -> Rules:
+    """The packaged provider rules plus a user's file (--providers); a bad file is a UsageError.
+    Classification steers what is reported and, through policies, what is denied: like a
+    deny-file, a rules file (and its directory) anyone but root can write is refused."""
     try:
+        if path is not None and trusted_uid is not None:
+            read_denyfile(path, trusted_uid=trusted_uid)
         return load_rules(path)
-    except ProvidersError as e:
-        raise UsageError(str(e)) from None
+    except (ProvidersError, DenyFileError) as e:
+        raise UsageError(str(e).replace("deny-file", "providers file")) from None
 
 
 def main(app: typer.Typer, tool: str, argv: list[str] | None = None) -> None:

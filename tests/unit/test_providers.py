@@ -230,3 +230,22 @@ def test_random_strings_never_raise(host: str) -> None:
 def test_prefixing_a_label_keeps_the_provider(label: str) -> None:
     assert classify(f"{label}.api.anthropic.com") == "Anthropic"
     assert classify(f"{label}api.anthropic.com.evil") is None
+
+
+def test_cli_refuses_a_rules_file_others_can_write(tmp_path):
+    import os
+
+    import pytest
+
+    from libobs import cli
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    f = d / "providers.toml"
+    f.write_text('[[provider]]\nname = "Corp"\nsuffixes = ["llm.corp.example"]\n')
+    os.chmod(tmp_path, 0o755)
+    os.chmod(f, 0o644)
+    if os.geteuid() == 0:
+        assert cli.provider_rules(f).classify("llm.corp.example") == "Corp"
+    os.chmod(f, 0o666)
+    with pytest.raises(cli.UsageError, match="providers file .* writable by group or others"):
+        cli.provider_rules(f)
