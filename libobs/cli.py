@@ -47,7 +47,8 @@ CgroupOpt = Annotated[Path | None, typer.Option(
 ProvidersOpt = Annotated[Path | None, typer.Option(
     "--providers", envvar="OBS_PROVIDERS",
     help="More hostname → provider rules (TOML, the format of libobs/providers.toml); "
-         "they take precedence over the packaged ones.")]
+         "they take precedence over the packaged ones. Refused unless only root can write "
+         "the file and its directory.")]
 
 
 class UsageError(Exception):
