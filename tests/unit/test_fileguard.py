@@ -434,7 +434,8 @@ def test_guard_passes_overflow_and_counts_it(answered):
 # --- reloading ------------------------------------------------------------------------------
 
 
-def test_reloader_reports_bad_lines_and_swaps_rules(tmp_path, answered):
+def _reload_setup(tmp_path, answered):
+    """A root-only deny-file listing tmp_path/a, its watcher's first read, and a guard."""
     fan, _ = answered
     conf = tmp_path / "conf"
     conf.mkdir(mode=0o700)
@@ -443,7 +444,11 @@ def test_reloader_reports_bad_lines_and_swaps_rules(tmp_path, answered):
     watcher = DenyFileWatcher(deny, parse_paths, interval=0)
     first = watcher.poll()
     assert first is not None
-    g = Guard(fan, Box(), Enricher("h", None), me=ME)
+    return deny, watcher, first, Guard(fan, Box(), Enricher("h", None), me=ME)
+
+
+def test_reloader_reports_bad_lines_and_swaps_rules(tmp_path, answered):
+    deny, watcher, first, g = _reload_setup(tmp_path, answered)
     reports: list[str] = []
     reloader = Reloader(watcher, first.rules, Marks(FakeGroup()), g, reports.append)
     reloader.tick(0)
@@ -460,15 +465,7 @@ def test_reloader_reports_bad_lines_and_swaps_rules(tmp_path, answered):
 
 
 def test_reloader_backs_off_when_looking_at_the_disk_is_costly(tmp_path, answered):
-    fan, _ = answered
-    conf = tmp_path / "conf"
-    conf.mkdir(mode=0o700)
-    deny = conf / "deny"
-    deny.write_text(f"{tmp_path}/a\n")
-    watcher = DenyFileWatcher(deny, parse_paths, interval=0)
-    first = watcher.poll()
-    assert first is not None
-    g = Guard(fan, Box(), Enricher("h", None), me=ME)
+    deny, watcher, first, g = _reload_setup(tmp_path, answered)
     clock = Clock()
     ticks: list[float] = []
 
