@@ -139,7 +139,7 @@ class ExecDecoder:
         path = self._paths.get(key)
         if path is None:
             path = text(join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete)))
-            if len(self._paths) >= 4096:
+            if len(self._paths) >= 1024:  # keys are raw slots (~1 KiB): keep this small
                 self._paths.clear()
             self._paths[key] = path
         return "FileAccess", {"pid": h.pid, "path": path, "write": True, "flags": flags}

@@ -87,7 +87,7 @@ class Identities:
     """Turns a record header into the envelope's `identity` and `process` objects.
     Caches are bounded LRUs: a long-running collector's memory stays flat."""
 
-    def __init__(self, max_entries: int = 8192):
+    def __init__(self, max_entries: int = 2048):
         self.max = max_entries
         self._cgroups: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
         self._roots: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pgid -> (ticks, comm)
