@@ -16,6 +16,7 @@ import typer
 
 from libobs import kernel
 from libobs.denyfile import DenyFileError, read_denyfile
+from libobs.identity import read_stat
 from libobs.providers import ProvidersError, Rules, load_rules
 from libobs.runloop import LoopConfig, err
 from libobs.sink import default_format
@@ -100,13 +101,9 @@ def descendants(root: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+        st = read_stat(entry.name)
+        if st is not None:
+            children.setdefault(st[1], []).append(int(entry.name))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()

@@ -45,7 +45,7 @@ from libobs import fanotify
 from libobs.denyfile import DenyFileWatcher, LineError, PathRule
 from libobs.events import envelope
 from libobs.fanotify import Event
-from libobs.identity import Identities
+from libobs.identity import Identities, parse_stat
 from libobs.records import Hdr
 
 GUARD = "obs-fileguard"
@@ -425,17 +425,6 @@ class Scope:
 
 
 # --- the Denied event -----------------------------------------------------------------------
-
-
-def parse_stat(data: bytes) -> tuple[str, int, int, int] | None:
-    """(comm, ppid, pgid, start ticks) from /proc/<pid>/stat, or None."""
-    try:
-        left, right = data.index(b"("), data.rindex(b")")
-        fields = data[right + 2:].split()
-        comm = data[left + 1:right].decode("utf-8", "replace")
-        return comm, int(fields[1]), int(fields[2]), int(fields[19])
-    except (ValueError, IndexError):
-        return None
 
 
 def parse_status_uid(data: bytes) -> int | None:

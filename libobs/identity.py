@@ -65,14 +65,31 @@ def session_key(root_pid: int, start_bt_ns: int) -> str:
     return f"{root_pid}@{start_bt_ns // _NS_PER_TICK}"
 
 
+def parse_stat(data: bytes) -> tuple[str, int, int, int] | None:
+    """(comm, ppid, pgid, start ticks) from /proc/<pid>/stat, or None. The comm may itself
+    contain ") ", so fields are counted from the last ")"."""
+    try:
+        left, right = data.index(b"("), data.rindex(b")")
+        fields = data[right + 2:].split()
+        comm = data[left + 1:right].decode("utf-8", "replace")
+        return comm, int(fields[1]), int(fields[2]), int(fields[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def read_stat(pid: int | str, root: str = "/proc") -> tuple[str, int, int, int] | None:
+    """parse_stat of a live process, or None when it is gone."""
+    try:
+        with open(f"{root}/{pid}/stat", "rb") as f:
+            return parse_stat(f.read())
+    except OSError:
+        return None
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    st = read_stat(pid)
+    return st[3] if st else None
 
 
 def read_cgroup_path(pid: int) -> str | None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libobs.identity import read_stat
 from libobs.providers import classify
 
 NS = 1_000_000_000
@@ -368,19 +369,14 @@ class Sessions:
 
 def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
     """ppid, comm, start and cgroup of a live process, or None when it is gone or unreadable."""
+    st = read_stat(pid, root)
+    if st is None:
+        return None
+    comm, ppid, _pgid, ticks = st
     try:
-        with open(f"{root}/{pid}/stat", "rb") as f:
-            stat = f.read().decode("utf-8", "replace")
         with open(f"{root}/{pid}/cgroup", "rb") as f:
             cgroup = f.read().decode("utf-8", "replace")
     except OSError:
-        return None
-    head, _, tail = stat.rpartition(")")  # comm may itself contain ") "
-    comm = head.partition("(")[2]
-    rest = tail.split()
-    try:
-        ppid, ticks = int(rest[1]), int(rest[19])
-    except (IndexError, ValueError):
         return None
     # cgroup v2's "0::/path" line when there is one (hybrid hosts list v1 hierarchies too).
     lines = [line.split(":", 2) for line in cgroup.splitlines() if line.count(":") >= 2]
