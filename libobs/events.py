@@ -96,7 +96,3 @@ def text(raw: bytes) -> str:
     """Kernel/wire bytes → str; never fails, never yields invalid JSON."""
     return raw.decode("utf-8", errors="replace")
 
-
-def cstr(raw: bytes) -> str:
-    """A NUL-terminated C string from a fixed-size buffer."""
-    return text(bytes(raw).split(b"\0", 1)[0])

@@ -5,6 +5,7 @@ Offsets below mirror the structs in bpf/exec.bpf.c (checked by tests/kernel/test
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import struct
@@ -44,13 +45,8 @@ def exit_status(code: int) -> tuple[int | None, int | None, bool]:
 
 
 def _errno_text(ret: int) -> str:
-    if ret >= 0:
-        return str(ret)
-    try:
-        import errno
-        return f"-1 {errno.errorcode.get(-ret, str(-ret))}"
-    except Exception:
-        return str(ret)
+    """A syscall result as strace shows it: "0", or "-1 EPERM"."""
+    return str(ret) if ret >= 0 else f"-1 {errno.errorcode.get(-ret, str(-ret))}"
 
 
 def _sockaddr(family: int, port: int, addr: bytes) -> str:

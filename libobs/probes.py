@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from libobs import kernel
-from libobs.ringbuf import RingReader, map_fd, ring_size
+from libobs.ringbuf import RingReader
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _LOCAL_INCLUDE = re.compile(r'^#include "([a-z0-9_]+\.h)"$', re.M)
@@ -97,15 +97,9 @@ class Program:
     def open_ring(self, name: str, callback: Callable[[bytes], None]) -> None:
         """Deliver each record of ring buffer `name` to callback(bytes) during poll()."""
         table = self.bpf[name]
-        fallback = int(self.flags_value("RING_PAGES") or 1) * os.sysconf("SC_PAGE_SIZE")
-        reader = RingReader(map_fd(table), ring_size(table, fallback))
+        # our own fd: bcc may close its copy during cleanup, before the reader is closed
+        reader = RingReader(os.dup(table.map_fd), int(table.max_entries))
         self._rings.append((reader, callback))
-
-    def flags_value(self, name: str) -> int | None:
-        for f in self.flags:
-            if f.startswith(f"-D{name}="):
-                return int(f.split("=", 1)[1])
-        return None
 
     def poll(self, timeout_ms: int) -> int:
         """Wait up to timeout_ms for records, then hand over everything committed."""

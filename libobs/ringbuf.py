@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import os
 import select
 import struct
 from collections.abc import Callable
-from typing import Any
 
 BUSY = 1 << 31
 DISCARD = 1 << 30
@@ -85,16 +83,3 @@ class RingReader:
         self.data.release()
         self.data_map.close()
         self.cons_map.close()
-
-
-def ring_size(table: object, fallback: int) -> int:
-    """max_entries of a bcc ring buffer table (its data size in bytes)."""
-    n = getattr(table, "max_entries", None)
-    return int(n) if n else fallback
-
-
-def map_fd(table: Any) -> int:
-    fd = getattr(table, "map_fd", None)
-    if fd is None:
-        fd = table.fd
-    return os.dup(int(fd))  # our own reference: bcc may close its fd during cleanup
