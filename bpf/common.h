@@ -1,6 +1,6 @@
 /* Shared by every obs BPF program (compiled by bcc).
  *
- * Options arrive as -D constants validated in Python (libobs/probes.py); nothing here is
+ * Options arrive as -D constants validated in Python (libobs/kernel/program.py); nothing here is
  * text from a command line. Kernel struct fields are read at offsets taken from
  * /sys/kernel/btf/vmlinux at start-up (OFF_* constants), never from the headers bcc compiles
  * against: those belong to another kernel build.
@@ -17,7 +17,7 @@
 #define NCPU 64
 #endif
 
-/* Every record starts with this header; libobs/records.py mirrors it. */
+/* Every record starts with this header; libobs/kernel/records.py mirrors it. */
 struct obs_hdr {
     u32 kind;
     u32 pid;      /* tgid */
@@ -182,7 +182,7 @@ static __always_inline void obs_track_fork(u32 parent, u32 child)
  * PATH_SLOT-byte slot, leaf first (slot i written at iteration i, so the verifier's states
  * converge instead of multiplying); a slot left empty marks a mount crossing. Mounts are
  * crossed through struct mount (mnt_parent / mnt_mountpoint), found from its embedded vfsmount.
- * User space (libobs/records.py) reverses and joins the slots.
+ * User space (libobs/kernel/records.py) reverses and joins the slots.
  */
 #define PATH_SLOT 256
 #ifndef PATH_DEPTH

@@ -4,7 +4,7 @@
  * directory: returning 0 makes the syscall fail with EPERM. Keys are (family, address);
  * an IPv4-mapped IPv6 address (::ffff:a.b.c.d) is looked up as the IPv4 address, so a
  * dual-stack socket cannot slip past an IPv4 rule. Each refusal writes a record naming the
- * rule id; user space maps ids back to deny-file lines (libobs/enforce.py mirrors the structs).
+ * rule id; user space maps ids back to deny-file lines (libobs/guard/enforce.py mirrors the structs).
  *
  * ALLOW_MODE (--deny-unclassified): after the deny map, only loopback and addresses in the
  * allow map pass; everything else is refused with RULE_UNCLASSIFIED. Without it the allow
@@ -12,7 +12,7 @@
  *
  * DNS learning: a cgroup_skb ingress program sees UDP replies from port 53 before the
  * socket of the cgroup does. It copies each to user space (parsed there, with suffix and
- * CNAME matching: libobs/parse/dns.py), and when the question is exactly a name in the
+ * CNAME matching: libobs/net/dns.py), and when the question is exactly a name in the
  * `names` map it adds the A/AAAA answers to deny (or, from a trusted server, to allow)
  * itself: so a connect() right after the lookup already meets the new address.
  */

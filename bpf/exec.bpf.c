@@ -1,6 +1,6 @@
 /* obs-exec: process lifecycle, privilege changes and (with FILES) file writes/deletes.
  * Built only on sched:* and syscalls:* tracepoints: no kprobes or fentry on this kernel.
- * Record layouts are mirrored in libobs/records.py (checked by tests/unit/test_records.py).
+ * Record layouts are mirrored in libobs/kernel/records.py (checked by tests/unit/test_records.py).
  */
 #include "common.h"
 

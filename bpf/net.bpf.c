@@ -1,6 +1,6 @@
 /* obs-net and obs-llm: connections, TLS server names, DNS, and per-request TCP timing.
  * Built only on tracepoints (syscalls:*, sock:*, tcp:*): no kprobes or fentry on this kernel.
- * Record layouts are mirrored in libobs/netevents.py (checked by tests/kernel/test_obs_net.py).
+ * Record layouts are mirrored in libobs/net/decode.py (checked by tests/kernel/test_obs_net.py).
  *
  * Feature flags (-D, set by the tools):
  *   SNI  capture the first payload write of every TCP connection (up to HELLO_CAP bytes, first

@@ -13,13 +13,13 @@
  * call larger than MAX_CAPTURE — instead of splicing unrelated bytes together.
  *
  * Where a library's exported SSL_read_ex/SSL_write_ex are thin wrappers that uprobes would
- * have to single-step, libobs/libssl.py attaches these same programs to the internal
+ * have to single-step, libobs/tls/libraries.py attaches these same programs to the internal
  * ssl_read_internal/ssl_write_internal instead (the _ex calling convention, returning > 0 on
  * success), which also see SSL_read/SSL_write.
  *
  * Entry probes exist once per library slot (16 of them, SSL_SLOT below): the slot number is
  * baked into the function, which is how a record says which library it came from.
- * Record layout mirrored in libobs/sslevents.py (checked by tests/kernel/test_obs_ssl.py).
+ * Record layout mirrored in libobs/tls/decode.py (checked by tests/kernel/test_obs_ssl.py).
  */
 #include "common.h"
 

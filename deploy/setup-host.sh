@@ -89,14 +89,15 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import bcc' 2>/dev/nu
     say "created venv $venv"
 fi
 stamp="$venv/.obs-installed"
+# compat mode puts the checkout itself on sys.path: new modules need no reinstall, and a
+# worktree's PYTHONPATH still comes first.
 if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] ||
-    [ -n "$(find "$repo/tools" -newer "$stamp" -print -quit)" ] ||
-    ! grep -qxF "$extras" "$stamp"; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo$extras"
-    echo "$extras" > "$stamp"
+    ! grep -qxF "compat $extras" "$stamp"; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e "$repo$extras"
+    echo "compat $extras" > "$stamp"
 fi
-for t in "$repo"/tools/obs-*; do
-    n=$(basename "$t")
+for t in "$repo"/tools/obs_*.py; do
+    n=$(basename "$t" .py); n=${n//_/-}
     [ -x "$venv/bin/$n" ] && ln -sfn "$venv/bin/$n" "/usr/local/bin/$n"
 done
 mkdir -p /usr/local/share/man/man1

@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from libobs.records import Hdr, comm
+from libobs.kernel.records import Hdr, comm
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NS_PER_TICK = 1_000_000_000 // CLK_TCK

@@ -13,7 +13,7 @@ import time
 from contextlib import suppress
 
 import orjson
-from harness import REPO, percentile, save, table, tool_cmd
+from harness import percentile, save, table, tool_cmd
 
 N = int(os.environ.get("OBS_BENCH_LATENCY_N", 500))
 
@@ -75,8 +75,7 @@ def main() -> None:
     runs = {"pipe (baseline)": pipe_baseline(),
             "obs-exec ToolExec": measure(tool_cmd("obs-exec", *hb),
                                          lambda: subprocess.run(["/bin/true"]), "ToolExec")}
-    if (REPO / "tools" / "obs-net").exists():
-        runs["obs-net Egress"] = measure(tool_cmd("obs-net", *hb), connect, "Egress")
+    runs["obs-net Egress"] = measure(tool_cmd("obs-net", *hb), connect, "Egress")
     rows, result = [], {}
     for name, lat in runs.items():
         p50, p99 = percentile(lat, 50), percentile(lat, 99)

@@ -1,4 +1,4 @@
-"""Throughput of tools/obs-merge on one core: a generated agent run of N events (default 200k).
+"""Throughput of obs-merge on one core: a generated agent run of N events (default 200k).
 
 Not part of the test run (pytest collects test_*.py only). Run:
     .venv/bin/python tests/bench/bench_merge.py [--events N] [--keep DIR]
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from tests.support.tools import tool_cmd
 
 REPO = Path(__file__).parents[2]
 NS = 1_000_000_000
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         files = sorted(str(p) for p in work.glob("*.ndjson"))
         n_in = sum(Path(f).read_bytes().count(b"\n") for f in files)
         pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-        cmd = [*pin, sys.executable, str(REPO / "tools" / "obs-merge"), "--format", "json",
+        cmd = [*pin, *tool_cmd("obs-merge"), "--format", "json",
                "--summary", "--no-proc", *files]
         out_path = work / "merged.out"
         err_path = work / "merged.err"

@@ -77,7 +77,7 @@ def workload(stop: threading.Event) -> None:
 
 def main() -> None:
     tools = [t for t in ("obs-exec", "obs-net", "obs-llm", "obs-ssl")
-             if (REPO / "tools" / t).exists()]
+             if (REPO / "tools" / f"{t.replace('-', '_')}.py").exists()]
     rows, result = [], {"tools": {}}
     for name in tools:
         r = first_event(name)

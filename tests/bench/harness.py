@@ -25,8 +25,7 @@ RESULTS = REPO / "bench-results"
 PY = sys.executable
 
 
-def tool_cmd(name: str, *args: str) -> list[str]:
-    return [PY, str(REPO / "tools" / name), *args]
+from tests.support.tools import tool_cmd  # noqa: E402  (after the sys.path line above)
 
 
 def build(source: str) -> Path:

@@ -1,6 +1,6 @@
 """Real fanotify permission events, as root, on private files and a private tmpfs.
 
-Each test checks one claim of libobs/fanotify.py's docstring about this kernel. Children are
+Each test checks one claim of libobs/guard/fanotify.py's docstring about this kernel. Children are
 separate Python processes that exec or open the marked files themselves: spawning a marked
 binary straight from this process would deadlock on CPython's vfork (see the docstring).
 """
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from libobs import fanotify
-from libobs.denyfile import match_path, parse_paths
-from libobs.fanotify import (
+from libobs.guard import fanotify
+from libobs.guard.denyfile import match_path, parse_paths
+from libobs.guard.fanotify import (
     FAN_OPEN_EXEC_PERM,
     FAN_OPEN_PERM,
     FANOTIFY_METADATA_VERSION,

@@ -434,7 +434,8 @@ def test_denyfile_writable_by_others_is_refused(cgroup, denyfile):
 
 
 def test_map_layouts_match_the_c():
-    from libobs import enforce, probes
+    from libobs.guard import enforce
+    from libobs.kernel import program as probes
 
     prog = probes.Program("enforce.bpf.c", probes.base_defines(1 << 20))
     try:

@@ -3,7 +3,7 @@
 Directory rules put a filesystem mark on a whole filesystem, so they are tested on a private
 tmpfs: the rest of the machine never waits for this test's guard. Openers are separate
 processes spawned from the test process (never from inside a listener: see the vfork note in
-libobs/fanotify.py). Deny-files live in root-owned 0700 directories, as read_denyfile demands.
+libobs/guard/fanotify.py). Deny-files live in root-owned 0700 directories, as read_denyfile demands.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from libobs.kernel import cgroup2_root
+from libobs.kernel.host import cgroup2_root
 from tests.support.clients import EXECER, OPENER
 from tests.support.tools import running, tool_cmd, wait_for
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.hosts import mapped
 from tests.support.tls_server import tls_server
-from tests.support.tools import running
+from tests.support.tools import running, tool_cmd
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
@@ -245,7 +245,7 @@ def test_bad_options_exit_2(tmp_path):
     bad = tmp_path / "p.toml"
     bad.write_text("[[provider]]\nname = 3\n")
     for args in (["--idle-flush", "0"], ["--providers", str(bad)], ["--ring-size", "3"]):
-        p = subprocess.run([PY, "tools/obs-llm", *args], capture_output=True, text=True,
+        p = subprocess.run(tool_cmd("obs-llm", *args), capture_output=True, text=True,
                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("obs-llm: ")

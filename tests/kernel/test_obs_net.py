@@ -13,11 +13,12 @@ import uuid
 
 import pytest
 
-from libobs import netevents, probes
+from libobs.kernel import program
+from libobs.net import decode
 from tests.support.dns_server import dns_server
 from tests.support.hosts import mapped
 from tests.support.tls_server import tls_server
-from tests.support.tools import REPO, running
+from tests.support.tools import running, tool_cmd
 from tests.unit.test_parse_tls import big_hello, records
 
 pytestmark = pytest.mark.kernel
@@ -60,12 +61,12 @@ def finished(p: subprocess.Popen[str]) -> int:
 
 
 def test_record_layout_matches_the_compiled_program():
-    prog = probes.Program("net.bpf.c", probes.base_defines(1 << 20) | {"SNI": True, "DNS": True})
+    prog = program.Program("net.bpf.c", program.base_defines(1 << 20) | {"SNI": True, "DNS": True})
     try:
         leaf = prog.bpf[b"payload_scratch"].Leaf
-        assert leaf.data.offset == netevents.PAYLOAD_DATA
-        assert leaf.fd.offset == netevents.HDR.size and leaf.peer.offset == 96
-        assert ctypes.sizeof(leaf) == netevents.PAYLOAD_DATA + 2 * netevents.HELLO_CAP
+        assert leaf.data.offset == decode.PAYLOAD_DATA
+        assert leaf.fd.offset == decode.HDR.size and leaf.peer.offset == 96
+        assert ctypes.sizeof(leaf) == decode.PAYLOAD_DATA + 2 * decode.HELLO_CAP
     finally:
         prog.close()
 
@@ -315,7 +316,7 @@ def test_bad_options_exit_2(tmp_path):
     bad.write_text("not toml [")
     for args in (["--sni-wait", "-1"], ["--providers", str(bad)], ["--dns-timeout", "0"],
                  ["--comm", "a-name-longer-than-15"]):
-        p = subprocess.run([PY, str(REPO / "tools" / "obs-net"), *args], capture_output=True,
+        p = subprocess.run(tool_cmd("obs-net", *args), capture_output=True,
                            text=True)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("obs-net: ")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from libobs import libssl
+from libobs.tls import libraries
 from tests.support import provider_server as ps
 from tests.support.tools import Running, running
 
@@ -55,7 +55,7 @@ def node_skip_reason() -> str | None:
     node = node_path()
     if node is None:
         return "node is not installed"
-    if not {"SSL_read", "SSL_write"} <= libssl.file_exports(node):
+    if not {"SSL_read", "SSL_write"} <= libraries.file_exports(node):
         return (f"{node} does not export OpenSSL's SSL_read/SSL_write (built against a shared "
                 "or another TLS library): it has nothing to put uprobes on")
     return None
@@ -235,11 +235,11 @@ def test_heartbeat_and_stderr_name_the_libraries(obs):
     libssl_paths = {p.split(":")[1] for p in probes if "libssl.so" in p}
     assert libssl_paths, probes
     lib = sorted(libssl_paths)[0]
-    expected = {f"{kind}:{lib}:{p.label}" for p in libssl.file_probe_points(lib)
+    expected = {f"{kind}:{lib}:{p.label}" for p in libraries.file_probe_points(lib)
                 for kind in ("uprobe", "uretprobe")}
     assert len(expected) >= 4 and expected <= set(probes)
-    covered = {fn for p in libssl.file_probe_points(lib) for fn in p.covers}
-    assert covered == set(libssl.SSL_FUNCTIONS)
+    covered = {fn for p in libraries.file_probe_points(lib) for fn in p.covers}
+    assert covered == set(libraries.SSL_FUNCTIONS)
     assert "attached to" in obs.stderr() and lib in obs.stderr()
     node = node_path()
     if node_skip_reason() is None:
@@ -347,14 +347,14 @@ def test_rescan_finds_a_private_libssl_loaded_later(server, tmp_path):
 
 
 def test_record_layout_matches_the_c_struct():
-    """libobs.sslevents reads struct ssl_rec at fixed offsets: check them against what clang
+    """libobs.tls.decode reads struct ssl_rec at fixed offsets: check them against what clang
     compiled (a map with the struct as its value gives bcc's ctypes mirror of it)."""
     import ctypes
 
     from bcc import BPF
 
-    from libobs import probes
-    from libobs.sslevents import DATA, REC
+    from libobs.kernel import program as probes
+    from libobs.tls.decode import DATA, REC
 
     text = probes.source_text("ssl.bpf.c") + "\nBPF_ARRAY(layout_check, struct ssl_rec, 1);\n"
     b = BPF(text=text.encode(), cflags=probes.cflags(probes.base_defines(1 << 20)))

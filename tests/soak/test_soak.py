@@ -45,7 +45,7 @@ def load(stop: threading.Event, tmp: Path) -> None:
 
 
 def test_soak_flat_rss_zero_loss(tmp_path):
-    present = {t: a for t, a in TOOLS.items() if (REPO / "tools" / t).exists()}
+    present = {t: a for t, a in TOOLS.items() if (REPO / "tools" / f"{t.replace('-', '_')}.py").exists()}
     with ExitStack() as stack:
         tools = {t: stack.enter_context(running(t, "--heartbeat-interval", "10", *a))
                  for t, a in present.items()}

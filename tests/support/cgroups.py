@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from libobs.kernel import cgroup2_root
+from libobs.kernel.host import cgroup2_root
 
 
 @contextmanager

@@ -21,8 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
 
 
+def tool_module(name: str) -> str:
+    """obs-exec → tools.obs_exec"""
+    return "tools." + name.replace("-", "_")
+
+
 def tool_cmd(name: str, *args: str) -> list[str]:
-    return [sys.executable, str(TOOLS / name), *args]
+    return [sys.executable, "-m", tool_module(name), *args]
 
 
 @dataclass

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs import btf, records
 from libobs.events import Clock, duration
-from libobs.execevents import exit_status
+from libobs.exec.decode import exit_status
+from libobs.kernel import btf, records
 
 
 def _btf(types: bytes, strs: bytes) -> bytes:
@@ -32,9 +32,9 @@ def test_btf_offsets_through_anonymous_union():
 def test_real_vmlinux_offsets_present():
     if not btf.VMLINUX.exists():
         pytest.skip("no /sys/kernel/btf/vmlinux on this host")
-    from libobs import kernel
-    offs = kernel.struct_offsets()
-    assert set(offs) == set(kernel.STRUCT_FIELDS)
+    from libobs.kernel import host
+    offs = host.struct_offsets()
+    assert set(offs) == set(host.STRUCT_FIELDS)
     assert offs["OFF_QSTR_NAME"] == 8 and offs["OFF_PATH_DENTRY"] == 8
 
 

@@ -7,8 +7,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.provisional import domains
 
-from libobs import denyfile
-from libobs.denyfile import (
+from libobs.guard import denyfile
+from libobs.guard.denyfile import (
     DenyFileError,
     DenyFileWatcher,
     PathIndex,

@@ -30,7 +30,7 @@ def test_daemonset():
         probe = " ".join(c["livenessProbe"]["exec"]["command"])
         assert f"/run/obs/{c['name']}.heartbeat" in probe
         assert f"--heartbeat-file /run/obs/{c['name']}.heartbeat" in " ".join(c["command"])
-        assert (REPO / "tools" / c["name"]).exists() or c["name"] in ("obs-net", "obs-llm")
+        assert (REPO / "tools" / f"{c['name'].replace('-', '_')}.py").exists() or c["name"] in ("obs-net", "obs-llm")
 
 
 def test_dockerfile_installs_bcc_from_debian():

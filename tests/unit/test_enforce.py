@@ -1,4 +1,4 @@
-"""libobs.enforce without a kernel: keys, rule ids, map plans, record decoding, and the
+"""libobs.guard.enforce without a kernel: keys, rule ids, map plans, record decoding, and the
 Enforcer's map contents as deny-files, lookups and DNS answers change."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs import bpflink, enforce
-from libobs.denyfile import DenyFileError, DenyFileWatcher, parse_egress
 from libobs.events import Clock
-from libobs.parse.dns import DnsAnswer
-from libobs.policy import ProviderPolicy
-from libobs.records import HDR
+from libobs.guard import enforce
+from libobs.guard.denyfile import DenyFileError, DenyFileWatcher, parse_egress
+from libobs.guard.policy import ProviderPolicy
+from libobs.kernel import bpflink
+from libobs.kernel.records import HDR
+from libobs.net.dns import DnsAnswer
 from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs import fanotify
-from libobs.denyfile import DenyFileWatcher, PathRule, parse_paths
-from libobs.fanotify import FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, Event
-from libobs.fileguard import (
+from libobs.guard import fanotify
+from libobs.guard.denyfile import DenyFileWatcher, PathRule, parse_paths
+from libobs.guard.fanotify import FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, Event
+from libobs.guard.fileguard import (
     FS_MASK,
     MASK,
     Enricher,
@@ -507,7 +507,7 @@ def test_observe_caches_realpath_per_inode(tmp_path, monkeypatch):
 
 
 def test_outbox_is_bounded():
-    from libobs.guardloop import Outbox
+    from libobs.guard.loop import Outbox
 
     box = Outbox(max_items=2)
     for i in range(5):
@@ -519,7 +519,7 @@ def test_outbox_is_bounded():
 
 
 def test_watchdog_counts_only_time_the_housekeeper_was_awake():
-    from libobs.guardloop import Watchdog
+    from libobs.guard.loop import Watchdog
 
     w = Watchdog(5.0)
     assert not any(w.stuck(1, t / 4) for t in range(20))  # 5 s without progress: not yet

@@ -1,6 +1,6 @@
 import orjson
 
-from libobs.heartbeat import heartbeat_event, new_collector_id, write_liveness
+from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
 
 
 def test_heartbeat_fields_follow_contract():

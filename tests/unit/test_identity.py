@@ -2,7 +2,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libobs import identity
-from libobs.records import Hdr
+from libobs.kernel.records import Hdr
 
 CID = "3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f4e"
 POD = "8c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f"

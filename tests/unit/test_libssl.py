@@ -1,4 +1,4 @@
-"""libobs.libssl: the ELF reader, probe placement, /proc maps parsing and library discovery."""
+"""libobs.tls.libraries: the ELF reader, probe placement, /proc maps parsing and library discovery."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs import libssl
+from libobs.tls import libraries
+from tests.support.tools import tool_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 LIBSSL = Path("/lib/x86_64-linux-gnu/libssl.so.3")
@@ -40,46 +41,46 @@ def nm_addresses(path: Path) -> dict[str, int]:
 # ---- ELF --------------------------------------------------------------------------------------
 
 def test_exports_of_system_libssl_match_nm(libssl_bytes):
-    addrs = libssl.exported_addresses(libssl_bytes)
-    assert set(addrs) == set(libssl.SSL_FUNCTIONS)
+    addrs = libraries.exported_addresses(libssl_bytes)
+    assert set(addrs) == set(libraries.SSL_FUNCTIONS)
     nm = nm_addresses(LIBSSL)
-    assert addrs == {name: nm[name] for name in libssl.SSL_FUNCTIONS}
+    assert addrs == {name: nm[name] for name in libraries.SSL_FUNCTIONS}
 
 
 @needs_libssl
 def test_libraries_that_only_import_or_lack_the_functions():
-    assert libssl.file_exports(LIBCRYPTO) == frozenset()
-    assert libssl.file_exports(Path(sys.executable).resolve()) == frozenset()
-    assert libssl.file_exports("/etc/hostname") == frozenset()
-    assert libssl.file_exports("/nonexistent") == frozenset()
-    assert libssl.file_exports(LIBSSL) == frozenset(libssl.SSL_FUNCTIONS)
+    assert libraries.file_exports(LIBCRYPTO) == frozenset()
+    assert libraries.file_exports(Path(sys.executable).resolve()) == frozenset()
+    assert libraries.file_exports("/etc/hostname") == frozenset()
+    assert libraries.file_exports("/nonexistent") == frozenset()
+    assert libraries.file_exports(LIBSSL) == frozenset(libraries.SSL_FUNCTIONS)
 
 
 def test_truncated_and_garbled_elf_never_raise(libssl_bytes):
     for cut in (0, 5, 16, 63, 64, 200, 4096, len(libssl_bytes) // 2, len(libssl_bytes) - 1):
-        assert libssl.exported_functions(libssl_bytes[:cut]) <= frozenset(libssl.SSL_FUNCTIONS)
-        libssl.probe_points(libssl_bytes[:cut])
-        libssl.code_at(libssl_bytes[:cut], 0x1000, 16)
+        assert libraries.exported_functions(libssl_bytes[:cut]) <= frozenset(libraries.SSL_FUNCTIONS)
+        libraries.probe_points(libssl_bytes[:cut])
+        libraries.code_at(libssl_bytes[:cut], 0x1000, 16)
     garbled = bytearray(libssl_bytes[:8192])
     garbled[0x28:0x30] = (2**63).to_bytes(8, "little")  # section headers "far away"
-    assert libssl.exported_functions(bytes(garbled)) == frozenset()
+    assert libraries.exported_functions(bytes(garbled)) == frozenset()
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_random_bytes(data):
     elf = b"\x7fELF\x02\x01" + data  # past the magic, into the header parsing
-    assert libssl.exported_functions(elf) <= frozenset(libssl.SSL_FUNCTIONS)
-    assert all(p.fn in libssl.SSL_FUNCTIONS for p in libssl.probe_points(elf))
-    assert isinstance(libssl.code_at(elf, 0, 8), bytes)
+    assert libraries.exported_functions(elf) <= frozenset(libraries.SSL_FUNCTIONS)
+    assert all(p.fn in libraries.SSL_FUNCTIONS for p in libraries.probe_points(elf))
+    assert isinstance(libraries.code_at(elf, 0, 8), bytes)
     if not data.startswith(b"\x7fELF"):
-        assert libssl.exported_functions(data) == frozenset()
-        assert libssl.probe_points(data) == ()
+        assert libraries.exported_functions(data) == frozenset()
+        assert libraries.probe_points(data) == ()
 
 
 def test_code_at_reads_the_function(libssl_bytes):
-    addr = libssl.exported_addresses(libssl_bytes)["SSL_write"]
-    code = libssl.code_at(libssl_bytes, addr, 16)
+    addr = libraries.exported_addresses(libssl_bytes)["SSL_write"]
+    code = libraries.code_at(libssl_bytes, addr, 16)
     dump = subprocess.run(["objdump", "-d", f"--start-address={addr}",
                            f"--stop-address={addr + 4}", str(LIBSSL)],
                           capture_output=True, text=True).stdout
@@ -88,7 +89,7 @@ def test_code_at_reads_the_function(libssl_bytes):
         hex_bytes = first[0].split("\t")[1].split()
         assert code[:len(hex_bytes)] == bytes(int(b, 16) for b in hex_bytes)
     assert len(code) == 16
-    assert libssl.code_at(libssl_bytes, 0x7FFF_FFFF_FFFF, 16) == b""
+    assert libraries.code_at(libssl_bytes, 0x7FFF_FFFF_FFFF, 16) == b""
 
 
 # ---- probe placement --------------------------------------------------------------------------
@@ -108,29 +109,29 @@ def rel(target: int, at: int) -> bytes:
     (b"", None),
 ])
 def test_wrapper_call_target(code, target):
-    assert libssl.wrapper_call_target(code, 0x1000) == target
+    assert libraries.wrapper_call_target(code, 0x1000) == target
 
 
 def test_probe_points_cover_all_four_functions(libssl_bytes):
-    points = libssl.probe_points(libssl_bytes)
+    points = libraries.probe_points(libssl_bytes)
     covered = [fn for p in points for fn in p.covers]
-    assert sorted(covered) == sorted(libssl.SSL_FUNCTIONS)
+    assert sorted(covered) == sorted(libraries.SSL_FUNCTIONS)
     for p in points:
-        assert p.fn in libssl.SSL_FUNCTIONS
-        assert libssl.code_at(libssl_bytes, p.addr, 1) != b""
+        assert p.fn in libraries.SSL_FUNCTIONS
+        assert libraries.code_at(libssl_bytes, p.addr, 1) != b""
         if len(p.covers) == 2:  # the shared internal function: it starts with a push
             assert p.fn.endswith("_ex") and p.label.startswith("ssl_")
-            code = libssl.code_at(libssl_bytes, p.addr, 2)
+            code = libraries.code_at(libssl_bytes, p.addr, 2)
             assert 0x50 <= code[0] <= 0x57 or (code[0] == 0x41 and 0x50 <= code[1] <= 0x57)
-    exported = libssl.probe_points(libssl_bytes, exported_only=True)
-    assert {p.label: p.addr for p in exported} == libssl.exported_addresses(libssl_bytes)
+    exported = libraries.probe_points(libssl_bytes, exported_only=True)
+    assert {p.label: p.addr for p in exported} == libraries.exported_addresses(libssl_bytes)
 
 
 def test_library_description():
-    lib = libssl.Library("/x/libssl.so.3", (
-        libssl.ProbePoint("SSL_read_ex", 0x10, "ssl_read_internal@0x10",
+    lib = libraries.Library("/x/libssl.so.3", (
+        libraries.ProbePoint("SSL_read_ex", 0x10, "ssl_read_internal@0x10",
                           ("SSL_read", "SSL_read_ex")),
-        libssl.ProbePoint("SSL_write", 0x20, "SSL_write", ("SSL_write",))), (1, 2))
+        libraries.ProbePoint("SSL_write", 0x20, "SSL_write", ("SSL_write",))), (1, 2))
     assert lib.describe() == ("/x/libssl.so.3 (SSL_read+SSL_read_ex via "
                               "ssl_read_internal@0x10, SSL_write)")
 
@@ -153,12 +154,12 @@ garbage line
 
 def test_executable_mappings():
     dev = os.makedev(0xFE, 0x01)
-    assert libssl.executable_mappings(MAPS) == [
-        libssl.Mapping("/usr/bin/python3.11", dev, 1001),
-        libssl.Mapping("/usr/lib/x86_64-linux-gnu/libssl.so.3", dev, 2002),
-        libssl.Mapping("/opt/app/lib/my ssl.so", dev, 5005),
+    assert libraries.executable_mappings(MAPS) == [
+        libraries.Mapping("/usr/bin/python3.11", dev, 1001),
+        libraries.Mapping("/usr/lib/x86_64-linux-gnu/libssl.so.3", dev, 2002),
+        libraries.Mapping("/opt/app/lib/my ssl.so", dev, 5005),
     ]
-    assert libssl.executable_mappings("") == []
+    assert libraries.executable_mappings("") == []
 
 
 @needs_libssl
@@ -173,7 +174,7 @@ def test_finder_reads_proc_maps_and_reaches_other_namespaces(tmp_path):
     (tmp_path / "200" / "maps").write_text(
         line.replace(str(LIBSSL), "/usr/lib/foo/libssl.so.3").replace(str(st.st_ino), "77"))
     (tmp_path / "self").mkdir()
-    finder = libssl.Finder(proc=tmp_path)
+    finder = libraries.Finder(proc=tmp_path)
     assert sorted(finder.from_processes()) == sorted(
         [str(LIBSSL), f"{tmp_path}/200/root/usr/lib/foo/libssl.so.3"])
     [found] = finder.new_libraries(finder.from_processes())
@@ -183,7 +184,7 @@ def test_finder_reads_proc_maps_and_reaches_other_namespaces(tmp_path):
 
 
 def test_uprobes_missing_is_none_or_a_reason():
-    reason = libssl.uprobes_missing()
+    reason = libraries.uprobes_missing()
     assert reason is None or "uprobe" in reason
 
 
@@ -197,7 +198,7 @@ def test_uprobes_missing_is_none_or_a_reason():
     (["--no-such-option"], "No such option"),
 ])
 def test_bad_options_one_line_and_exit_2(args, message):
-    p = subprocess.run([sys.executable, str(REPO / "tools" / "obs-ssl"), *args],
+    p = subprocess.run(tool_cmd("obs-ssl", *args),
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert p.stderr.startswith(f"obs-ssl: {message}") and p.stderr.count("\n") == 1

@@ -1,4 +1,4 @@
-"""The exchange state machine of libobs/llmcalls.py, fed with synthetic TCP facts (no root)."""
+"""The exchange state machine of libobs/net/llmcalls.py, fed with synthetic TCP facts (no root)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.llmcalls import (
+from libobs.net.llmcalls import (
     ALERT_MAX,
     CONTROL_MAX,
     Closed,

@@ -1,6 +1,6 @@
 from libobs.events import envelope
-from libobs.llmjoin import API_FIELDS, ApiJoin
-from libobs.sslapi import LlmFact
+from libobs.net.apijoin import API_FIELDS, ApiJoin
+from libobs.tls.attach import LlmFact
 
 MS = 1_000_000
 

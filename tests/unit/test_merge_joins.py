@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from libobs.events import duration, envelope
-from libobs.merge import JOIN_SLACK_NS, Joiner, Merge
-from libobs.sessions import Sessions
+from libobs.merge.merger import JOIN_SLACK_NS, Joiner, Merge
+from libobs.merge.sessions import Sessions
 
 NS = 1_000_000_000
 T0 = 1_764_100_000 * NS

@@ -1,4 +1,4 @@
-"""The reorder window and duplicate drop (libobs.merge.Reorder, Dedup, Merge.push)."""
+"""The reorder window and duplicate drop (libobs.merge.merger.Reorder, Dedup, Merge.push)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libobs.events import envelope
-from libobs.merge import Dedup, Merge, Reorder
-from libobs.sessions import Sessions
+from libobs.merge.merger import Dedup, Merge, Reorder
+from libobs.merge.sessions import Sessions
 
 NS = 1_000_000_000
 WINDOW = 2 * NS

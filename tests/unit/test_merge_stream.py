@@ -1,4 +1,4 @@
-"""Reading many NDJSON sources (libobs.stream): files, pipes, FIFOs, --follow, bad lines."""
+"""Reading many NDJSON sources (libobs.merge.input): files, pipes, FIFOs, --follow, bad lines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.stream import Batch, Problem, Reader, Reporter, decode
+from libobs.merge.input import Batch, Problem, Reader, Reporter, decode
 
 
 def drain(reader: Reader, rounds: int = 200, until: int | None = None) -> Batch:

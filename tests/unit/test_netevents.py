@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libobs.events import Clock
-from libobs.llmcalls import LlmCallDecoder
-from libobs.netevents import (
+from libobs.net.decode import (
     CONN,
     HDR,
     K_CONNECT,
@@ -30,6 +29,7 @@ from libobs.netevents import (
     decode,
     peer,
 )
+from libobs.net.llmcalls import LlmCallDecoder
 from libobs.providers import load_rules
 from tests.unit.test_parse_tls import real_hello as build_client_hello
 

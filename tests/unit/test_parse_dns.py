@@ -9,7 +9,7 @@ from dnslib import AAAA, CNAME, MX, QTYPE, RR, A, DNSRecord
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs.parse.dns import DnsAnswer, DnsQuery, parse_query, parse_response
+from libobs.net.dns import DnsAnswer, DnsQuery, parse_query, parse_response
 
 
 def query(name: str = "api.openai.com", qtype: str = "A") -> DNSRecord:

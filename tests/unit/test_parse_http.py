@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.parse.http import HttpMessage, HttpStream, SseDecoder, SseEvent, parse_sse
+from libobs.tls.http1 import HttpMessage, HttpStream, SseDecoder, SseEvent, parse_sse
 
 # --- wire builders (also used by test_parse_llmapi) -------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs.parse.tls import is_client_hello, parse_sni
+from libobs.net.clienthello import is_client_hello, parse_sni
 
 
 def real_hello(server_hostname: str) -> bytes:

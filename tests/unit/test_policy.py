@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from libobs.denyfile import parse_egress, parse_paths
-from libobs.policy import DenyListPolicy, Policy, ProviderPolicy, Verdict
+from libobs.guard.denyfile import parse_egress, parse_paths
+from libobs.guard.policy import DenyListPolicy, Policy, ProviderPolicy, Verdict
 from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address
@@ -154,6 +154,6 @@ def test_file_and_exec_rules_are_separate_and_component_wise():
 
 
 def test_default_resolver_returns_addresses_of_localhost():
-    from libobs.policy import resolve
+    from libobs.guard.policy import resolve
 
     assert ip("127.0.0.1") in resolve("localhost")

@@ -237,7 +237,7 @@ def test_cli_refuses_a_rules_file_others_can_write(tmp_path):
 
     import pytest
 
-    from libobs import cli
+    from libobs.tool import options as cli
     d = tmp_path / "etc"
     d.mkdir(mode=0o755)
     f = d / "providers.toml"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libobs.redact import redact
+from libobs.tls.redact import redact
 
 OPENAI_KEY = b"sk-proj-" + b"Ab3_-xYz" * 20
 ANTHROPIC_KEY = b"sk-ant-api03-" + b"Qw9-Er7_Ty" * 9 + b"-AA"

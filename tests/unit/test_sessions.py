@@ -1,4 +1,4 @@
-"""Process tree, agent roots, session attribution and eviction (libobs.sessions via Merge)."""
+"""Process tree, agent roots, session attribution and eviction (libobs.merge.sessions via Merge)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libobs.events import duration, envelope
-from libobs.merge import Merge
-from libobs.sessions import NS, ProcInfo, Sessions, parse_selector, read_proc
+from libobs.merge.merger import Merge
+from libobs.merge.sessions import NS, ProcInfo, Sessions, parse_selector, read_proc
 
 T0 = 1_764_100_000 * NS
 W = 2 * NS

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libobs.events import envelope
-from libobs.sink import Sink, dumps, human
+from libobs.tool.sink import Sink, dumps, human
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +69,7 @@ def test_head_1_exits_quietly():
     code = textwrap.dedent("""
         import sys
         from libobs.events import envelope
-        from libobs.sink import Sink, OutputClosed, quiet_broken_pipe
+        from libobs.tool.sink import Sink, OutputClosed, quiet_broken_pipe
         s = Sink("json")
         try:
             for i in range(1_000_000):

@@ -1,4 +1,4 @@
-"""libobs.sslevents / libobs.sslapi on synthesized ring-buffer records: chunk decoding, call
+"""libobs.tls.decode / libobs.tls.attach on synthesized ring-buffer records: chunk decoding, call
 assembly, HTTP/LLM reassembly with gaps and resynchronisation, and the envelope events."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs import sslapi
 from libobs.events import Clock
-from libobs.records import HDR
-from libobs.records import hdr as parse_hdr
-from libobs.sslevents import (
+from libobs.kernel.records import HDR
+from libobs.kernel.records import hdr as parse_hdr
+from libobs.tls import attach
+from libobs.tls.decode import (
     CHUNK,
     K_SSL,
     MAX_GAP,
@@ -122,7 +122,7 @@ def test_decode_chunk():
         PID, 5, SSL, 100, 9, 5, READ_EX, 3, b"hello")
     assert decode_chunk(record(b"x", ts=1, fn=0, kind=1)) is None  # another program's record
     assert decode_chunk(raw[:50]) is None
-    assert sslapi.is_ssl_record(raw) and not sslapi.is_ssl_record(record(b"", ts=1, fn=0, kind=2))
+    assert attach.is_ssl_record(raw) and not attach.is_ssl_record(record(b"", ts=1, fn=0, kind=2))
 
 
 def test_assembler_joins_chunks_and_finishes_lost_tails():
@@ -325,7 +325,7 @@ def test_truncated_call_is_flagged():
 
 
 def test_sslapi_facts_keyed_by_request():
-    api = sslapi.SslApi(Clock(10))
+    api = attach.SslApi(Clock(10))
     raws = [record(anthropic_request(True), ts=100, fn=WRITE_EX)]
     off = 0
     for i, piece in enumerate(sse_response()):

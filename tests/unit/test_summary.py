@@ -1,4 +1,4 @@
-"""The per-session summary (libobs.summary) over the recorded agent run in tests/fixtures."""
+"""The per-session summary (libobs.merge.summary) over the recorded agent run in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from libobs.events import envelope
-from libobs.merge import Merge
-from libobs.sessions import Proc, Sessions
-from libobs.stream import decode
-from libobs.summary import Capped, Samples, Summary, align
+from libobs.merge.input import decode
+from libobs.merge.merger import Merge
+from libobs.merge.sessions import Proc, Sessions
+from libobs.merge.summary import Capped, Samples, Summary, align
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 RUN = ["agent_exec", "agent_net", "agent_llm", "agent_ssl", "agent_enforce"]

@@ -3,31 +3,45 @@ passes mandoc's lint, a systemd unit that systemd-analyze accepts, and a README 
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from tests.support.tools import tool_cmd, tool_module
+
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = sorted(p.name for p in (REPO / "tools").glob("obs-*"))
+TOOLS = sorted(p.stem.replace("_", "-") for p in (REPO / "tools").glob("obs_*.py"))
 SECTIONS = ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FIELDS", "EXAMPLES", "EXIT STATUS",
             "OVERHEAD", "SEE ALSO"]
 
 
 def help_text(tool: str) -> str:
-    p = subprocess.run([sys.executable, str(REPO / "tools" / tool), "--help"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(tool_cmd(tool, "--help"), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
 
 def test_every_tool_is_packaged():
-    pyproject = (REPO / "pyproject.toml").read_text()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(TOOLS)
     for tool in TOOLS:
-        assert f'"tools/{tool}"' in pyproject, f"{tool} missing from script-files"
+        assert scripts[tool] == f"{tool_module(tool)}:run"
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_is_a_thin_importable_executable(tool):
+    """Code like the rest (imported here without tricks), runnable as a file, and thin."""
+    module = importlib.import_module(tool_module(tool))
+    assert callable(module.run)
+    path = Path(module.__file__ or "")
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env python3\n") and path.stat().st_mode & 0o111
+    assert len(text.splitlines()) < 150, f"{tool} is not thin"
 
 
 @pytest.mark.parametrize("tool", TOOLS)

@@ -1,0 +1,661 @@
+"""obs-fileguard: which fanotify marks a file deny-list needs, whether an open is denied, and
+whether the opener is in scope (``--cgroup``).
+
+Marks (libobs/guard/fanotify.py records what was measured on this kernel):
+
+- A listed **file** gets an inode mark for ``FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM``: only opens
+  of that inode cost an event, through any name, hard link or bind mount. It is decided by
+  inode (device, inode number), so every other name of the file is denied too. Plain opens
+  are marked as well as execs, so ``ld.so ./prog`` cannot run a listed binary either.
+- A listed **directory** gets a filesystem mark on the filesystem holding it (and on every
+  filesystem mounted beneath it), with ``FAN_ONDIR`` so listing it is denied too. Every open
+  on those filesystems, by every process, is then a round trip to the guard, decided by the
+  resolved path fanotify reports (``Rules.match``: ``PathIndex`` semantics, one dict lookup
+  per path component).
+- ``plan()`` turns the rules and what is on disk now into the marks wanted; ``Marks.apply``
+  adds what is missing and removes (``FAN_MARK_REMOVE``) what no rule needs any more. It runs
+  on every housekeeping tick, so a reload never leaves an unguarded window, and a listed file
+  that is replaced (an editor's rename, rm + create) or created later is marked within a tick.
+  A listed file stays guarded while its line stays and it has a name anywhere (renamed away,
+  another hard link): renames are no opens, fanotify would not see the escape.
+
+Answering (``Guard.answer``, the one thread that answers -- libobs/guard/loop.py): the guard's
+own events are allowed first; every other event is decided by inode, then by name, then by
+cgroup (only when a rule matched, so the cgroup lookup is off the common path). Allowed events
+of a batch are answered at once; denied ones are enriched from /proc *before* their answer,
+while the opener is still blocked and its /proc entry therefore still there (a denied ``cat``
+would otherwise exit before it could be looked up). Only denials pay for enrichment.
+Everything that path opens is under /proc, which cannot be marked (this kernel refuses
+permission-event marks on procfs, inode and filesystem alike).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from libobs.events import envelope
+from libobs.guard import fanotify
+from libobs.guard.denyfile import DenyFileWatcher, LineError, PathRule
+from libobs.guard.fanotify import Event
+from libobs.identity import Identities, parse_stat
+from libobs.kernel.records import Hdr
+
+GUARD = "obs-fileguard"
+MASK = fanotify.FAN_OPEN_PERM | fanotify.FAN_OPEN_EXEC_PERM
+FS_MASK = MASK | fanotify.FAN_ONDIR  # a listed directory cannot be listed either
+# O_NONBLOCK: the kernel opens each event's file for us; on a FIFO a blocking open would wait
+# for a writer that is itself waiting for our answer (6.18 sends no permission events for
+# special files; older kernels may).
+EVENT_F_FLAGS = fanotify.EVENT_F_FLAGS | os.O_NONBLOCK
+# An unbounded queue: each pending permission event is a blocked thread, so the queue is bounded
+# by threads anyway, and an overflowing queue would let opens through unanswered.
+INIT_FLAGS = (fanotify.FAN_CLASS_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK
+              | fanotify.FAN_UNLIMITED_QUEUE | fanotify.FAN_UNLIMITED_MARKS)
+
+Key = tuple[int, int]  # (st_dev, st_ino)
+Action = Literal["open", "exec"]
+_DELETED = b" (deleted)"  # what fd_path appends for an unlinked file
+
+
+def action_of(mask: int) -> Action:
+    return "exec" if mask & fanotify.FAN_OPEN_EXEC_PERM else "open"
+
+
+def line_error_text(source: str, e: LineError) -> str:
+    """One stderr line for a deny-file line that was skipped."""
+    return f"{source}:{e.lineno}: {e.reason}, line skipped: {e.line!r}"
+
+
+# --- rules and marks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a rule's path is on disk right now (symlinks followed)."""
+
+    resolved: bytes
+    dev: int
+    ino: int
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Mount:
+    dev: int
+    root: bytes  # the part of the filesystem this mount shows
+    mountpoint: bytes
+    fstype: str
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field_: bytes) -> bytes:
+    return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field_)
+
+
+def parse_mountinfo(data: bytes) -> list[Mount]:
+    """/proc/<pid>/mountinfo (proc(5)) → mounts, in order; malformed lines are skipped."""
+    mounts = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)
+            major, minor = (int(x) for x in fields[2].split(b":"))
+            dev = os.makedev(major, minor)
+            fstype = fields[sep + 1].decode("utf-8", "replace")
+        except (ValueError, IndexError, OverflowError):
+            continue
+        mounts.append(Mount(dev, _unescape(fields[3]), _unescape(fields[4]), fstype))
+    return mounts
+
+
+def _beneath(path: bytes, top: bytes) -> bool:
+    return path == top or path.startswith(top.rstrip(b"/") + b"/")
+
+
+def mounts_beneath(directory: bytes, mounts: Iterable[Mount]) -> list[Mount]:
+    """Mounts whose mount point is strictly beneath ``directory`` (component-wise)."""
+    return [m for m in mounts if m.mountpoint != directory and _beneath(m.mountpoint, directory)]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the answering thread decides with; replaced whole, never mutated."""
+
+    inodes: Mapping[Key, PathRule] = field(default_factory=dict)
+    names: Mapping[bytes, PathRule] = field(default_factory=dict)  # normalised paths
+
+    def match(self, key: Key, path: bytes) -> PathRule | None:
+        """The rule an open of ``path`` (inode ``key``) breaks, if any."""
+        rule = self.inodes.get(key)
+        if rule is not None or not self.names:
+            return rule
+        rule = _by_name(self.names, path)
+        if rule is None and path.endswith(_DELETED):
+            rule = _by_name(self.names, path[: -len(_DELETED)])
+        return rule
+
+
+def _by_name(names: Mapping[bytes, PathRule], path: bytes) -> PathRule | None:
+    """``PathIndex.match`` for the paths the kernel reports, which are canonical already
+    (absolute, no ``//``, ``.`` or ``..``): one dict lookup per component and no normalising,
+    five times cheaper -- this runs for every open on a filesystem-marked filesystem."""
+    get = names.get
+    while True:
+        rule = get(path)
+        if rule is not None:
+            return rule
+        cut = path.rfind(b"/")
+        if cut <= 0:
+            return None  # "/" itself is never a rule
+        path = path[:cut]
+
+
+@dataclass(frozen=True)
+class Plan:
+    rules: Rules
+    inode_marks: dict[Key, bytes]  # inode → the listed path it is guarded for
+    fs_marks: dict[int, bytes]  # st_dev → a path on that filesystem
+
+
+def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
+         mounts: Iterable[Mount] = (), kept: Mapping[Key, bytes] | None = None) -> Plan:
+    """The rules to decide with and the marks they need, from what is on disk now.
+
+    Names cover the listed path and, for a symlink, its target (fanotify reports resolved
+    paths). A path that does not exist yet is matched by name only and marked once it exists.
+    ``kept``: inodes already guarded for a listed path that still have a name somewhere
+    (``Marks.kept``); they stay denied while their line stays, so renaming a listed file
+    away, or keeping another hard link to it, does not escape the rule.
+    """
+    mounts = list(mounts)
+    rules = list(rules)
+    names: dict[bytes, PathRule] = {}
+    inodes: dict[Key, PathRule] = {}
+    inode_marks: dict[Key, bytes] = {}
+    fs_marks: dict[int, bytes] = {}
+    for rule in rules:
+        names.setdefault(rule.path, rule)
+        s = seen.get(rule.path)
+        if s is None:
+            continue
+        names.setdefault(s.resolved, rule)
+        if s.is_dir:
+            fs_marks.setdefault(s.dev, s.resolved)
+            for m in mounts_beneath(s.resolved, mounts):
+                fs_marks.setdefault(m.dev, m.mountpoint)
+        else:
+            inodes.setdefault((s.dev, s.ino), rule)
+            inode_marks.setdefault((s.dev, s.ino), rule.path)
+    listed_rules: dict[bytes, PathRule] = {}
+    for rule in rules:
+        listed_rules.setdefault(rule.path, rule)
+    for key, listed in (kept or {}).items():
+        owner = listed_rules.get(listed)
+        if owner is not None:
+            inodes.setdefault(key, owner)
+            inode_marks.setdefault(key, listed)
+    return Plan(Rules(inodes, names), inode_marks, fs_marks)
+
+
+def observe(paths: Iterable[bytes],
+            resolved: dict[tuple[bytes, Key], bytes] | None = None) -> dict[bytes, Seen | None]:
+    """stat() each path (following symlinks); None where nothing is there (yet).
+
+    ``resolved`` caches realpath() (one lstat per component) per path and inode, so a long
+    list costs one stat per path and tick once nothing changes."""
+    cache = {} if resolved is None else resolved
+    seen: dict[bytes, Seen | None] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+            key = (path, (st.st_dev, st.st_ino))
+            real = cache.get(key)
+            if real is None:
+                real = cache[key] = os.path.realpath(path)
+        except (OSError, ValueError):
+            seen[path] = None
+            continue
+        seen[path] = Seen(real, st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
+    return seen
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    try:
+        with open(path, "rb") as f:
+            return parse_mountinfo(f.read())
+    except OSError:
+        return []
+
+
+class MarkTarget(Protocol):
+    """The group fd as the housekeeping thread may use it (libobs.guard.loop.Group)."""
+
+    def mark(self, flags: int, mask: int, path: str) -> None: ...
+
+
+class Marks:
+    """The marks in place, kept in step with a Plan.
+
+    Each target is opened O_PATH (which is no open to fanotify), checked to be the inode or
+    filesystem the plan saw, and marked through /proc/self/fd/N: what is marked is what was
+    checked. For a listed file that O_PATH fd is kept: it removes the mark later whatever
+    names the file has by then, and tells whether the file still has any (``kept``). It holds
+    no data open, but like any open fd it keeps that filesystem from being unmounted (lazy
+    unmounts work). Filesystem marks hold nothing; they are removed through any path on that
+    filesystem, and vanish with it when it is unmounted.
+    """
+
+    def __init__(self, group: MarkTarget) -> None:
+        self.group = group
+        self.inodes: dict[Key, tuple[int, bytes]] = {}  # → (O_PATH fd, listed path)
+        self.filesystems: dict[int, bytes] = {}
+        self._reported: set[str] = set()
+
+    def kept(self) -> dict[Key, bytes]:
+        """Guarded inodes that still have a name, with the listed path each is guarded for."""
+        out = {}
+        for key, (fd, listed) in self.inodes.items():
+            try:
+                if os.fstat(fd).st_nlink > 0:
+                    out[key] = listed
+            except OSError:
+                pass
+        return out
+
+    def apply(self, want: Plan, mounts: Iterable[Mount] = ()) -> list[str]:
+        """Add missing marks, remove unneeded ones; messages for failures not reported yet."""
+        errors: list[str] = []
+        add, remove = fanotify.FAN_MARK_ADD, fanotify.FAN_MARK_REMOVE
+        inode = fanotify.FAN_MARK_INODE
+        for key, listed in want.inode_marks.items():
+            if key not in self.inodes:
+                fd = self._open(listed, key, False)
+                if fd is not None and self._mark(errors, add | inode, fd, listed):
+                    self.inodes[key] = (fd, listed)
+                elif fd is not None:
+                    os.close(fd)
+        for key in [k for k in self.inodes if k not in want.inode_marks]:
+            fd, listed = self.inodes.pop(key)
+            self._mark(errors, remove | inode, fd, listed)
+            os.close(fd)
+        for dev, path in want.fs_marks.items():
+            if dev not in self.filesystems and self._change_fs(errors, add, path, dev):
+                self.filesystems[dev] = path
+        for dev in [d for d in self.filesystems if d not in want.fs_marks]:
+            # Any path on that filesystem will do; none left means it was unmounted, and its
+            # marks went with it.
+            paths = [self.filesystems.pop(dev)] + [m.mountpoint for m in mounts if m.dev == dev]
+            for path in paths:
+                if self._change_fs(errors, remove, path, dev):
+                    break
+        return errors
+
+    def close(self) -> None:
+        for fd, _ in self.inodes.values():
+            os.close(fd)
+        self.inodes.clear()
+
+    @staticmethod
+    def _open(path: bytes, want: Key | int, on_fs: bool) -> int | None:
+        """An O_PATH fd on ``path`` if it still is the inode (Key) or filesystem (st_dev) the
+        plan saw; None if it is gone or was replaced meanwhile (the next plan will see that)."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev if on_fs else (st.st_dev, st.st_ino)) == want:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def _change_fs(self, errors: list[str], op: int, path: bytes, dev: int) -> bool:
+        fd = self._open(path, dev, True)
+        if fd is None:
+            return False
+        try:
+            return self._mark(errors, op | fanotify.FAN_MARK_FILESYSTEM, fd, path)
+        finally:
+            os.close(fd)
+
+    def _mark(self, errors: list[str], flags: int, fd: int, path: bytes) -> bool:
+        on_fs = bool(flags & fanotify.FAN_MARK_FILESYSTEM)
+        try:
+            self.group.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
+        except OSError as e:
+            if flags & fanotify.FAN_MARK_REMOVE:
+                return True  # nothing to remove: either way it is not ours any more
+            msg = (f"cannot guard {'directory' if on_fs else 'file'} {os.fsdecode(path)}: "
+                   f"{e.strerror}")
+            if msg not in self._reported:
+                self._reported.add(msg)
+                errors.append(msg)
+            return False
+        return True
+
+
+# --- cgroup scope ---------------------------------------------------------------------------
+
+
+def cgroup_v2_path(text: str) -> str | None:
+    """The cgroup-v2 path from /proc/<pid>/cgroup (its "0::" line), else None."""
+    for line in text.split("\n"):
+        if line.startswith("0::"):
+            path = line[3:]
+            return path if path.startswith("/") else None
+    return None
+
+
+def in_cgroup(path: str, scope: str) -> bool:
+    """Is cgroup ``path`` the cgroup ``scope`` or beneath it (component-wise)?"""
+    return scope == "/" or path == scope or path.startswith(scope.rstrip("/") + "/")
+
+
+def cgroup_scope(directory: str, root: str) -> str:
+    """A cgroup directory (under the cgroup-v2 mount ``root``) as a /proc/<pid>/cgroup path;
+    ValueError when it is not beneath ``root``."""
+    d, r = os.path.normpath(directory), os.path.normpath(root)
+    if d != r and not d.startswith(r.rstrip("/") + "/"):
+        raise ValueError(f"{directory} is not under the cgroup-v2 mount {root}")
+    return "/" + d[len(r):].lstrip("/")
+
+
+def _read(path: str, size: int = 8192) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class Scope:
+    """Is a process in the ``--cgroup`` subtree? Answered from /proc, cached per pid (bounded
+    LRU). An entry is tied to the inode of /proc/<pid>, which a reused pid does not share, and
+    lives at most ``ttl`` seconds, so a process moved between cgroups is seen within that."""
+
+    def __init__(self, cgroup: str, *, max_entries: int = 4096, ttl: float = 1.0,
+                 proc: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
+        self.cgroup = cgroup
+        self.max = max_entries
+        self.ttl = ttl
+        self.proc = proc
+        self.clock = clock
+        self._cache: OrderedDict[int, tuple[int, float, bool, str]] = OrderedDict()
+
+    def lookup(self, pid: int) -> tuple[bool, str] | None:
+        """(inside, cgroup path) of a live process; None when it is gone."""
+        try:
+            ino = os.stat(f"{self.proc}/{pid}").st_ino
+        except OSError:
+            return None
+        now = self.clock()
+        hit = self._cache.get(pid)
+        if hit is not None and hit[0] == ino and now - hit[1] < self.ttl:
+            self._cache.move_to_end(pid)
+            return hit[2], hit[3]
+        data = _read(f"{self.proc}/{pid}/cgroup")
+        path = cgroup_v2_path(data.decode("utf-8", "replace")) if data is not None else None
+        if path is None:
+            self._cache.pop(pid, None)
+            return None
+        inside = in_cgroup(path, self.cgroup)
+        self._cache[pid] = (ino, now, inside, path)
+        self._cache.move_to_end(pid)
+        if len(self._cache) > self.max:
+            self._cache.popitem(last=False)
+        return inside, path
+
+
+# --- the Denied event -----------------------------------------------------------------------
+
+
+def parse_status_uid(data: bytes) -> int | None:
+    """The real uid from /proc/<pid>/status, or None."""
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            try:
+                return int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+class Enricher:
+    """Builds the Denied event, with identity and process facts read from /proc."""
+
+    def __init__(self, host: str, cgroup_root: str | None, *, proc: str = "/proc",
+                 identities: Identities | None = None) -> None:
+        self.host = host
+        self.cgroup_root = cgroup_root
+        self.proc = proc
+        self.identities = identities or Identities()
+        self._ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    def denied(self, pid: int, action: Action, target: bytes, rule: PathRule, ts: int,
+               cgroup_path: str | None = None) -> dict[str, Any]:
+        fields = {"pid": pid, "action": action, "target": target.decode("utf-8", "replace"),
+                  "rule": rule.line, "guard": GUARD}
+        identity, process = self.facts(pid, cgroup_path)
+        return envelope("Denied", fields, ts=ts, host=self.host, identity=identity,
+                        process=process)
+
+    def facts(self, pid: int, cgroup_path: str | None = None
+              ) -> tuple[dict[str, str | None], dict[str, Any]]:
+        """(identity, process) of a live pid; unknown fields null."""
+        st = _read(f"{self.proc}/{pid}/stat", 1024)
+        parsed = parse_stat(st) if st is not None else None
+        status = _read(f"{self.proc}/{pid}/status")
+        uid = parse_status_uid(status) if status is not None else None
+        if cgroup_path is None:
+            data = _read(f"{self.proc}/{pid}/cgroup")
+            cgroup_path = cgroup_v2_path(data.decode("utf-8", "replace")) if data else None
+        cgroup_id = self._cgroup_id(cgroup_path)
+        if parsed is None or uid is None or cgroup_id is None:
+            comm = parsed[0] if parsed else None
+            identity = {"agent": comm, "task": str(pid), "session": None}
+            return identity, {"pid": pid, "ppid": parsed[1] if parsed else None, "comm": comm,
+                              "uid": uid, "cgroup_id": cgroup_id, "container_id": None,
+                              "pod_uid": None}
+        comm, ppid, pgid, ticks = parsed
+        hdr = Hdr(kind=0, pid=pid, tid=pid, ppid=ppid, uid=uid, len=0, pgid=pgid, pad=0, ts=0,
+                  cgroup_id=cgroup_id, start_bt=ticks * self._ns_per_tick,
+                  comm=comm.encode("utf-8", "replace")[:15])
+        return self.identities.of(hdr)
+
+    def _cgroup_id(self, cgroup_path: str | None) -> int | None:
+        # The kernel's cgroup id is the inode number of the cgroup's directory.
+        if cgroup_path is None or self.cgroup_root is None:
+            return None
+        try:
+            return os.stat(self.cgroup_root + cgroup_path).st_ino
+        except OSError:
+            return None
+
+
+# --- answering ------------------------------------------------------------------------------
+
+
+class Outbox(Protocol):
+    def event(self, ev: dict[str, Any]) -> None: ...
+
+    def error(self, msg: str) -> None: ...
+
+
+@dataclass
+class Counters:
+    answered: int = 0
+    denied: int = 0
+    fail_open: int = 0  # allowed because of an error, a vanished pid or a queue overflow
+    vanished: int = 0  # of which: the opener was gone before its cgroup could be read
+
+
+@dataclass(frozen=True)
+class Hit:
+    rule: PathRule
+    path: bytes
+    action: Action
+    cgroup: str | None
+
+
+class Guard:
+    """Decides and answers batches of permission events (on the answering thread only).
+
+    ``rules`` is replaced whole by the housekeeping thread; a batch uses one snapshot.
+    """
+
+    MAX_REPORTED_ERRORS = 20
+
+    def __init__(self, fan: int, outbox: Outbox, enricher: Enricher, scope: Scope | None = None,
+                 *, me: int | None = None) -> None:
+        self.fan = fan
+        self.outbox = outbox
+        self.enricher = enricher
+        self.scope = scope
+        self.me = os.getpid() if me is None else me
+        self.rules = Rules()
+        self.counters = Counters()
+        self._errors = 0
+        # readlinkat() on this beats readlink("/proc/self/fd/N"): no walk through /proc/self.
+        self._fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self._fd_dir)
+
+    def answer(self, events: list[Event]) -> None:
+        rules = self.rules
+        ts = time.time_ns()
+        denied: list[tuple[Event, Hit]] = []
+        for ev in events:
+            if ev.fd < 0 or not ev.is_perm:
+                if ev.mask & fanotify.FAN_Q_OVERFLOW:
+                    self.counters.fail_open += 1  # the kernel let those through unasked
+                self._respond(ev, True)
+                continue
+            try:
+                hit = None if ev.pid == self.me else self.check(ev, rules)
+            except Exception as e:  # a bug here must not leave the opener blocked
+                self._failed(f"allowed an open after an error: {e!r}")
+                hit = None
+            if hit is None:
+                self._respond(ev, True)
+            else:
+                denied.append((ev, hit))
+        # Allowed openers are already running; the denied ones are still blocked, so their
+        # /proc entries are there to read.
+        for ev, hit in denied:
+            try:
+                out: dict[str, Any] | None = self.enricher.denied(
+                    ev.pid, hit.action, hit.path, hit.rule, ts, hit.cgroup)
+            except Exception as e:
+                self._failed(f"could not describe a denial: {e!r}", fail_open=False)
+                out = None
+            self.counters.denied += 1
+            self._respond(ev, False)
+            if out is not None:
+                self.outbox.event(out)
+
+    def check(self, ev: Event, rules: Rules) -> Hit | None:
+        """The rule this event breaks, if the opener is in scope; None to allow."""
+        st = os.fstat(ev.fd)
+        path = os.readlink(b"%d" % ev.fd, dir_fd=self._fd_dir)
+        rule = rules.match((st.st_dev, st.st_ino), path)
+        if rule is None:
+            return None
+        cgroup = None
+        if self.scope is not None:
+            found = self.scope.lookup(ev.pid)
+            if found is None:  # gone before we could tell: nothing left to protect from
+                self.counters.vanished += 1
+                self.counters.fail_open += 1
+                return None
+            inside, cgroup = found
+            if not inside:
+                return None
+        return Hit(rule, path, action_of(ev.mask), cgroup)
+
+    def _respond(self, ev: Event, allow: bool) -> None:
+        self.counters.answered += ev.fd >= 0
+        try:
+            fanotify.answer_and_close(self.fan, ev, allow)
+        except OSError as e:
+            # ENOENT: the opener was killed while waiting and the kernel forgot the event.
+            if e.errno != errno.ENOENT:
+                self._failed(str(e), fail_open=False)
+
+    def _failed(self, msg: str, *, fail_open: bool = True) -> None:
+        self.counters.fail_open += fail_open
+        self._errors += 1
+        if self._errors <= self.MAX_REPORTED_ERRORS:
+            self.outbox.error(msg)
+
+
+# --- housekeeping ---------------------------------------------------------------------------
+
+
+class Reloader:
+    """The housekeeping tick: re-read the deny-file when it changed, look at the disk, hand the
+    answering thread new rules, then bring the marks in step (rules first: a new mark's first
+    event already finds its rule; a removed rule stops denying before its mark goes).
+
+    Looking at the disk is skipped until ``BUDGET`` times its last cost has passed, so a long
+    list cannot keep the housekeeper (and the GIL) busy; a changed deny-file is applied at once.
+    """
+
+    BUDGET = 10
+
+    def __init__(self, watcher: DenyFileWatcher[PathRule], rules: list[PathRule], marks: Marks,
+                 guard: Guard, report: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.watcher = watcher
+        self.rules = rules
+        self.marks = marks
+        self.guard = guard
+        self.report = report
+        self.clock = clock
+        self._resolved: dict[tuple[bytes, Key], bytes] = {}
+        self._due = float("-inf")
+
+    def tick(self, now: float) -> None:
+        update = self.watcher.poll()
+        changed = False
+        if update is not None:
+            if update.error:
+                self.report(f"{update.error}; keeping the previous list")
+            else:
+                for e in update.errors:
+                    self.report(line_error_text(self.watcher.path, e))
+                self.rules = update.rules
+                self._resolved.clear()
+                changed = True
+                self.report(f"{self.watcher.path}: {len(self.rules)} rule(s)")
+        if not changed and now < self._due:
+            return
+        start = self.clock()
+        seen = observe((r.path for r in self.rules), self._resolved)
+        dirs = any(s is not None and s.is_dir for s in seen.values())
+        mounts = read_mounts() if dirs or self.marks.filesystems else []
+        wanted = plan(self.rules, seen, mounts, self.marks.kept())
+        self.guard.rules = wanted.rules
+        for msg in self.marks.apply(wanted, mounts):
+            self.report(msg)
+        if len(self._resolved) > 4 * len(self.rules) + 64:
+            self._resolved.clear()  # entries of replaced files
+        self._due = now + self.BUDGET * (self.clock() - start)

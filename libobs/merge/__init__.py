@@ -1,0 +1,1 @@
+"""obs NDJSON in: reading, ordering, sessions, joins and summaries (obs-merge)."""

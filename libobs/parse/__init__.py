@@ -1,1 +1,0 @@
-"""Pure parsers: any bytes in, a result or None out, never an exception."""

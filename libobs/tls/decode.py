@@ -1,0 +1,391 @@
+"""Records of bpf/ssl.bpf.c → SslContent and LlmApi events.
+
+Three stages, each usable alone:
+
+1. `decode_chunk`: one ring-buffer record → `SslChunk` (a piece of one SSL call).
+2. `CallAssembler`: chunks → `SslCall`, the bytes one SSL_read/SSL_write call moved.
+3. `ApiTracker`: calls → `ApiFact`s, by reassembling each TLS connection (pid, SSL*) into
+   HTTP/1.1 messages (libobs.tls.http1) and reading LLM API facts from them
+   (libobs.tls.llmapi).
+
+`SslDecoder` wires them into the envelope events obs-ssl prints; libobs.tls.attach wires them for
+obs-llm.
+
+Missing bytes. Every call carries the stream offset of its first byte, so a gap (a full ring
+buffer, or a call larger than --max-capture) has an exact size. The gap is handed to the HTTP
+parser as that many filler bytes: Content-Length framing stays intact, and the message that
+contained it is marked truncated (llmapi then reads model and stream by pattern). Where the
+filler breaks the framing (a chunk-size line, a head), the parser declares the direction dead
+and the connection is dropped until the client starts a new request at a call boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from libobs.events import Clock, envelope, text
+from libobs.identity import Identities
+from libobs.kernel.records import HDR, Hdr
+from libobs.providers import classify
+from libobs.tls.http1 import HttpMessage, HttpStream
+from libobs.tls.llmapi import request_facts, response_facts
+from libobs.tls.redact import redact
+
+K_SSL = 0x5353                   # bpf/ssl.bpf.c
+CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at most
+REC = struct.Struct("<QQIIHBBB3x")  # ssl, off, total, captured, chunk, fn, lib, read_failed
+DATA = HDR.size + REC.size       # 104: where a record's data starts
+_RECORD = struct.Struct(HDR.format + REC.format[1:])
+FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
+                "cache_creation_tokens")
+
+# A write that can open an HTTP/1.x request: where a connection's reassembly may (re)start.
+_REQUEST_START = re.compile(rb"[A-Z]{3,10} [^ \r\n]{1,8192} HTTP/1\.[01]\r?\n")
+_FILLER_PIECE = 1 << 20
+MAX_GAP = 64 << 20               # larger holes are not bridged: the connection restarts
+MAX_PENDING_REQUESTS = 64
+
+
+class SslChunk(NamedTuple):
+    h: Hdr
+    ssl: int
+    off: int          # stream offset of data[0]
+    total: int        # bytes the whole call moved
+    captured: int     # bytes of the call the kernel copied
+    chunk: int        # index within the call
+    fn: int
+    lib: int
+    read_failed: bool
+    data: bytes
+
+
+def decode_chunk(raw: bytes) -> SslChunk | None:
+    """A record of bpf/ssl.bpf.c, or None for any other record."""
+    if len(raw) < DATA or int.from_bytes(raw[:4], "little") != K_SSL:
+        return None
+    v = _RECORD.unpack_from(raw, 0)  # header and fixed part in one go: this runs per call
+    h = Hdr._make(v[:12])
+    n = min(h.len, len(raw) - DATA, CHUNK)
+    return SslChunk(h, v[12], v[13], v[14], v[15], v[16], v[17], v[18], bool(v[19]),
+                    bytes(raw[DATA:DATA + n]))
+
+
+@dataclass
+class SslCall:
+    """What one SSL_read/SSL_write(_ex) call moved. `data` is the captured prefix: shorter
+    than `total` when the call exceeded --max-capture or a record was lost."""
+
+    h: Hdr
+    ssl: int
+    off: int
+    total: int
+    fn: int
+    lib: int
+    data: bytes
+
+    @property
+    def is_read(self) -> bool:
+        return self.fn in (0, 1)
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.data) < self.total
+
+
+@dataclass
+class _Pending:
+    first: SslChunk
+    parts: list[bytes]
+    next_chunk: int
+    broken: bool
+    since: float
+
+
+class CallAssembler:
+    """Joins the chunks of each call. A call's chunks are written by one probe run, in order,
+    so they arrive in order; one whose rest was lost is finished as soon as the same thread's
+    next call shows up (or by `flush`)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _Pending] = {}  # tid -> call in progress
+
+    def feed(self, c: SslChunk, now: float | None = None) -> list[SslCall]:
+        out: list[SslCall] = []
+        p = self._pending.get(c.h.tid)
+        if p is None and c.chunk == 0 and c.captured <= CHUNK:  # most calls: one record
+            out.append(SslCall(c.h, c.ssl, c.off, c.total, c.fn, c.lib,
+                               b"" if c.read_failed else c.data))
+            return out
+        if p is not None and (p.first.h.ts != c.h.ts or c.chunk == 0):
+            out.append(self._finish(self._pending.pop(c.h.tid)))
+            p = None
+        if p is None:
+            p = _Pending(c, [], 0, False, time.monotonic() if now is None else now)
+            self._pending[c.h.tid] = p
+        if c.chunk != p.next_chunk or c.read_failed:
+            p.broken = True  # keep only the contiguous prefix
+        if not p.broken:
+            p.parts.append(c.data)
+            p.next_chunk += 1
+        if c.chunk + 1 >= _chunks(c.captured):
+            out.append(self._finish(self._pending.pop(c.h.tid)))
+        return out
+
+    def flush(self, older_than: float | None = None) -> list[SslCall]:
+        """Finish calls waiting since before `older_than` (all of them with None)."""
+        done = [tid for tid, p in self._pending.items()
+                if older_than is None or p.since < older_than]
+        return [self._finish(self._pending.pop(tid)) for tid in done]
+
+    @staticmethod
+    def _finish(p: _Pending) -> SslCall:
+        f = p.first
+        return SslCall(f.h, f.ssl, f.off - f.chunk * CHUNK, f.total, f.fn, f.lib,
+                       b"".join(p.parts) if f.chunk == 0 else b"")
+
+
+def _chunks(captured: int) -> int:
+    return max(1, -(-captured // CHUNK))
+
+
+# ---- LLM API facts per connection -----------------------------------------------------------
+
+@dataclass
+class ApiFact:
+    """One LlmApi fact. `ts` is the kernel's monotonic ns of the message's first byte for a
+    request, of its last byte for a response; `request_ts` is the request's first byte in both
+    halves of an exchange (the key to join on). `fields` are LlmApi's, without pid/is_request."""
+
+    h: Hdr
+    ssl: int
+    is_request: bool
+    ts: int
+    request_ts: int
+    host: str | None
+    fields: dict[str, Any]
+
+    @property
+    def provider(self) -> str | None:
+        return provider_of(self.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def provider_of(host: str | None) -> str | None:
+    """The provider serving a Host header's host (cached: asked for every event)."""
+    return classify(host_name(host))
+
+
+def host_name(host: str | None) -> str | None:
+    """A Host header without its port ("api.x.com:443" → "api.x.com", "[::1]:8443" → "::1")."""
+    if not host:
+        return None
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@dataclass
+class _Conn:
+    http: HttpStream
+    h: Hdr
+    seen: float
+    next_off: list[int | None] = field(default_factory=lambda: [None, None])  # [write, read]
+    gap: list[bool] = field(default_factory=lambda: [False, False])
+    requests: deque[tuple[HttpMessage, dict[str, Any] | None]] = field(default_factory=deque)
+    host: str | None = None
+
+
+class ApiTracker:
+    """Per-connection HTTP/1.1 reassembly and LLM facts. Bounded: at most `max_conns`
+    connections (least recently used dropped first), idle ones expired by `expire`; a
+    message body is kept up to `max_body` (beyond it llmapi reads the head by pattern)."""
+
+    def __init__(self, max_conns: int = 4096, idle_secs: float = 300.0,
+                 max_body: int = 4 << 20):
+        self.max_conns = max_conns
+        self.idle_secs = idle_secs
+        self.max_body = max_body
+        self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
+        self.resyncs = 0  # connections dropped on unbridgeable gaps or unparseable bytes
+
+    def host_of(self, pid: int, ssl: int) -> str | None:
+        conn = self._conns.get((pid, ssl))
+        return conn.host if conn else None
+
+    def feed(self, call: SslCall, now: float | None = None) -> list[ApiFact]:
+        now = time.monotonic() if now is None else now
+        key = (call.h.pid, call.ssl)
+        d = int(call.is_read)
+        facts: list[ApiFact] = []
+        conn = self._conns.get(key)
+        if conn is not None:
+            expected = conn.next_off[d]
+            if expected is not None and call.off != expected:
+                bridged = self._gap(conn, d, call.off - expected)
+                if bridged is None:
+                    self._drop(key)
+                    conn = None
+                else:
+                    facts += self._facts(conn, call.ssl, bridged)
+        if conn is None:
+            if call.is_read or not _REQUEST_START.match(call.data):
+                return facts  # mid-connection: wait for the start of a request
+            conn = _Conn(HttpStream(self.max_body), call.h, now)
+            self._conns[key] = conn
+            if len(self._conns) > self.max_conns:
+                self._conns.popitem(last=False)  # the least recently used
+        self._conns.move_to_end(key)
+        conn.h, conn.seen = call.h, now
+        conn.next_off[d] = call.off + call.total
+        msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
+        if msgs:
+            facts += self._facts(conn, call.ssl, msgs)
+        if call.truncated:
+            bridged = self._gap(conn, d, call.total - len(call.data))
+            facts += self._facts(conn, call.ssl, bridged or [])
+        if conn.http.dead(True) or conn.http.dead(False):
+            self._drop(key)
+        return facts
+
+    def _gap(self, conn: _Conn, d: int, n: int) -> list[HttpMessage] | None:
+        """Bridge n missing bytes with filler: the messages that completes, or None when the
+        hole cannot be bridged (negative, too large, or the filler broke the framing)."""
+        if n <= 0 or n > MAX_GAP:
+            return None
+        conn.gap[d] = True
+        out: list[HttpMessage] = []
+        while n > 0 and not conn.http.dead(bool(d)):
+            piece = min(n, _FILLER_PIECE)
+            out += conn.http.feed(bool(d), b" " * piece, conn.h.ts)
+            n -= piece
+        return None if conn.http.dead(bool(d)) else out
+
+    def _facts(self, conn: _Conn, ssl: int, msgs: list[HttpMessage]) -> list[ApiFact]:
+        out: list[ApiFact] = []
+        for msg in msgs:
+            d = int(not msg.is_request)
+            if conn.gap[d]:
+                msg.truncated = True  # filler inside: llmapi reads the body by pattern
+                conn.gap[d] = False
+            if msg.is_request:
+                out.extend(self._request(conn, ssl, msg))
+            else:
+                out.extend(self._response(conn, ssl, msg))
+        return out
+
+    def _request(self, conn: _Conn, ssl: int, msg: HttpMessage) -> list[ApiFact]:
+        conn.host = msg.headers.get("host", conn.host)
+        req = request_facts(msg)
+        conn.requests.append((msg, req))
+        while len(conn.requests) > MAX_PENDING_REQUESTS:
+            conn.requests.popleft()
+        if req is None:
+            return []
+        fields = {"model": req.get("model"), **dict.fromkeys(TOKEN_FIELDS),
+                  "stream": bool(req.get("stream")), "path": req.get("path")}
+        return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields)]
+
+    def _response(self, conn: _Conn, ssl: int, msg: HttpMessage) -> list[ApiFact]:
+        if not conn.requests:
+            return []
+        request, req = conn.requests.popleft()
+        if req is None:
+            return []
+        resp = response_facts(msg, req)
+        if resp is None:
+            return []
+        fields = {"model": resp.get("model"), **{k: resp.get(k) for k in TOKEN_FIELDS},
+                  "stream": bool(resp.get("stream")), "path": req.get("path")}
+        host = request.headers.get("host", conn.host)
+        return [ApiFact(conn.h, ssl, False, msg.ts_last or msg.ts_first, request.ts_first,
+                        host, fields)]
+
+    def expire(self, now: float) -> list[ApiFact]:
+        """Close connections idle since before now - idle_secs (all of them at now=inf)."""
+        out: list[ApiFact] = []
+        for key in [k for k, c in self._conns.items() if now - c.seen >= self.idle_secs]:
+            conn = self._conns.pop(key)
+            out += self._facts(conn, key[1], conn.http.close())
+        return out
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        if self._conns.pop(key, None) is not None:
+            self.resyncs += 1
+
+
+# ---- envelope events for obs-ssl ------------------------------------------------------------
+
+Event = dict[str, Any]
+CALL_WAIT = 1.0  # seconds a call may wait for chunks that the ring buffer lost
+
+
+class SslDecoder:
+    """Ring-buffer records in, SslContent (with `content`) and LlmApi (with `api`) out.
+    `libs` maps a record's library slot to its path; it may grow while running."""
+
+    def __init__(self, clock: Clock, host: str, libs: list[str], *, content: bool = True,
+                 api: bool = True, redact_content: bool = True,
+                 identities: Identities | None = None):
+        self.clock = clock
+        self.host = host
+        self.libs = libs
+        self.content = content
+        self.api = api
+        self.scrub: Callable[[bytes], bytes] = redact if redact_content else bytes
+        self.ids = identities or Identities()
+        self.calls = CallAssembler()
+        self.tracker = ApiTracker()
+        self._expired = 0.0
+
+    def __call__(self, raw: bytes) -> list[Event]:
+        # lists rather than generators: this runs once per SSL call
+        chunk = decode_chunk(raw)
+        if chunk is None:
+            return []
+        out: list[Event] = []
+        for call in self.calls.feed(chunk):
+            self._call(call, out)
+        return out
+
+    def tick(self, now: float) -> list[Event]:
+        out: list[Event] = []
+        final = now == float("inf")
+        for call in self.calls.flush(None if final else now - CALL_WAIT):
+            self._call(call, out)
+        if self.api and (final or now - self._expired >= 1.0):
+            self._expired = now
+            out += [self.llm_api(fact) for fact in self.tracker.expire(now)]
+        return out
+
+    def _call(self, call: SslCall, out: list[Event]) -> None:
+        facts = self.tracker.feed(call) if self.api else []
+        if self.content:
+            out.append(self.ssl_content(call))
+        for fact in facts:
+            out.append(self.llm_api(fact))
+
+    def ssl_content(self, call: SslCall) -> Event:
+        h = call.h
+        lib = self.libs[call.lib] if call.lib < len(self.libs) else f"slot {call.lib}"
+        fields = {"pid": h.pid, "tid": h.tid, "is_read": call.is_read,
+                  "content": text(self.scrub(call.data)), "len": call.total,
+                  "truncated": call.truncated, "lib": lib}
+        identity, process = self.ids.of(h)
+        provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
+        return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,
+                        identity=identity, process=process, provider=provider)
+
+    def llm_api(self, fact: ApiFact) -> Event:
+        identity, process = self.ids.of(fact.h)
+        fields = {"pid": fact.h.pid, "is_request": fact.is_request, **fact.fields}
+        return envelope("LlmApi", fields, ts=self.clock.wall(fact.ts), host=self.host,
+                        identity=identity, process=process, provider=fact.provider)

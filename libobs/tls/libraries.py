@@ -1,0 +1,472 @@
+"""Which files to put OpenSSL uprobes on: shared libssl builds and binaries with OpenSSL linked
+in statically that export its API (nodesource's node does).
+
+A uprobe belongs to a file (an inode), not to a process, so one attachment covers every
+process that maps the file, including those started later. Candidates are the system libssl,
+executables named by `RUNTIME_EXECUTABLES` on PATH, every executable mapping in
+/proc/<pid>/maps of running processes, and files the user names. Each candidate is checked by
+reading its ELF dynamic symbol table (a small reader here: pyelftools is not a dependency) for
+*defined* SSL_read/SSL_write symbols, so a program that merely imports them from libssl is not
+mistaken for one that contains them.
+
+The parsing functions are pure (text or bytes in, data out) and total: unreadable, truncated
+or non-ELF input gives "nothing exported", never an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SSL_FUNCTIONS = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
+SYSTEM_LIBSSL = (
+    "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3", "/usr/lib/libssl.so.3",
+    "/lib/x86_64-linux-gnu/libssl.so.1.1", "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.1.1",
+)
+RUNTIME_EXECUTABLES = ("node", "nodejs")  # known to ship OpenSSL statically, with exports
+MAX_SLOTS = 16  # entry-probe sets compiled into bpf/ssl.bpf.c (SSL_SLOT)
+
+ElfData = bytes | bytearray | memoryview | mmap.mmap
+
+_EHDR = struct.Struct("<16xHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_PT_LOAD, _PF_X = 1, 1
+_SHT_DYNSYM = 11
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+_STB_GLOBAL, _STB_WEAK = 1, 2
+_STV_HIDDEN, _STV_INTERNAL = 2, 1
+_ELF_ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError)
+
+
+# ---- ELF: exported functions and their code ----------------------------------------------------
+
+def exported_addresses(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> dict[str, int]:
+    """Of `wanted`, the functions an ELF64 little-endian file defines and exports (.dynsym),
+    with their virtual addresses."""
+    try:
+        return _exported(memoryview(elf).cast("B"), [w.encode() for w in wanted])
+    except _ELF_ERRORS:
+        return {}
+
+
+def exported_functions(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> frozenset[str]:
+    return frozenset(exported_addresses(elf, wanted))
+
+
+def _exported(data: memoryview, wanted: list[bytes]) -> dict[str, int]:
+    if bytes(data[:6]) != b"\x7fELF\x02\x01":  # 64-bit, little-endian
+        return {}
+    (_type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
+     shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data, 0)
+    if shentsize < _SHDR.size or shoff == 0:
+        return {}
+    sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+    for _name, kind, _fl, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != _SHT_DYNSYM or link >= len(sections) or entsize < _SYM.size:
+            continue
+        str_off, str_size = sections[link][4], sections[link][5]
+        strtab = bytes(data[str_off:str_off + str_size])
+        if len(strtab) != str_size or not any(w + b"\0" in strtab for w in wanted):
+            return {}  # the common case, decided without walking the symbols
+        return _defined(data[offset:offset + size], entsize, strtab, set(wanted))
+    return {}
+
+
+def _defined(symtab: memoryview, entsize: int, strtab: bytes, wanted: set[bytes]
+             ) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for i in range(len(symtab) // entsize):
+        name_off, info, other, shndx, value, _size = _SYM.unpack_from(symtab, i * entsize)
+        if shndx == 0 or info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC):
+            continue  # undefined (imported) or not a function
+        if info >> 4 not in (_STB_GLOBAL, _STB_WEAK) or other & 3 in (_STV_HIDDEN, _STV_INTERNAL):
+            continue
+        end = strtab.find(b"\0", name_off)
+        name = strtab[name_off:end] if end >= 0 else b""
+        if name in wanted and value:
+            found[name.decode()] = value
+    return found
+
+
+def code_at(elf: ElfData, vaddr: int, size: int) -> bytes:
+    """Up to `size` bytes of an executable segment at virtual address `vaddr` (b"" if none)."""
+    try:
+        data = memoryview(elf).cast("B")
+        if bytes(data[:6]) != b"\x7fELF\x02\x01":
+            return b""
+        phoff, phentsize, phnum = (_EHDR.unpack_from(data, 0)[i] for i in (4, 8, 9))
+        for i in range(phnum):
+            kind, flags, offset, pvaddr, _pa, filesz, _memsz, _align = _PHDR.unpack_from(
+                data, phoff + i * phentsize)
+            if kind == _PT_LOAD and flags & _PF_X and pvaddr <= vaddr < pvaddr + filesz:
+                start = offset + vaddr - pvaddr
+                return bytes(data[start:start + min(size, pvaddr + filesz - vaddr)])
+    except _ELF_ERRORS:
+        pass
+    return b""
+
+
+# ---- where to put the probes -------------------------------------------------------------------
+#
+# A uprobe costs a breakpoint trap, plus single-stepping the displaced instruction out of line
+# unless the kernel emulates it (x86 emulates push, call, jmp, jcc and nops). Measured on the
+# project's VMs: ~11 us per call with a single-stepped first instruction, ~0.7 us emulated.
+# Debian's libssl.so.3 starts SSL_read_ex/SSL_write_ex with `sub $8,%rsp` (single-stepped);
+# they are one-line wrappers around ssl_read_internal/ssl_write_internal, which SSL_read and
+# SSL_write call too, and which start with `push`. Where that shape is found for certain, the
+# probes go on the internal function: one probe pair sees all four entry points, cheaply. The
+# internal functions take (SSL *, buf, num, size_t *count) and return > 0 on success: the _ex
+# calling convention. Anything else keeps the probes on the exported functions.
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """One entry + return probe pair. `fn` gives its calling convention (one of
+    SSL_FUNCTIONS); `covers` the exported functions whose calls it sees."""
+
+    fn: str
+    addr: int        # virtual address in the file
+    label: str       # for humans and attached_probes
+    covers: tuple[str, ...]
+
+
+def _emulated(code: bytes) -> bool:
+    """Whether x86 uprobes emulate the first instruction (no single-step)."""
+    if code[:1] and 0x50 <= code[0] <= 0x57:
+        return True  # push %r
+    if code[:1] == b"\x41" and len(code) > 1 and 0x50 <= code[1] <= 0x57:
+        return True  # push %r8-r15
+    return code[:1] in (b"\x55", b"\x90", b"\xe8", b"\xe9")
+
+
+def _skip_endbr(code: bytes) -> int:
+    """endbr64 changes no register or stack: a probe after it is still at function entry."""
+    return 4 if code[:4] == b"\xf3\x0f\x1e\xfa" else 0
+
+
+def wrapper_call_target(code: bytes, vaddr: int) -> int | None:
+    """The callee of a thin wrapper: the first call after a prologue of only endbr64, pushes,
+    stack adjustments and register moves; None for any other shape."""
+    i = 0
+    while i < min(len(code), 40):
+        b = code[i:i + 7]
+        if b[:4] == b"\xf3\x0f\x1e\xfa":
+            i += 4
+        elif b[:1] and 0x50 <= b[0] <= 0x57:
+            i += 1
+        elif b[:1] == b"\x41" and len(b) > 1 and 0x50 <= b[1] <= 0x57:
+            i += 2
+        elif b[:3] in (b"\x48\x83\xec", b"\x48\x83\xc4") and len(b) >= 4:
+            i += 4  # sub/add $imm8, %rsp
+        elif b[:3] == b"\x48\x81\xec" and len(b) >= 7:
+            i += 7  # sub $imm32, %rsp
+        elif len(b) >= 3 and b[0] in (0x48, 0x49, 0x4C, 0x4D) and b[1] in (0x89, 0x8B) \
+                and b[2] >= 0xC0:
+            i += 3  # mov %reg, %reg
+        elif b[:1] == b"\xe8" and len(b) >= 5:
+            return vaddr + i + 5 + int.from_bytes(b[1:5], "little", signed=True)
+        else:
+            return None
+    return None
+
+
+def _calls(code: bytes, vaddr: int, target: int) -> bool:
+    """Whether code (at vaddr) has a call rel32 to target anywhere."""
+    at = code.find(b"\xe8")
+    while 0 <= at <= len(code) - 5:
+        rel = int.from_bytes(code[at + 1:at + 5], "little", signed=True)
+        if vaddr + at + 5 + rel == target:
+            return True
+        at = code.find(b"\xe8", at + 1)
+    return False
+
+
+def probe_points(elf: ElfData, exported_only: bool = False) -> tuple[ProbePoint, ...]:
+    """Where to attach in this file: per direction, the shared internal function when the
+    wrappers' shape proves it, else each exported function."""
+    addrs = exported_addresses(elf)
+    points: list[ProbePoint] = []
+    for plain, ex, internal in (("SSL_read", "SSL_read_ex", "ssl_read_internal"),
+                                ("SSL_write", "SSL_write_ex", "ssl_write_internal")):
+        found = None if exported_only else _internal(elf, addrs, plain, ex, internal)
+        if found:
+            points.append(found)
+            continue
+        for name in (plain, ex):
+            if name in addrs:
+                code = code_at(elf, addrs[name], 8)
+                points.append(ProbePoint(name, addrs[name] + _skip_endbr(code), name, (name,)))
+    return tuple(points)
+
+
+def _internal(elf: ElfData, addrs: dict[str, int], plain: str, ex: str, internal: str
+              ) -> ProbePoint | None:
+    if plain not in addrs or ex not in addrs:
+        return None
+    ex_code = code_at(elf, addrs[ex], 64)
+    skip = _skip_endbr(ex_code)
+    if _emulated(ex_code[skip:]):
+        return None  # the exported functions are cheap already
+    target = wrapper_call_target(ex_code, addrs[ex])
+    if target is None or not _calls(code_at(elf, addrs[plain], 512), addrs[plain], target):
+        return None
+    code = code_at(elf, target, 8)
+    skip = _skip_endbr(code)
+    if not _emulated(code[skip:]) or code[skip:skip + 1] == b"\xe8":
+        return None
+    return ProbePoint(ex, target + skip, f"{internal}@{target:#x}", (plain, ex))
+
+
+def _with_file(path: str | Path, fn: Any, default: Any) -> Any:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < 64:
+                return default
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                return fn(m)
+    except (OSError, ValueError):
+        return default
+
+
+def file_exports(path: str | Path, wanted: Iterable[str] = SSL_FUNCTIONS) -> frozenset[str]:
+    """exported_functions() of a file on disk (mapped, not read: node is ~100 MB)."""
+    result: frozenset[str] = _with_file(path, lambda m: exported_functions(m, wanted),
+                                        frozenset())
+    return result
+
+
+def file_probe_points(path: str | Path, exported_only: bool = False) -> tuple[ProbePoint, ...]:
+    result: tuple[ProbePoint, ...] = _with_file(
+        path, lambda m: probe_points(m, exported_only), ())
+    return result
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """An executable file mapping from /proc/<pid>/maps."""
+
+    path: str
+    dev: int  # os.makedev(major, minor)
+    inode: int
+
+
+def executable_mappings(maps_text: str) -> list[Mapping]:
+    """Distinct executable, file-backed mappings of one /proc/<pid>/maps text."""
+    seen: dict[tuple[int, int], Mapping] = {}
+    for line in maps_text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 6 or "x" not in parts[1] or not parts[5].startswith("/"):
+            continue
+        path = parts[5]
+        if path.endswith(" (deleted)"):
+            continue  # the inode may be gone; nothing stable to attach to
+        try:
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            inode = int(parts[4])
+        except ValueError:
+            continue
+        if inode == 0:
+            continue
+        key = (os.makedev(major, minor), inode)
+        seen.setdefault(key, Mapping(path, *key))
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Library:
+    """A file to attach to: `path` opens it from here; `probes` are where (probe_points)."""
+
+    path: str
+    probes: tuple[ProbePoint, ...]
+    key: tuple[int, int]  # (st_dev, st_ino): one uprobe per inode, however many paths lead to it
+
+    def describe(self) -> str:
+        parts = [p.label if p.covers == (p.label,) else f"{'+'.join(p.covers)} via {p.label}"
+                 for p in self.probes]
+        return f"{self.path} ({', '.join(parts)})"
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class Finder:
+    """Discovers libraries, remembering every inode already judged so rescans stay cheap."""
+
+    def __init__(self, proc: Path = Path("/proc"), exported_only: bool = False):
+        self.proc = proc
+        self.exported_only = exported_only
+        self._judged: dict[tuple[int, int], Library | None] = {}
+
+    def check(self, path: str) -> Library | None:
+        """The Library at `path` if it exports any SSL function, else None (cached per inode)."""
+        key = _identity(path)
+        if key is None:
+            return None
+        if key not in self._judged:
+            points = file_probe_points(path, self.exported_only)
+            self._judged[key] = Library(path, points, key) if points else None
+        return self._judged[key]
+
+    def defaults(self) -> list[str]:
+        """Paths worth checking even when no running process maps them yet."""
+        paths = list(SYSTEM_LIBSSL)
+        for name in RUNTIME_EXECUTABLES:
+            found = shutil.which(name)
+            if found:
+                paths.append(os.path.realpath(found))
+        return paths
+
+    def from_processes(self) -> list[str]:
+        """Openable paths of every executable mapping of every running process. A mapping
+        whose path leads elsewhere from here (another mount namespace: a container) is
+        reached through /proc/<pid>/root."""
+        out: list[str] = []
+        seen: set[tuple[int, int]] = set()
+        for entry in os.scandir(self.proc):
+            if not entry.name.isdigit():
+                continue
+            try:
+                text = (self.proc / entry.name / "maps").read_text(errors="replace")
+            except OSError:
+                continue
+            for m in executable_mappings(text):
+                if (m.dev, m.inode) in seen:
+                    continue
+                seen.add((m.dev, m.inode))
+                if (m.dev, m.inode) in self._judged:
+                    continue
+                path = m.path
+                if _identity(path) != (m.dev, m.inode):
+                    path = str(self.proc / entry.name / "root") + m.path
+                out.append(path)
+        return out
+
+    def new_libraries(self, paths: Iterable[str]) -> list[Library]:
+        """Libraries among `paths` not returned before, one per inode, in order."""
+        out: list[Library] = []
+        for path in paths:
+            key = _identity(path)
+            if key is None:
+                continue
+            fresh = key not in self._judged
+            lib = self.check(path)
+            if fresh and lib is not None:
+                out.append(lib)
+        return out
+
+    def initial(self, extra: Iterable[str] = ()) -> list[Library]:
+        return self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+
+    def rescan(self) -> list[Library]:
+        return self.new_libraries(self.from_processes())
+
+
+def uprobes_missing() -> str | None:
+    """Why this kernel cannot take uprobes, or None."""
+    if Path("/sys/bus/event_source/devices/uprobe/type").exists():
+        return None
+    for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if Path(tracefs, "uprobe_events").exists():
+            return None
+    return "this kernel has no uprobe support (CONFIG_UPROBE_EVENTS)"
+
+
+class Attacher:
+    """Puts the entry/return probes of bpf/ssl.bpf.c on libraries, one slot each."""
+
+    ENTRY = {"SSL_read": "ssl_read_enter_", "SSL_read_ex": "ssl_read_ex_enter_",
+             "SSL_write": "ssl_write_enter_", "SSL_write_ex": "ssl_write_ex_enter_"}
+
+    def __init__(self, bpf: Any):
+        self.bpf = bpf
+        self.libs: list[str] = []        # slot -> path (the `lib` of SslContent)
+        self.probe_names: list[str] = []  # for the heartbeat's attached_probes
+
+    def attach(self, lib: Library) -> str | None:
+        """Attach every probe point of lib; a one-line reason on failure."""
+        if len(self.libs) >= MAX_SLOTS:
+            return f"{lib.path}: not attached, all {MAX_SLOTS} library slots are in use"
+        slot = len(self.libs)
+        done: list[ProbePoint] = []
+        for p in lib.probes:
+            try:
+                self.bpf.attach_uprobe(name=lib.path.encode(), addr=p.addr,
+                                       fn_name=f"{self.ENTRY[p.fn]}{slot}".encode())
+                done.append(p)
+                self.bpf.attach_uretprobe(name=lib.path.encode(), addr=p.addr,
+                                          fn_name=b"ssl_return")
+            except Exception as e:
+                for q in done:  # leave nothing half-attached
+                    self._detach(lib.path, q.addr)
+                return f"{lib.path}: cannot attach at {p.label}: {e}"
+        self.libs.append(lib.path)
+        for p in done:
+            self.probe_names += [f"uprobe:{lib.path}:{p.label}", f"uretprobe:{lib.path}:{p.label}"]
+        return None
+
+    def _detach(self, path: str, addr: int) -> None:
+        for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
+            with contextlib.suppress(Exception):  # best effort: cleanup() detaches the rest
+                detach(name=path.encode(), addr=addr)
+
+
+class SslProbes:
+    """bpf/ssl.bpf.c compiled and attached to every library found now (and, on `rescan`,
+    later): what obs-ssl and obs-llm --api load. `problems` holds one line per library that
+    could not be attached, for the tool to print."""
+
+    def __init__(self, defines: dict[str, int | bool], extra: Iterable[str | Path] = (),
+                 exported_only: bool = False):
+        from libobs.kernel.program import (
+            Program,  # bcc is imported late (preflight reports it first)
+        )
+
+        self.program = Program("ssl.bpf.c", defines)
+        self.finder = Finder(exported_only=exported_only)
+        self.attacher = Attacher(self.program.bpf)
+        self.problems: list[str] = []
+        self.attached: list[Library] = []
+        self._attach(self.finder.initial(str(p) for p in extra))
+
+    @property
+    def libs(self) -> list[str]:
+        """slot -> path; the same list object grows as libraries are added."""
+        return self.attacher.libs
+
+    @property
+    def probe_names(self) -> list[str]:
+        return self.attacher.probe_names
+
+    def describe(self) -> str:
+        """One line: what is attached where."""
+        return "; ".join(lib.describe() for lib in self.attached)
+
+    def rescan(self) -> list[str]:
+        """Attach to libraries that processes started mapping since; a line about each."""
+        return self._attach(self.finder.rescan())
+
+    def _attach(self, libs: list[Library]) -> list[str]:
+        notes = []
+        for lib in libs:
+            problem = self.attacher.attach(lib)
+            if problem:
+                self.problems.append(problem)
+            else:
+                self.attached.append(lib)
+            notes.append(problem or f"attached to {lib.describe()}")
+        return notes

@@ -1,0 +1,1 @@
+"""What every kernel-fed tool shares: options, the run loop, sinks, heartbeats."""

@@ -1,0 +1,42 @@
+"""CollectorHeartbeat events and the liveness file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from libobs import __version__
+from libobs.events import envelope, null_identity
+from libobs.tool.sink import dumps
+
+
+def heartbeat_event(
+    *, collector_id: str, tool: str, attached: list[str], features: list[str],
+    interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
+    host: str | None = None,
+) -> dict[str, Any]:
+    node = host or socket.gethostname()
+    fields = {
+        "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
+        "attached_probes": list(attached), "enabled_features": list(features),
+        "interval_secs": interval, "counts": dict(counts), "dropped": int(dropped),
+        "output_dropped": int(output_dropped),
+    }
+    return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
+                    identity=null_identity(), provider=None)
+
+
+def new_collector_id(tool: str) -> str:
+    return f"{tool}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def write_liveness(path: Path, ev: dict[str, Any]) -> None:
+    """Atomically replace the liveness file with the latest heartbeat (for probes/monitors)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(dumps(ev))
+    os.replace(tmp, path)

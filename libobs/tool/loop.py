@@ -1,0 +1,153 @@
+"""The loop every kernel-fed tool shares: poll → decode → enrich → write, with heartbeats,
+--duration, and a clean detach on SIGINT/SIGTERM.
+
+Ring-buffer callbacks only append raw bytes to a list (exceptions inside bcc callbacks would be
+swallowed by ctypes); all decoding, writing, counting and exiting happens here.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from libobs.kernel.program import Program
+from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
+from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
+
+Event = dict[str, Any]
+
+
+@dataclass
+class LoopConfig:
+    tool: str
+    fmt: str = "json"
+    heartbeat_interval: float = 60.0
+    heartbeat_file: Path | None = None
+    duration: float | None = None
+    poll_ms: int = 100
+    features: list[str] = field(default_factory=list)
+    max_output_buffer: int = 16 << 20
+
+
+def err(tool: str, msg: str) -> None:
+    """One line on stderr, prefixed with the tool name."""
+    print(f"{tool}: {msg}", file=sys.stderr, flush=True)
+
+
+class Loop:
+    def __init__(self, cfg: LoopConfig, programs: list[Program],
+                 decode: Callable[[bytes], Iterable[Event]],
+                 tick: Callable[[float], Iterable[Event]] | None = None,
+                 lost: Callable[[], int] | None = None, attached: list[str] | None = None):
+        self.cfg = cfg
+        self.programs = programs
+        self.decode = decode
+        self.tick = tick
+        self.extra_lost = lost
+        self.queue: list[bytes] = []
+        self.stop = False
+        self.decode_errors = 0
+        self.collector_id = new_collector_id(cfg.tool)
+        self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer, autoflush=False)
+        self._attached = attached
+
+    def _on_signal(self, _sig: int, _frame: Any) -> None:
+        self.stop = True
+
+    def lost(self) -> int:
+        n = sum(p.lost() for p in self.programs)
+        return n + (self.extra_lost() if self.extra_lost else 0)
+
+    def attached(self) -> list[str]:
+        if self._attached is not None:
+            return self._attached
+        return [a for p in self.programs for a in p.attached()]
+
+    def heartbeat(self) -> Event:
+        ev = heartbeat_event(
+            collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached(),
+            features=self.cfg.features, interval=self.cfg.heartbeat_interval,
+            counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped)
+        if self.cfg.heartbeat_file:
+            try:
+                write_liveness(self.cfg.heartbeat_file, ev)
+            except OSError as e:
+                err(self.cfg.tool, f"cannot write heartbeat file: {e}")
+        return ev
+
+    def _drain(self) -> None:
+        # The ring callbacks hold a reference to this very list: empty it in place.
+        batch = self.queue.copy()
+        self.queue.clear()
+        for raw in batch:
+            try:
+                events = list(self.decode(raw))
+            except Exception as e:  # a decoder bug must not kill the collector
+                self.decode_errors += 1
+                if self.decode_errors <= 5:
+                    err(self.cfg.tool, f"dropped an undecodable record: {e!r}")
+                continue
+            for ev in events:
+                self.sink.emit(ev)
+        self.sink.flush()
+
+    def run(self) -> int:
+        """Returns the exit status. Every program is closed on the way out."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        for p in self.programs:
+            p.open_ring("events", self.queue.append)
+            p.open_ring("spill", self.queue.append)
+        if self.cfg.heartbeat_file:
+            self.heartbeat()  # liveness from the moment every probe is attached
+        start = time.monotonic()
+        next_hb = start + self.cfg.heartbeat_interval
+        last_lost = 0
+        status = 0
+        try:
+            while not self.stop:
+                for i, p in enumerate(self.programs):
+                    p.poll(self.cfg.poll_ms if i == 0 else 0)
+                self._drain()
+                now = time.monotonic()
+                if self.tick:
+                    for ev in self.tick(now):
+                        self.sink.emit(ev)
+                self.sink.flush()
+                lost = self.lost()
+                if lost > last_lost:
+                    err(self.cfg.tool, f"kernel dropped {lost - last_lost} event(s) "
+                        f"(ring buffer full; {lost} in total) — try a larger --ring-size")
+                    last_lost = lost
+                if now >= next_hb:
+                    self.sink.emit(self.heartbeat())
+                    next_hb = now + self.cfg.heartbeat_interval
+                if self.cfg.duration is not None and now - start >= self.cfg.duration:
+                    break
+            # Take what is already in the ring buffers before detaching.
+            for p in self.programs:
+                p.consume()
+            self._drain()
+            if self.tick:
+                for ev in self.tick(float("inf")):
+                    self.sink.emit(ev)
+        except OutputClosed:
+            quiet_broken_pipe()
+        finally:
+            for p in self.programs:
+                try:
+                    p.close()
+                except Exception as e:
+                    err(self.cfg.tool, f"detach failed: {e}")
+                    status = 1
+            try:
+                self.sink.close()
+            except OutputClosed:
+                quiet_broken_pipe()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return status

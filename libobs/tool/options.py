@@ -1,0 +1,171 @@
+"""Options every kernel-fed tool shares, and their validation.
+
+Each tunable has an env-var equivalent (OBS_*) so systemd units can set it. Values are checked
+here and reach BPF only as typed -D constants or map values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from libobs.guard.denyfile import DenyFileError, read_denyfile
+from libobs.identity import read_stat
+from libobs.kernel import host
+from libobs.providers import ProvidersError, Rules, load_rules
+from libobs.tool.loop import LoopConfig, err
+from libobs.tool.sink import default_format
+
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", "-f", envvar="OBS_FORMAT",
+    help="json (NDJSON, the contract) or human; default: human on a terminal, else json.")]
+HeartbeatOpt = Annotated[float, typer.Option(
+    "--heartbeat-interval", envvar="OBS_HEARTBEAT_INTERVAL", min=0.1,
+    help="Seconds between CollectorHeartbeat events.")]
+HeartbeatFileOpt = Annotated[Path | None, typer.Option(
+    "--heartbeat-file", envvar="OBS_HEARTBEAT_FILE",
+    help="Rewrite this file with the latest heartbeat (a liveness probe target).")]
+DurationOpt = Annotated[float | None, typer.Option(
+    "--duration", "-d", envvar="OBS_DURATION", min=0,
+    help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")]
+RingOpt = Annotated[int, typer.Option(
+    "--ring-size", envvar="OBS_RING_SIZE", min=1,
+    help="Kernel ring buffer size in MiB (a power of two). Larger absorbs longer bursts.")]
+PidOpt = Annotated[int | None, typer.Option(
+    "--pid", "-p", envvar="OBS_PID", min=1,
+    help="Only this process and its descendants (filtered in the kernel).")]
+CommOpt = Annotated[str | None, typer.Option(
+    "--comm", "-c", envvar="OBS_COMM", help="Only processes with this comm (filtered in the kernel).")]
+CgroupOpt = Annotated[Path | None, typer.Option(
+    "--cgroup", envvar="OBS_CGROUP",
+    help="Only processes in this cgroup-v2 directory or below it (filtered in the kernel).")]
+
+ProvidersOpt = Annotated[Path | None, typer.Option(
+    "--providers", envvar="OBS_PROVIDERS",
+    help="More hostname → provider rules (TOML, the format of libobs/providers.toml); "
+         "they take precedence over the packaged ones. Refused unless only root can write "
+         "the file and its directory.")]
+
+
+class UsageError(Exception):
+    """A bad option value: the tool prints it as one line and exits 2."""
+
+
+@dataclass
+class Filters:
+    pid: int | None = None
+    comm: str | None = None
+    cgroup: Path | None = None
+
+    def validate(self) -> None:
+        if self.comm is not None:
+            raw = self.comm.encode()
+            if not raw or len(raw) > 15 or b"\0" in raw:
+                raise UsageError("--comm must be 1-15 bytes (the kernel's TASK_COMM_LEN)")
+        if self.pid is not None and not Path(f"/proc/{self.pid}").exists():
+            raise UsageError(f"--pid {self.pid}: no such process")
+        if self.cgroup is not None:
+            root = host.cgroup2_root()
+            path = self.cgroup if self.cgroup.is_absolute() else (root or Path("/")) / self.cgroup
+            if not (path / "cgroup.procs").exists():
+                raise UsageError(f"--cgroup {self.cgroup}: not a cgroup-v2 directory")
+            self.cgroup = path
+
+    def defines(self) -> dict[str, int | bool]:
+        return {"FILTER_PID": self.pid is not None, "FILTER_COMM": self.comm is not None,
+                "FILTER_CGROUP": self.cgroup is not None}
+
+    def apply(self, bpf: Any) -> None:
+        """Fill the filter maps of a loaded program."""
+        if self.pid is not None:
+            tracked = bpf["tracked"]
+            for pid in descendants(self.pid):
+                tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        if self.comm is not None:
+            table = bpf["filter_comm"]
+            leaf = table.Leaf()
+            leaf.c = self.comm.encode()  # (a ctypes char array: .c reads back a copy)
+            table[ctypes.c_int(0)] = leaf
+        if self.cgroup is not None:
+            bpf["filter_cgroup"][0] = str(self.cgroup)
+
+
+def descendants(root: int) -> list[int]:
+    """root and every live descendant (by /proc ppid links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        st = read_stat(entry.name)
+        if st is not None:
+            children.setdefault(st[1], []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def ring_bytes(mib: int) -> int:
+    if mib & (mib - 1):
+        raise UsageError("--ring-size must be a power of two (MiB)")
+    return mib << 20
+
+
+def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
+                heartbeat_file: Path | None, duration: float | None,
+                features: list[str]) -> LoopConfig:
+    if fmt is None:
+        fmt = default_format()
+    if fmt not in ("json", "human"):
+        raise UsageError(f"--format must be json or human, not {fmt!r}")
+    return LoopConfig(tool=tool, fmt=fmt, heartbeat_interval=heartbeat_interval,
+                      heartbeat_file=heartbeat_file, duration=duration, features=features)
+
+
+def provider_rules(path: Path | None, trusted_uid: int | None = 0) -> Rules:
+    """The packaged provider rules plus a user's file (--providers); a bad file is a UsageError.
+    Classification steers what is reported and, through policies, what is denied: like a
+    deny-file, a rules file (and its directory) anyone but root can write is refused."""
+    try:
+        if path is not None and trusted_uid is not None:
+            read_denyfile(path, trusted_uid=trusted_uid)
+        return load_rules(path)
+    except (ProvidersError, DenyFileError) as e:
+        raise UsageError(str(e).replace("deny-file", "providers file")) from None
+
+
+def main(app: typer.Typer, tool: str, argv: list[str] | None = None) -> None:
+    """Run a tool's typer app; usage errors become one line on stderr (exit 2)."""
+    import sys
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name=tool)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:
+        message = getattr(e, "format_message", None)
+        if message is None:
+            raise
+        err(tool, message().replace("\n", " "))
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    if isinstance(rv, int):
+        sys.exit(rv)
+
+
+def preflight_or_exit(tool: str, tracepoints: list[str]) -> None:
+    reason = host.preflight(tracepoints)
+    if reason:
+        err(tool, reason)
+        raise typer.Exit(1)
+
+
+def usage_exit(tool: str, e: Exception) -> typer.Exit:
+    err(tool, str(e))
+    return typer.Exit(2)

@@ -1,0 +1,1 @@
+"""obs tools: each module is one thin executable (obs-exec, obs-net, ...)."""

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""obs-exec: which agent ran which tool — exec, exit, privilege changes and file writes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from libobs.events import Clock, hostname
+from libobs.exec.decode import ExecDecoder
+from libobs.kernel import program
+from libobs.tool import options as cli
+from libobs.tool.loop import Loop
+
+TOOL = "obs-exec"
+EXAMPLES = """Examples:
+
+\b
+  sudo obs-exec                          # every exec/exit on the host, human lines on a tty
+  sudo obs-exec --files | jq -c .        # plus file writes and deletes, as NDJSON
+  sudo obs-exec --comm python3 --files   # only processes named python3
+  sudo obs-exec --pid 1841               # an agent and everything it spawns
+  sudo obs-exec --cgroup /sys/fs/cgroup/unified/agents/a1 --duration 60
+"""
+TRACEPOINTS = ["sched:sched_process_exec", "sched:sched_process_exit",
+               "syscalls:sys_enter_setuid", "syscalls:sys_enter_ptrace",
+               "syscalls:sys_enter_bind", "syscalls:sys_enter_listen"]
+FILE_TRACEPOINTS = ["syscalls:sys_enter_openat", "syscalls:sys_enter_openat2",
+                    "syscalls:sys_enter_open", "syscalls:sys_enter_creat",
+                    "syscalls:sys_enter_unlink", "syscalls:sys_enter_unlinkat",
+                    "syscalls:sys_enter_rmdir"]
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@app.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+def main(
+    files: Annotated[bool, typer.Option("--files", envvar="OBS_FILES",
+                     help="Also FileAccess (opens with write intent) and FileDelete.")] = False,
+    max_argv: Annotated[int, typer.Option("--max-argv", envvar="OBS_MAX_ARGV", min=4, max=1024,
+                        help="KiB of argv captured per exec (power of two); "
+                             "longer argv sets argv_truncated.")] = 128,
+    pid: cli.PidOpt = None, comm: cli.CommOpt = None, cgroup: cli.CgroupOpt = None,
+    fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
+    heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
+    ring_size: cli.RingOpt = 64,
+) -> None:
+    """Trace process execution (ToolExec), exits (ProcessExit), privilege changes
+    (SecurityAction) and, with --files, file writes and deletes, as NDJSON events."""
+    filters = cli.Filters(pid, comm, cgroup)
+    try:
+        filters.validate()
+        if max_argv & (max_argv - 1):
+            raise cli.UsageError("--max-argv must be a power of two (KiB)")
+        features = ["exec", "exit", "security"] + (["files"] if files else [])
+        cfg = cli.loop_config(TOOL, fmt, heartbeat_interval, heartbeat_file, duration, features)
+        ring = cli.ring_bytes(ring_size)
+    except cli.UsageError as e:
+        raise cli.usage_exit(TOOL, e) from None
+    cli.preflight_or_exit(TOOL, TRACEPOINTS + (FILE_TRACEPOINTS if files else []))
+
+    defines = program.base_defines(ring) | filters.defines()
+    defines |= {"MAX_ARGV": max_argv * 1024, "FILES": files}
+    prog = program.Program("exec.bpf.c", defines)
+    filters.apply(prog.bpf)
+    decoder = ExecDecoder(Clock.now(), hostname())
+    raise typer.Exit(Loop(cfg, [prog], decoder).run())
+
+
+
+def run() -> None:
+    cli.main(app, TOOL)
+
+
+if __name__ == "__main__":
+    run()

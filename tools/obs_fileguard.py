@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""obs-fileguard: deny opens and execs of listed files and directories (fanotify)."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from libobs.events import hostname
+from libobs.guard import fanotify
+from libobs.guard.denyfile import DenyFileWatcher, parse_paths
+from libobs.guard.fileguard import (
+    EVENT_F_FLAGS,
+    GUARD,
+    INIT_FLAGS,
+    Enricher,
+    Guard,
+    Marks,
+    Reloader,
+    Scope,
+    cgroup_scope,
+    line_error_text,
+)
+from libobs.guard.loop import Group, GuardLoop, Outbox
+from libobs.kernel import host
+from libobs.tool import options as cli
+from libobs.tool.loop import err
+
+EXAMPLES = """Examples:
+
+\b
+  sudo obs-fileguard /etc/obs/fileguard.deny             # guard the whole host
+  sudo obs-fileguard deny.txt --cgroup agents/a1         # only processes of one agent's cgroup
+  sudo obs-fileguard deny.txt | jq -c 'select(.event.Denied)'
+  sudo obs-fileguard deny.txt --duration 60 --format human
+
+\b
+  deny-file: one absolute path per line, '#' comments; a directory covers everything beneath:
+    /home/me/.ssh
+    /usr/local/bin/deploy-prod
+"""
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@app.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+def main(
+    denyfile: Annotated[Path, typer.Argument(
+        metavar="DENYFILE", envvar="OBS_DENYFILE",
+        help="Paths to deny, one per line; root-owned, in a root-owned directory. "
+             "Re-read on change (applied within 2 s).")],
+    cgroup: Annotated[Path | None, typer.Option(
+        "--cgroup", envvar="OBS_CGROUP",
+        help="Deny only processes in this cgroup-v2 directory or below it "
+             "(absolute, or relative to the cgroup-v2 mount); everyone else passes.")] = None,
+    fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
+    heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
+) -> None:
+    """Deny opens and execs of the files and directories listed in DENYFILE, with fanotify
+    permission events; each refusal is a Denied event (NDJSON). Fails open if it dies."""
+    filters = cli.Filters(cgroup=cgroup)
+    root = host.cgroup2_root()
+    try:
+        filters.validate()
+        scope = None
+        if filters.cgroup is not None:
+            scope = Scope(cgroup_scope(str(filters.cgroup.resolve()), str(root)))
+        features = ["open", "exec"] + (["cgroup"] if scope else [])
+        cfg = cli.loop_config(GUARD, fmt, heartbeat_interval, heartbeat_file, duration, features)
+    except (cli.UsageError, ValueError) as e:
+        raise cli.usage_exit(GUARD, e) from None
+
+    try:  # first: without root, say so rather than fail on the root-only deny-file
+        fan = fanotify.init(INIT_FLAGS, EVENT_F_FLAGS)
+    except OSError as e:  # the message names the call and, for EPERM, the capability
+        err(GUARD, str(e))
+        raise typer.Exit(1) from None
+    # Read the list before any mark exists: a bad file stops us here, not half-way.
+    watcher = DenyFileWatcher(denyfile, parse_paths)
+    first = watcher.poll()
+    if first is None or first.error:
+        raise cli.usage_exit(GUARD, ValueError(first.error if first else "unreadable deny-file"))
+    for bad in first.errors:
+        err(GUARD, line_error_text(watcher.path, bad))
+
+    outbox = Outbox()
+    group = Group(fan)
+    enricher = Enricher(hostname(), str(root) if root else None)
+    guard = Guard(fan, outbox, enricher, scope)
+    enricher.facts(os.getpid())  # warm every lazy import up while nothing is marked yet
+    if scope:
+        scope.lookup(os.getpid())
+    marks = Marks(group)  # one O_PATH fd per listed file: make room for long lists
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    reloader = Reloader(watcher, first.rules, marks, guard, lambda m: err(GUARD, m))
+    loop = GuardLoop(cfg, group, outbox, guard.answer, reloader.tick,
+                     dropped=lambda: guard.counters.fail_open,
+                     attached=["fanotify:open_perm", "fanotify:open_exec_perm"])
+    status = loop.run()
+    guard.close()
+    marks.close()
+    c = guard.counters
+    err(GUARD, f"answered {c.answered} permission event(s): {c.denied} denied, "
+        f"{c.fail_open} let through on an error")
+    raise typer.Exit(status)
+
+
+
+def run() -> None:
+    cli.main(app, GUARD)
+
+
+if __name__ == "__main__":
+    run()
