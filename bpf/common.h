@@ -9,6 +9,7 @@
 #define OBS_COMMON_H
 
 #include <uapi/linux/ptrace.h>
+#include "records.h"
 
 #ifndef RING_PAGES
 #define RING_PAGES 4096
@@ -17,27 +18,11 @@
 #define NCPU 64
 #endif
 
-/* Every record starts with this header; libobs/kernel/records.py mirrors it. */
-struct obs_hdr {
-    u32 kind;
-    u32 pid;      /* tgid */
-    u32 tid;
-    u32 ppid;
-    u32 uid;
-    u32 len;      /* bytes of variable payload that follow the fixed part */
-    u32 pgid;     /* process group: a shell job / an agent and the tools it spawned */
-    u32 pad;
-    u64 ts;       /* CLOCK_MONOTONIC ns */
-    u64 cgroup_id;
-    u64 start_bt; /* the process's start, ns since boot (task->group_leader->start_boottime) */
-    char comm[16];
-};
 
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 /* Fallback with a lock of its own, for reservations that fail transiently (below). */
 BPF_RINGBUF_OUTPUT(spill, 256);
 /* Records the ring buffer refused, per record kind: reported, never silent. */
-#define OBS_KINDS 16
 BPF_PERCPU_ARRAY(lost, u64, OBS_KINDS);
 
 static __always_inline void obs_count_lost_kind(u32 kind)
@@ -184,11 +169,6 @@ static __always_inline void obs_track_fork(u32 parent, u32 child)
  * crossed through struct mount (mnt_parent / mnt_mountpoint), found from its embedded vfsmount.
  * User space (libobs/kernel/records.py) reverses and joins the slots.
  */
-#define PATH_SLOT 256
-#ifndef PATH_DEPTH
-#define PATH_DEPTH 40
-#endif
-#define PATH_BYTES (PATH_SLOT * PATH_DEPTH)
 
 /* returns slots used; *complete = 1 when the walk reached the root */
 static __always_inline u32 obs_walk_path(void *dentry, void *vfsmnt, char *buf, u8 *complete)

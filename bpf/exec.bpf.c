@@ -1,33 +1,11 @@
 /* obs-exec: process lifecycle, privilege changes and (with FILES) file writes/deletes.
  * Built only on sched:* and syscalls:* tracepoints: no kprobes or fentry on this kernel.
- * Record layouts are mirrored in libobs/kernel/records.py (checked by tests/unit/test_records.py).
+ * Records: exec.h (read by libobs/exec/decode.py through libobs/kernel/layout.py).
  */
 #include "common.h"
-
-#define K_EXEC 1
-#define K_EXIT 2
-#define K_SECURITY 3
-#define K_FILE_OPEN 4
-#define K_FILE_DELETE 5
-
-#ifndef MAX_ARGV
-#define MAX_ARGV 131072 /* power of two, set by --max-argv */
-#endif
-#define FNAME_BUF 4096
+#include "exec.h"
 
 /* ---- ToolExec ------------------------------------------------------------------------------ */
-struct exec_rec {
-    struct obs_hdr h;
-    u32 filename_len;
-    u32 cwd_slots;
-    u32 argv_len;
-    u8 argv_truncated;
-    u8 cwd_complete;
-    u8 pad[2];
-    char filename[FNAME_BUF];
-    char cwd[PATH_BYTES];
-    char argv[MAX_ARGV];
-};
 /* One slot per possible CPU: too large for the stack or a per-CPU map (32 KiB limit). */
 BPF_ARRAY(exec_scratch, struct exec_rec, NCPU);
 
@@ -72,12 +50,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 }
 
 /* ---- ProcessExit: once per process (group_dead is true on its last thread) ----------------- */
-struct exit_rec {
-    struct obs_hdr h;
-    u32 exit_code;   /* task_struct.exit_code: status << 8 | core << 7 | signal */
-    u32 pad;
-    u64 start_ns;    /* task_struct.start_time (CLOCK_MONOTONIC) of the exiting thread's leader */
-};
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
@@ -105,22 +77,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 #endif
 
 /* ---- SecurityAction: emitted at syscall exit with the result ------------------------------ */
-#define SEC_SETUID 1
-#define SEC_SETREUID 2
-#define SEC_SETRESUID 3
-#define SEC_PTRACE 4
-#define SEC_LISTEN 5
 
-struct sec_rec {
-    struct obs_hdr h;
-    u32 action;
-    s32 ret;
-    s64 a0, a1, a2;
-    u16 family;
-    u16 port;       /* host order */
-    u8 addr[16];
-    u32 pad;
-};
 BPF_HASH(sec_pending, u32, struct sec_rec, 16384);
 
 static __always_inline int sec_enter(u32 action, s64 a0, s64 a1, s64 a2)
@@ -219,18 +176,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_listen) { return sec_exit(args->ret); }
 /* ---- FileAccess (opens with write intent) and FileDelete --------------------------------- */
 #define WRITE_INTENT (01 | 02 | 0100 | 01000) /* O_WRONLY | O_RDWR | O_CREAT | O_TRUNC */
 
-struct file_rec {
-    struct obs_hdr h;
-    u32 flags;
-    s32 dfd;          /* FileDelete: the dirfd the name is relative to (-100 = cwd) */
-    u32 slots;        /* path slots used (FileAccess: the opened file; FileDelete: base dir) */
-    u32 name_len;     /* FileDelete: bytes of the raw pathname in name[] */
-    u8 complete;
-    u8 op;            /* FileDelete: 0 unlink(at), 1 rmdir, 2 unlinkat(AT_REMOVEDIR) */
-    u8 pad[6];
-    char name[4096];
-    char path[PATH_BYTES];
-};
 BPF_ARRAY(file_scratch, struct file_rec, NCPU);
 
 /* The CPU's scratch record with its header filled, or 0. */

@@ -14,14 +14,9 @@
  * Sockets are tracked from connect(): fd -> file -> socket -> sock at offsets from BTF.
  */
 #include "common.h"
+#include "net.h"
 
 /* record kinds (< OBS_KINDS of common.h, so lost records are counted per kind) */
-#define K_CONNECT 8
-#define K_HELLO 9
-#define K_DNS 10
-#define K_SEND 11
-#define K_DATA 12
-#define K_STATE 13
 
 #define AF_INET_ 2
 #define AF_INET6_ 10
@@ -33,19 +28,11 @@
 #define EINPROGRESS_ 115
 #define DNS_PORT_BE 0x3500 /* htons(53) as it sits in a sockaddr read on little-endian x86 */
 
-#define HELLO_CAP 4096          /* a post-quantum ClientHello is ~1.8 KiB */
 #define DNS_CAP 1024
-#define PAYLOAD_BUF (2 * HELLO_CAP) /* room the verifier can see: offset < CAP, length <= CAP */
 #define MAX_IOV 4
 #define MAX_MMSG 4
-#define HEAD_LEN 16
 
 /* ---- state ----------------------------------------------------------------------------------- */
-struct peer {
-    u8 addr[16];
-    u16 family;
-    u16 port;     /* network byte order */
-};
 
 #define F_HELLO 1 /* first payload write not seen yet */
 #define F_DNS 2   /* peer port 53: capture what is written and read */
@@ -72,46 +59,11 @@ struct sk_info {
 BPF_TABLE("lru_hash", u64, struct sk_info, sks, 65536);
 
 /* ---- records --------------------------------------------------------------------------------- */
-struct conn_rec {
-    struct obs_hdr h;
-    s32 fd;
-    s32 ret;
-    u64 sk;
-    struct peer peer;
-    u8 proto;
-    u8 state;     /* TCP state when connect() returned (2 = SYN_SENT: not yet established) */
-    u8 pad[6];
-};
 
-struct payload_rec {
-    struct obs_hdr h;
-    s32 fd;
-    u32 cap;      /* bytes in data[] */
-    u64 sk;
-    u32 total;    /* bytes the call carried */
-    u8 dir;       /* 0 written, 1 read */
-    u8 proto;
-    u8 pad[2];
-    struct peer peer;
-    u8 pad2[4];
-    char data[PAYLOAD_BUF];
-};
 BPF_ARRAY(payload_scratch, struct payload_rec, NCPU);
 
 /* K_SEND / K_DATA / K_STATE: no process header — tcp_probe runs in softirq context, where the
  * current task is not the socket's owner. User space knows the owner from K_CONNECT. */
-struct tcp_rec {
-    u32 kind;
-    u32 len;      /* SEND: bytes accepted; DATA: segment payload; STATE: new state */
-    u64 ts;       /* SEND: when the send returned; DATA: when the segment was processed */
-    u64 sk;
-    u64 ts_start; /* SEND: when the syscall entered (0: unknown) */
-    u32 seq;      /* SEND: write_seq after the send; DATA: segment seq; STATE: old state */
-    u32 ack;      /* DATA: the segment's ack_seq — what the peer had received when it sent it */
-    u16 flags;    /* SEND: 1 when head[] holds the first bytes the application wrote */
-    u8 head[HEAD_LEN];
-    u8 pad[6];
-};
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 static __always_inline u64 fd_key(s32 fd)

@@ -19,35 +19,15 @@
  *
  * Entry probes exist once per library slot (16 of them, SSL_SLOT below): the slot number is
  * baked into the function, which is how a record says which library it came from.
- * Record layout mirrored in libobs/tls/decode.py (checked by tests/kernel/test_obs_ssl.py).
+ * Records: ssl.h (read by libobs/tls/decode.py through libobs/kernel/layout.py).
  */
 #include "common.h"
+#include "ssl.h"
 
-#define K_SSL 0x5353 /* "SS": distinct from other programs' kinds, obs-llm reads these too */
 
-#ifndef MAX_CAPTURE
-#define MAX_CAPTURE 1048576 /* bytes per call, a power of two >= CHUNK, set by --max-capture */
-#endif
-#define CHUNK 16384
 #define MAX_CHUNKS (MAX_CAPTURE / CHUNK)
 
-#define FN_READ 0
-#define FN_READ_EX 1
-#define FN_WRITE 2
-#define FN_WRITE_EX 3
 
-struct ssl_rec {
-    struct obs_hdr h;  /* h.len: bytes of data following this struct */
-    u64 ssl;           /* the SSL* : one TLS connection of the process */
-    u64 off;           /* stream offset of this record's first byte */
-    u32 total;         /* bytes the call moved (may exceed what was captured) */
-    u32 captured;      /* bytes of the call captured, at most MAX_CAPTURE */
-    u16 chunk;         /* index of this record within the call */
-    u8 fn;             /* FN_* */
-    u8 lib;            /* library slot */
-    u8 read_failed;    /* the user buffer could not be read: data is missing */
-    u8 pad[3];
-};
 
 struct ssl_args {
     u64 ssl;

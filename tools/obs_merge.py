@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from libobs.events import hostname
+from libobs.events import NS, hostname
 from libobs.merge.input import Reader, Reporter
 from libobs.merge.merger import Merge
 from libobs.merge.sessions import Sessions, parse_selector, read_proc
@@ -22,7 +22,6 @@ from libobs.tool import options as cli
 from libobs.tool.sink import OutputClosed, Sink, default_format, dumps, quiet_broken_pipe
 
 TOOL = "obs-merge"
-NS = 1_000_000_000
 EPILOG = """Examples:
 
 \b

@@ -1,6 +1,6 @@
 """Records of bpf/exec.bpf.c → ToolExec, ProcessExit, SecurityAction, FileAccess, FileDelete.
 
-Offsets below mirror the structs in bpf/exec.bpf.c (checked by tests/kernel/test_records.py).
+Layouts, kinds and constants come from bpf/exec.h (libobs/kernel/layout.py).
 """
 
 from __future__ import annotations
@@ -8,30 +8,38 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import struct
 from collections import OrderedDict
 from typing import Any
 
 from libobs.events import Clock, duration, text
 from libobs.identity import Identities
-from libobs.kernel.records import PATH_SLOT, Hdr, comm, cstring, hdr, join_slots, split_argv
+from libobs.kernel import layout
+from libobs.kernel.records import (
+    KIND,
+    PATH_DEPTH,
+    PATH_SLOT,
+    Hdr,
+    comm,
+    cstring,
+    hdr,
+    join_slots,
+    split_argv,
+)
 
-K_EXEC, K_EXIT, K_SECURITY, K_FILE_OPEN, K_FILE_DELETE = 1, 2, 3, 4, 5
-PATH_DEPTH = 40                      # bpf/common.h
-PATH_BYTES = PATH_SLOT * PATH_DEPTH
-FNAME_BUF = 4096
-
-EXEC_FIXED = struct.Struct("<3I2B2x")            # filename_len, cwd_slots, argv_len, trunc, complete
-EXEC_FILENAME = 72 + EXEC_FIXED.size              # 88
-EXEC_CWD = EXEC_FILENAME + FNAME_BUF
-EXEC_ARGV = EXEC_CWD + PATH_BYTES
-EXIT = struct.Struct("<IIQ")                      # exit_code, pad, start_ns
-SEC = struct.Struct("<Iiqqq HH16s I")             # action, ret, a0-a2, family, port, addr, pad
-FILE_FIXED = struct.Struct("<IiII BB6x")          # flags, dfd, slots, name_len, complete, op
-FILE_NAME = 72 + FILE_FIXED.size                  # 96
-FILE_PATH = FILE_NAME + FNAME_BUF
-
-SEC_SETUID, SEC_SETREUID, SEC_SETRESUID, SEC_PTRACE, SEC_LISTEN = 1, 2, 3, 4, 5
+_H = layout.read("exec.h")
+K_EXEC, K_EXIT, K_SECURITY, K_FILE_OPEN, K_FILE_DELETE = (
+    KIND[k] for k in ("K_EXEC", "K_EXIT", "K_SECURITY", "K_FILE_OPEN", "K_FILE_DELETE"))
+FNAME_BUF = _H.constants["FNAME_BUF"]
+EXEC_FIXED = _H["exec_rec"].unpacker("filename_len", "cwd_slots", "argv_len", "argv_truncated",
+                                     "cwd_complete")
+EXEC_FILENAME, EXEC_CWD, EXEC_ARGV = (_H["exec_rec"].offset(f) for f in ("filename", "cwd", "argv"))
+EXIT = _H["exit_rec"].unpacker("exit_code", "pad", "start_ns")
+SEC = _H["sec_rec"].unpacker("action", "ret", "a0", "a1", "a2", "family", "port", "addr", "pad")
+FILE_FIXED = _H["file_rec"].unpacker("flags", "dfd", "slots", "name_len", "complete", "op")
+FILE_NAME, FILE_PATH = (_H["file_rec"].offset(f) for f in ("name", "path"))
+SEC_SETUID, SEC_SETREUID, SEC_SETRESUID, SEC_PTRACE, SEC_LISTEN = (
+    _H.constants[k] for k in ("SEC_SETUID", "SEC_SETREUID", "SEC_SETRESUID", "SEC_PTRACE",
+                              "SEC_LISTEN"))
 _SETUID_NAMES = {SEC_SETUID: "setuid", SEC_SETREUID: "setreuid", SEC_SETRESUID: "setresuid"}
 AT_FDCWD = -100
 
@@ -85,7 +93,7 @@ class ExecDecoder:
                  "provider": None, "process": process, "event": {kind: body}}]
 
     def _exec(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
-        fname_len, cwd_slots, argv_len, trunc, complete = EXEC_FIXED.unpack_from(raw, 72)
+        fname_len, cwd_slots, argv_len, trunc, complete = EXEC_FIXED.at(raw)
         filename = bytes(raw[EXEC_FILENAME:EXEC_FILENAME + min(fname_len, FNAME_BUF)])
         cwd = join_slots(raw, EXEC_CWD, min(cwd_slots, PATH_DEPTH), bool(complete))
         argv = split_argv(bytes(raw[EXEC_ARGV:EXEC_ARGV + argv_len]))
@@ -96,7 +104,7 @@ class ExecDecoder:
         }
 
     def _exit(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
-        code, _pad, start_ns = EXIT.unpack_from(raw, 72)
+        code, _pad, start_ns = EXIT.at(raw)
         exit_code, sig, core = exit_status(code)
         return "ProcessExit", {
             "pid": h.pid, "ppid": h.ppid, "comm": comm(h), "exit_code": exit_code,
@@ -105,7 +113,7 @@ class ExecDecoder:
         }
 
     def _security(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]] | None:
-        action, ret, a0, a1, a2, family, port, addr, _ = SEC.unpack_from(raw, 72)
+        action, ret, a0, a1, a2, family, port, addr, _ = SEC.at(raw)
         key = (h.pid, action, a0, a1, a2, ret)
         last = self._recent_sec.get(key)
         self._recent_sec[key] = h.ts
@@ -129,7 +137,7 @@ class ExecDecoder:
         return None
 
     def _file_open(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
-        flags, _dfd, slots, _nlen, complete, _op = FILE_FIXED.unpack_from(raw, 72)
+        flags, _dfd, slots, _nlen, complete, _op = FILE_FIXED.at(raw)
         # Agents write the same files again and again: decode each distinct path once.
         key = raw[FILE_PATH - 8:FILE_PATH + min(slots, PATH_DEPTH) * PATH_SLOT]
         path = self._paths.get(key)
@@ -141,7 +149,7 @@ class ExecDecoder:
         return "FileAccess", {"pid": h.pid, "path": path, "write": True, "flags": flags}
 
     def _file_delete(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
-        _flags, _dfd, slots, name_len, complete, _op = FILE_FIXED.unpack_from(raw, 72)
+        _flags, _dfd, slots, name_len, complete, _op = FILE_FIXED.at(raw)
         name = cstring(raw, FILE_NAME, min(name_len + 1, FNAME_BUF))
         if name.startswith(b"/"):
             path = name

@@ -35,7 +35,6 @@ import contextlib
 import ipaddress
 import os
 import queue
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -49,8 +48,8 @@ from libobs.guard.denyfile import DenyFileError, DenyFileWatcher, EgressRule, Up
 from libobs.guard.policy import DenyListPolicy, IPAddress, ProviderPolicy, ProviderRules, Resolver
 from libobs.guard.policy import resolve as resolve_host
 from libobs.identity import Identities
-from libobs.kernel import bpflink
-from libobs.kernel.records import hdr
+from libobs.kernel import bpflink, layout
+from libobs.kernel.records import HDR, KIND, hdr
 from libobs.net.dns import DnsAnswer, parse_response
 
 GUARD = "obs-enforce"
@@ -58,18 +57,19 @@ REFRESH_S = 300.0        # re-resolve every hostname this often (addresses move)
 MAX_LEARNED = 16384      # DNS-learned addresses kept per kind (LRU)
 DNS_PORT = 53
 
-# ---- records and map entries: mirrors of bpf/enforce.bpf.c --------------------------------
-K_DENIED, K_DNS = 1, 2
-RULE_UNCLASSIFIED = 1
+# ---- records and map entries: bpf/enforce.h ----------------------------------------------
+_H = layout.read("enforce.h")
+K_DENIED, K_GUARD_DNS = KIND["K_DENIED"], KIND["K_GUARD_DNS"]
+RULE_UNCLASSIFIED = _H.constants["RULE_UNCLASSIFIED"]
 UNCLASSIFIED = "policy:deny-unclassified"
-HDR_SIZE = 72                              # struct obs_hdr
-KEY = struct.Struct("<I16s")               # struct addr_key {u32 family; u32 addr[4]}
-VAL = struct.Struct("<IHH")                # struct rule_val {u32 rule; u16 port; u16 pad}
-DENIED = struct.Struct("<I16sIHBB")        # denied_rec after the header
-DNS_HEAD = struct.Struct("<I16sI")         # dns_rec after the header: src key, pad
-DNS_DATA = HDR_SIZE + DNS_HEAD.size        # 96
-NAME_LEN = 128                             # struct dns_name
-NAME_VAL = struct.Struct("<IB3x")          # struct name_val {u32 rule; u8 allow; u8 pad[3]}
+HDR_SIZE = HDR.size
+KEY = _H["addr_key"].unpacker("family", "addr")
+VAL = _H["rule_val"].unpacker("rule", "port", "pad")
+DENIED = _H["denied_rec"].unpacker("addr", "rule", "port", "hook", "proto")
+DNS_HEAD = _H["dns_rec"].unpacker("src", "pad")
+DNS_DATA = _H["dns_rec"].offset("data")
+NAME_LEN = _H.constants["NAME_LEN"]
+NAME_VAL = _H["name_val"].unpacker("rule", "allow", upto=layout.END)
 TRUSTED = b"\x01"                          # value in the servers map
 TABLES = ("deny", "allow", "names", "servers")
 PROTOCOLS = {6: "tcp", 17: "udp"}
@@ -231,7 +231,7 @@ class Decoder:
         if len(raw) < HDR_SIZE:
             return
         h = hdr(raw)
-        if h.kind == K_DNS:
+        if h.kind == K_GUARD_DNS:
             reply = decode_dns(raw)
             if reply is not None:
                 self.on_dns(reply)

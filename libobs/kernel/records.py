@@ -1,16 +1,20 @@
-"""Decoding of the records BPF programs write: the common header and path slots.
+"""Decoding of the records BPF programs write: the common header, kinds and path slots.
 
-`Hdr` mirrors `struct obs_hdr` in bpf/common.h (tests/kernel/test_records.py checks sizes and
-offsets against what bcc compiled).
+Layouts and kind numbers come from bpf/records.h through libobs/kernel/layout.py.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
-HDR = struct.Struct("<8I3Q16s")
-PATH_SLOT = 256  # bpf/common.h PATH_SLOT
+from libobs.kernel import layout
+
+RECORDS = layout.read("records.h")
+KIND = RECORDS.enums                        # "K_EXEC" → 1: one number space for every program
+_HDR = RECORDS["obs_hdr"]
+HDR = _HDR.unpacker(*(f.name for f in _HDR.fields))
+PATH_SLOT = RECORDS.constants["PATH_SLOT"]
+PATH_DEPTH = RECORDS.constants["PATH_DEPTH"]
 
 
 class Hdr(NamedTuple):
@@ -28,6 +32,8 @@ class Hdr(NamedTuple):
     comm: bytes
 
 
+if Hdr._fields != tuple(f.name for f in _HDR.fields):
+    raise layout.LayoutError(f"Hdr fields {Hdr._fields} differ from bpf/records.h obs_hdr")
 _new_hdr = tuple.__new__
 
 

@@ -45,11 +45,10 @@ from typing import Any
 
 import orjson
 
-from libobs.events import KINDS, duration_ns, event_kind
+from libobs.events import KINDS, NS, duration_ns, event_kind
 from libobs.merge.input import Batch, Problem, decode
 from libobs.merge.sessions import Proc, Sessions, cached_classify, event_pid
 
-NS = 1_000_000_000
 DEFAULT_WINDOW_NS = 2 * NS
 DEDUP_KEYS = 1 << 16
 JOIN_SLACK_NS = NS // 2

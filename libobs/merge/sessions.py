@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libobs.events import NS
 from libobs.identity import read_stat
 from libobs.providers import classify
 
-NS = 1_000_000_000
 EXIT_SLACK_NS = 10_000_000  # tools convert clocks separately: tolerate small skew at exit
 IDLE_NS = 24 * 3600 * NS
 LIVE_NS = 60 * NS  # an event this recent, from this host, may be completed from /proc

@@ -18,11 +18,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from libobs.events import NS
 from libobs.tls.attach import LlmFact, is_ssl_record
 
 API_FIELDS = ("model", "prompt_tokens", "completion_tokens", "cache_read_tokens",
               "cache_creation_tokens")
-NS = 1_000_000_000
 
 
 @dataclass

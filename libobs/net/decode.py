@@ -18,38 +18,38 @@ answered with no A/AAAA/CNAME records).
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from libobs.events import Clock, envelope
+from libobs.events import NS, Clock, envelope
 from libobs.identity import Identities
-from libobs.kernel.records import HDR, Hdr, hdr
+from libobs.kernel import layout
+from libobs.kernel.records import KIND, Hdr, hdr
 from libobs.net.clienthello import is_client_hello, parse_sni
 from libobs.net.dns import parse_query, parse_response
 from libobs.providers import Rules
 
-K_CONNECT, K_HELLO, K_DNS, K_SEND, K_DATA, K_STATE = 8, 9, 10, 11, 12, 13
-HELLO_CAP, DNS_CAP = 4096, 1024              # bpf/net.bpf.c
+_H = layout.read("net.h")
+K_CONNECT, K_HELLO, K_DNS, K_SEND, K_DATA, K_STATE = (
+    KIND[k] for k in ("K_CONNECT", "K_HELLO", "K_DNS", "K_SEND", "K_DATA", "K_STATE"))
+HELLO_CAP = _H.constants["HELLO_CAP"]
 SOCK_STREAM, SOCK_DGRAM = 1, 2
 AF_INET, AF_INET6 = 2, 10
 TCP_ESTABLISHED, TCP_SYN_SENT, TCP_CLOSE = 1, 2, 7
 
-# struct conn_rec after the header: fd, ret, sk, peer{addr, family, port}, proto, state
-CONN = struct.Struct("<iiQ16sHHBB6x")
-# struct payload_rec after the header: fd, cap, sk, total, dir, proto, peer{...}; data at 120
-PAYLOAD = struct.Struct("<iIQIBB2x16sHH4x")
-PAYLOAD_DATA = HDR.size + PAYLOAD.size
-# struct tcp_rec: kind, len, ts, sk, ts_start, seq, ack, flags, head
-TCP = struct.Struct("<IIQQQIIH16s6x")
+CONN = _H["conn_rec"].unpacker("fd", "ret", "sk", "peer", "proto", "state", upto=layout.END)
+PAYLOAD = _H["payload_rec"].unpacker("fd", "cap", "sk", "total", "dir", "proto", "peer",
+                                     upto="data")
+PAYLOAD_DATA = _H["payload_rec"].offset("data")
+TCP = _H["tcp_rec"].unpacker("kind", "len", "ts", "sk", "ts_start", "seq", "ack", "flags", "head",
+                             upto=layout.END)
 
-_MIN_SIZE = {K_CONNECT: HDR.size + CONN.size, K_HELLO: PAYLOAD_DATA, K_DNS: PAYLOAD_DATA,
+_MIN_SIZE = {K_CONNECT: CONN.offset + CONN.size, K_HELLO: PAYLOAD_DATA, K_DNS: PAYLOAD_DATA,
              K_SEND: TCP.size, K_DATA: TCP.size, K_STATE: TCP.size}
 
 Event = dict[str, Any]
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -114,17 +114,16 @@ def decode(raw: bytes) -> Connect | Payload | TcpRec | None:
     if len(raw) < _MIN_SIZE.get(kind, 1 << 30):
         return None
     if kind in (K_SEND, K_DATA, K_STATE):
-        k, length, ts, sk, ts_start, seq, ack, flags, head = TCP.unpack_from(raw, 0)
+        k, length, ts, sk, ts_start, seq, ack, flags, head = TCP.at(raw)
         return TcpRec(k, ts, sk, length, ts_start, seq, ack, bytes(head) if flags & 1 else None)
     if kind == K_CONNECT:
         h = hdr(raw)
-        fd, ret, sk, addr, family, port, sock_type, state = CONN.unpack_from(raw, HDR.size)
+        fd, ret, sk, addr, family, port, sock_type, state = CONN.at(raw)
         p = peer(family, addr, port)
         return None if p is None else Connect(h, fd, ret, sk, p, _proto(sock_type), state)
     if kind in (K_HELLO, K_DNS):
         h = hdr(raw)
-        fd, cap, sk, _total, direction, sock_type, addr, family, port = PAYLOAD.unpack_from(
-            raw, HDR.size)
+        fd, cap, sk, _total, direction, sock_type, addr, family, port = PAYLOAD.at(raw)
         data = bytes(raw[PAYLOAD_DATA:PAYLOAD_DATA + min(cap, HELLO_CAP)])
         p = peer(family, addr, port) or Peer("", 0, "")
         return Payload(h, kind, fd, sk, direction == 0, _proto(sock_type), p, data)

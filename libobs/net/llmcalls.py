@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from libobs.events import Clock, duration, envelope
+from libobs.events import NS, Clock, duration, envelope
 from libobs.identity import Identities
 from libobs.net.decode import (
     K_DATA,
@@ -65,7 +65,6 @@ ALERT_MAX = 31
 # The smallest HTTP/1.1 request with a Host header is larger; an LLM API call far larger.
 CONTROL_MAX = 48
 _SEQ = 1 << 32
-NS = 1_000_000_000
 # Post-handshake window after a TLS 1.3 Finished: 1.5 handshake round trips + this slack,
 # and at most this many bytes (tickets are ~250 B each; a big burst is a response). The slack
 # absorbs a busy server writing its tickets late (a Python server waits up to its 5 ms GIL

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import re
-import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -32,17 +31,20 @@ from typing import Any, NamedTuple
 
 from libobs.events import Clock, envelope, text
 from libobs.identity import Identities
-from libobs.kernel.records import HDR, Hdr
+from libobs.kernel import layout
+from libobs.kernel.records import KIND, Hdr
 from libobs.providers import classify
 from libobs.tls.http1 import HttpMessage, HttpStream
 from libobs.tls.llmapi import request_facts, response_facts
 from libobs.tls.redact import redact
 
-K_SSL = 0x5353                   # bpf/ssl.bpf.c
-CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at most
-REC = struct.Struct("<QQIIHBBB3x")  # ssl, off, total, captured, chunk, fn, lib, read_failed
-DATA = HDR.size + REC.size       # 104: where a record's data starts
-_RECORD = struct.Struct(HDR.format + REC.format[1:])
+_H = layout.read("ssl.h")
+K_SSL = KIND["K_SSL"]
+CHUNK = _H.constants["CHUNK"]    # data bytes per record at most
+_FIXED = ("ssl", "off", "total", "captured", "chunk", "fn", "lib", "read_failed")
+REC = _H["ssl_rec"].unpacker(*_FIXED, upto=layout.END)
+DATA = _H["ssl_rec"].size        # where a record's data starts
+_RECORD = _H["ssl_rec"].unpacker("h", *_FIXED, upto=layout.END)
 FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                 "cache_creation_tokens")

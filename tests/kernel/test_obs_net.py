@@ -65,7 +65,7 @@ def test_record_layout_matches_the_compiled_program():
     try:
         leaf = prog.bpf[b"payload_scratch"].Leaf
         assert leaf.data.offset == decode.PAYLOAD_DATA
-        assert leaf.fd.offset == decode.HDR.size and leaf.peer.offset == 96
+        assert leaf.fd.offset == decode.PAYLOAD.offset and leaf.peer.offset == 96
         assert ctypes.sizeof(leaf) == decode.PAYLOAD_DATA + 2 * decode.HELLO_CAP
     finally:
         prog.close()

@@ -135,7 +135,7 @@ def test_dns_record_goes_to_on_dns():
     reply = q.reply()
     reply.add_answer(dnslib.RR("api.mistral.ai", dnslib.QTYPE.A, rdata=dnslib.A("10.0.0.7")))
     payload = reply.pack()
-    raw = header(enforce.K_DNS, length=len(payload)) + enforce.DNS_HEAD.pack(
+    raw = header(enforce.K_GUARD_DNS, length=len(payload)) + enforce.DNS_HEAD.pack(
         4, ip("127.0.0.53").packed + bytes(12), 0) + payload
     seen: list[enforce.DnsReply] = []
     assert list(decoder(seen=seen)(raw)) == []
@@ -144,7 +144,7 @@ def test_dns_record_goes_to_on_dns():
                                                ["10.0.0.7"]))]
 
 
-@given(st.binary(max_size=400), st.sampled_from([enforce.K_DENIED, enforce.K_DNS, 7]))
+@given(st.binary(max_size=400), st.sampled_from([enforce.K_DENIED, enforce.K_GUARD_DNS, 7]))
 def test_decoder_is_total(body, kind):
     for raw in (body, header(kind, 1, len(body)) + body):
         list(decoder()(raw))

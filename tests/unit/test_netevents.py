@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libobs.events import Clock
+from libobs.kernel.records import HDR
 from libobs.net.decode import (
     CONN,
-    HDR,
     K_CONNECT,
     K_DATA,
     K_DNS,
@@ -21,6 +21,7 @@ from libobs.net.decode import (
     K_SEND,
     K_STATE,
     PAYLOAD,
+    PAYLOAD_DATA,
     TCP,
     Connect,
     NetDecoder,
@@ -85,7 +86,8 @@ def run(dec, *records):
 
 
 def test_layouts_match_the_c_structs():
-    assert HDR.size == 72 and CONN.size == 44 and PAYLOAD.size == 48 and TCP.size == 64
+    assert HDR.size == 72 and CONN.offset == PAYLOAD.offset == 72 and TCP.offset == 0
+    assert CONN.size == 48 and PAYLOAD_DATA == 120 and TCP.size == 64
 
 
 def test_peer_formats_v4_v6_and_mapped():
