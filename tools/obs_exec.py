@@ -9,8 +9,7 @@ import typer
 
 from libobs.events import Clock, hostname
 from libobs.exec.decode import ExecDecoder
-from libobs.kernel import program
-from libobs.tool import options as cli
+from libobs.tool import options, start
 from libobs.tool.loop import Loop
 
 TOOL = "obs-exec"
@@ -41,36 +40,26 @@ def main(
     max_argv: Annotated[int, typer.Option("--max-argv", envvar="OBS_MAX_ARGV", min=4, max=1024,
                         help="KiB of argv captured per exec (power of two); "
                              "longer argv sets argv_truncated.")] = 128,
-    pid: cli.PidOpt = None, comm: cli.CommOpt = None, cgroup: cli.CgroupOpt = None,
-    fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
-    heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
-    ring_size: cli.RingOpt = 64,
+    pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,
+    fmt: options.FormatOpt = None, heartbeat_interval: options.HeartbeatOpt = 60.0,
+    heartbeat_file: options.HeartbeatFileOpt = None, duration: options.DurationOpt = None,
+    ring_size: options.RingOpt = 64,
 ) -> None:
     """Trace process execution (ToolExec), exits (ProcessExit), privilege changes
     (SecurityAction) and, with --files, file writes and deletes, as NDJSON events."""
-    filters = cli.Filters(pid, comm, cgroup)
-    try:
-        filters.validate()
-        if max_argv & (max_argv - 1):
-            raise cli.UsageError("--max-argv must be a power of two (KiB)")
-        features = ["exec", "exit", "security"] + (["files"] if files else [])
-        cfg = cli.loop_config(TOOL, fmt, heartbeat_interval, heartbeat_file, duration, features)
-        ring = cli.ring_bytes(ring_size)
-    except cli.UsageError as e:
-        raise cli.usage_exit(TOOL, e) from None
-    cli.preflight_or_exit(TOOL, TRACEPOINTS + (FILE_TRACEPOINTS if files else []))
-
-    defines = program.base_defines(ring) | filters.defines()
-    defines |= {"MAX_ARGV": max_argv * 1024, "FILES": files}
-    prog = program.Program("exec.bpf.c", defines)
-    filters.apply(prog.bpf)
-    decoder = ExecDecoder(Clock.now(), hostname())
-    raise typer.Exit(Loop(cfg, [prog], decoder).run())
+    options.checked(TOOL, lambda: options.power_of_two(max_argv, "--max-argv", "KiB"))
+    common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
+                          ring_size)
+    features = ["exec", "exit", "security"] + (["files"] if files else [])
+    job = start.prepare(TOOL, common, features,
+                        TRACEPOINTS + (FILE_TRACEPOINTS if files else []))
+    prog = job.program("exec.bpf.c", {"MAX_ARGV": max_argv * 1024, "FILES": files})
+    raise typer.Exit(Loop(job.cfg, [prog], ExecDecoder(Clock.now(), hostname())).run())
 
 
 
 def run() -> None:
-    cli.main(app, TOOL)
+    options.main(app, TOOL)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from libobs.events import Clock, hostname
-from libobs.kernel import program
 from libobs.net.apijoin import JoinedDecoder
 from libobs.net.decode import untracker
 from libobs.net.llmcalls import LlmCallDecoder
 from libobs.tls import attach
-from libobs.tool import options as cli
-from libobs.tool.loop import Loop, err
+from libobs.tool import options, start
+from libobs.tool.loop import Loop
 
 TOOL = "obs-llm"
 EXAMPLES = """Examples:
@@ -50,49 +49,43 @@ def main(
         "--api", envvar="OBS_API",
         help="Also read TLS plaintext through OpenSSL uprobes (as obs-ssl does) and add the "
              "model and token counts to each LlmCall.")] = False,
-    lib: Annotated[list[str] | None, typer.Option(
-        "--lib", envvar="OBS_LIB",
-        help="With --api: another OpenSSL library or binary to attach to (repeatable).")] = None,
-    providers: cli.ProvidersOpt = None,
-    pid: cli.PidOpt = None, comm: cli.CommOpt = None, cgroup: cli.CgroupOpt = None,
-    fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
-    heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
-    ring_size: cli.RingOpt = 16,
+    lib: options.TlsLibOpt = None, rescan: options.RescanOpt = 10.0,
+    providers: options.ProvidersOpt = None,
+    pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,
+    fmt: options.FormatOpt = None, heartbeat_interval: options.HeartbeatOpt = 60.0,
+    heartbeat_file: options.HeartbeatFileOpt = None, duration: options.DurationOpt = None,
+    ring_size: options.RingOpt = 16,
 ) -> None:
     """Report each HTTP request/response exchange on TLS connections to LLM providers
     (LlmCall): request and response bytes, time to first response byte (ttft) and latency,
     measured from packet arrival times, also on keep-alive connections."""
-    filters = cli.Filters(pid, comm, cgroup)
-    try:
-        filters.validate()
-        rules = cli.provider_rules(providers)
-        features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else [])
-        cfg = cli.loop_config(TOOL, fmt, heartbeat_interval, heartbeat_file, duration, features)
-        ring = cli.ring_bytes(ring_size)
-    except cli.UsageError as e:
-        raise cli.usage_exit(TOOL, e) from None
-    cli.preflight_or_exit(TOOL, TRACEPOINTS)
-
-    defines = program.base_defines(ring) | filters.defines() | {"SNI": True, "LLM": True}
-    prog = program.Program("net.bpf.c", defines)
-    filters.apply(prog.bpf)
+    rules = options.checked(TOOL, lambda: options.provider_rules(providers))
+    if api:
+        options.checked(TOOL, lambda: attach.check_libs(lib or []))
+    common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
+                          ring_size)
+    features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else [])
+    job = start.prepare(TOOL, common, features, TRACEPOINTS)
+    prog = job.program("net.bpf.c", {"SNI": True, "LLM": True})
     clock = Clock.now()
     decoder = LlmCallDecoder(clock, hostname(), rules, untracker(prog.table("sks")),
                              all_tls=all_tls, idle=idle_flush)
     if not api:
-        raise typer.Exit(Loop(cfg, [prog], decoder, tick=decoder.tick).run())
-    ssl = attach.load(program.base_defines(ring) | filters.defines(), lib or [])
-    filters.apply(ssl.program.bpf)
-    for line in [ssl.describe(), *ssl.problems]:
-        err(TOOL, line)
+        raise typer.Exit(Loop(job.cfg, [prog], decoder, tick=decoder.tick).run())
+    ssl = attach.attach(TOOL, job, lib or [], required=False)
     joined = JoinedDecoder(decoder, attach.SslApi(clock))
-    raise typer.Exit(Loop(cfg, [prog, ssl.program], joined, tick=joined.tick,
+    rescanner = attach.Rescanner(TOOL, ssl, rescan)
+
+    def tick(now: float) -> list[dict[str, Any]]:
+        rescanner(now)
+        return joined.tick(now)
+
+    raise typer.Exit(Loop(job.cfg, [prog, ssl.program], joined, tick=tick,
                           attached=prog.attached() + ssl.probe_names).run())
 
 
-
 def run() -> None:
-    cli.main(app, TOOL)
+    options.main(app, TOOL)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from libobs.events import Clock, hostname
-from libobs.kernel import program
 from libobs.net.decode import NetDecoder
-from libobs.tool import options as cli
+from libobs.tool import options, start
 from libobs.tool.loop import Loop
 
 TOOL = "obs-net"
@@ -48,35 +47,28 @@ def main(
     dns_timeout: Annotated[float, typer.Option(
         "--dns-timeout", envvar="OBS_DNS_TIMEOUT", min=0.1, max=300,
         help="Seconds a query waits for its reply; then it is emitted with answers null.")] = 5.0,
-    providers: cli.ProvidersOpt = None,
-    pid: cli.PidOpt = None, comm: cli.CommOpt = None, cgroup: cli.CgroupOpt = None,
-    fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
-    heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
-    ring_size: cli.RingOpt = 16,
+    providers: options.ProvidersOpt = None,
+    pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,
+    fmt: options.FormatOpt = None, heartbeat_interval: options.HeartbeatOpt = 60.0,
+    heartbeat_file: options.HeartbeatFileOpt = None, duration: options.DurationOpt = None,
+    ring_size: options.RingOpt = 16,
 ) -> None:
     """Trace outgoing connections (Egress, one per connection, with the TLS SNI when the
     first write is a ClientHello) and DNS queries with their answers (Dns), as NDJSON."""
-    filters = cli.Filters(pid, comm, cgroup)
-    try:
-        filters.validate()
-        rules = cli.provider_rules(providers)
-        features = ["egress", "sni"] + (["dns"] if dns else [])
-        cfg = cli.loop_config(TOOL, fmt, heartbeat_interval, heartbeat_file, duration, features)
-        ring = cli.ring_bytes(ring_size)
-    except cli.UsageError as e:
-        raise cli.usage_exit(TOOL, e) from None
-    cli.preflight_or_exit(TOOL, TRACEPOINTS + (DNS_TRACEPOINTS if dns else []))
-
-    defines = program.base_defines(ring) | filters.defines() | {"SNI": True, "DNS": dns}
-    prog = program.Program("net.bpf.c", defines)
-    filters.apply(prog.bpf)
-    decoder = NetDecoder(Clock.now(), hostname(), rules, hold=sni_wait, dns_timeout=dns_timeout)
-    raise typer.Exit(Loop(cfg, [prog], decoder, tick=decoder.tick).run())
+    rules = options.checked(TOOL, lambda: options.provider_rules(providers))
+    common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
+                          ring_size)
+    job = start.prepare(TOOL, common, ["egress", "sni"] + (["dns"] if dns else []),
+                        TRACEPOINTS + (DNS_TRACEPOINTS if dns else []))
+    prog = job.program("net.bpf.c", {"SNI": True, "DNS": dns})
+    decoder = NetDecoder(Clock.now(), hostname(), rules, hold=sni_wait,
+                         dns_timeout=dns_timeout)
+    raise typer.Exit(Loop(job.cfg, [prog], decoder, tick=decoder.tick).run())
 
 
 
 def run() -> None:
-    cli.main(app, TOOL)
+    options.main(app, TOOL)
 
 
 if __name__ == "__main__":

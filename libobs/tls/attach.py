@@ -1,20 +1,15 @@
-"""LLM API facts (model, tokens, stream, path) from TLS plaintext, for tools that join them
-onto their own events — obs-llm's --api joins them onto LlmCall.
+"""Attaching TLS plaintext probes — one path for obs-ssl and obs-llm --api — and LLM API facts
+(model, tokens, stream, path) for tools that join them onto their own events.
 
-    from libobs import probes, sslapi
-    ssl = sslapi.load(probes.base_defines(ring) | filters.defines())
-    filters.apply(ssl.program.bpf)
-    err(TOOL, ssl.describe())             # and each of ssl.problems
-    api = sslapi.SslApi(clock)            # the same Clock as the tool's own events
-    loop = Loop(cfg, [own_program, ssl.program], decode, tick=tick,
-                attached=own_names + ssl.probe_names)
+    ssl = attach.attach(TOOL, job, libs, required=False)   # same checks and lines as obs-ssl
+    rescan = attach.Rescanner(TOOL, ssl, every=10.0)       # call rescan(now) from the tick
+    api = attach.SslApi(clock)            # the same Clock as the tool's own events
     # decode: both programs' records reach one callback; is_ssl_record tells them apart
-    if sslapi.is_ssl_record(raw):
+    if attach.is_ssl_record(raw):
         for fact in api.feed(raw):
             index[fact.key] = fact        # key = (pid, request_ts)
     # tick (and once with now=float("inf") at exit)
     for fact in api.tick(now): ...
-    ssl.rescan()                          # now and then: OpenSSL copies loaded since
 
 Each HTTP exchange with an LLM API yields two facts: the request's (is_request=True: model
 and stream as asked) once its last byte is written, and the response's (is_request=False:
@@ -32,12 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from libobs.events import Clock
 from libobs.kernel.records import HDR
 from libobs.tls import libraries
 from libobs.tls.decode import CALL_WAIT, K_SSL, ApiFact, ApiTracker, CallAssembler, decode_chunk
+from libobs.tool.loop import err
+from libobs.tool.options import UsageError
+from libobs.tool.start import Prepared
 
-__all__ = ["LlmFact", "SslApi", "is_ssl_record", "load"]
+__all__ = ["LlmFact", "Rescanner", "SslApi", "attach", "check_libs", "is_ssl_record"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,50 @@ class SslApi:
                        self.clock.wall(f.request_ts), f.provider, f.host, dict(f.fields))
 
 
-def load(defines: dict[str, int | bool], extra_libs: Sequence[str | Path] = ()
-         ) -> libraries.SslProbes:
-    """Compile bpf/ssl.bpf.c and attach it to every OpenSSL found (libraries.Finder). Use
-    `.program` (a probes.Program: give it to the run loop), `.probe_names` (for the heartbeat),
-    `.describe()` and `.problems` (lines for stderr) and `.rescan()` now and then."""
-    return libraries.SslProbes(defines, extra_libs)
+def check_libs(libs: Sequence[Path]) -> None:
+    """--lib values: each must be an ELF file that exports the TLS API (else a UsageError)."""
+    for path in libs:
+        if not libraries.file_exports(path):
+            raise UsageError(f"--lib {path}: not an ELF file exporting any of "
+                             f"{', '.join(libraries.SSL_FUNCTIONS)}")
+
+
+def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: bool = False,
+           defines: dict[str, int | bool] | None = None, required: bool = True
+           ) -> libraries.SslProbes:
+    """Compile bpf/ssl.bpf.c and attach it to every TLS library found, saying on stderr what
+    was attached and what could not be. Nothing found ends a tool that needs it (status 1);
+    one that can do without (obs-llm --api) goes on, with the line said."""
+    problem = libraries.uprobes_missing()
+    if problem:
+        err(tool, problem)
+        raise typer.Exit(1)
+    ssl = libraries.SslProbes(run.defines | (defines or {}), libs, exported_only)
+    run.filters.apply(ssl.program.bpf)
+    for line in ssl.problems:
+        err(tool, line)
+    n = len(ssl.libs)
+    if not n:
+        err(tool, "found no OpenSSL to attach to")
+        if required:
+            ssl.program.close()
+            raise typer.Exit(1)
+    else:
+        err(tool, f"attached to {n} OpenSSL cop{'y' if n == 1 else 'ies'}: {ssl.describe()}")
+    return ssl
+
+
+class Rescanner:
+    """Attaches to TLS libraries that processes load later: call with time.monotonic()."""
+
+    def __init__(self, tool: str, ssl: libraries.SslProbes, every: float):
+        self.tool, self.ssl, self.every = tool, ssl, every
+        self._next = 0.0
+
+    def __call__(self, now: float) -> None:
+        if not self.every or now == float("inf") or now < self._next:
+            return
+        if self._next:
+            for note in self.ssl.rescan():
+                err(self.tool, note)
+        self._next = now + self.every

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -50,6 +51,18 @@ ProvidersOpt = Annotated[Path | None, typer.Option(
     help="More hostname → provider rules (TOML, the format of libobs/providers.toml); "
          "they take precedence over the packaged ones. Refused unless only root can write "
          "the file and its directory.")]
+
+
+T = TypeVar("T")
+
+
+TlsLibOpt = Annotated[list[Path] | None, typer.Option(
+    "--lib", metavar="PATH", envvar="OBS_LIB",
+    help="Also attach to this libssl or binary with OpenSSL built in (repeatable). System "
+         "libssl, node and libraries of running processes are found without it.")]
+RescanOpt = Annotated[float, typer.Option(
+    "--rescan", envvar="OBS_RESCAN", min=0,
+    help="Seconds between looks at /proc for newly loaded OpenSSL copies (0: never).")]
 
 
 class UsageError(Exception):
@@ -112,10 +125,22 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def power_of_two(value: int, option: str, unit: str) -> int:
+    if value <= 0 or value & (value - 1):
+        raise UsageError(f"{option} must be a power of two ({unit})")
+    return value
+
+
 def ring_bytes(mib: int) -> int:
-    if mib & (mib - 1):
-        raise UsageError("--ring-size must be a power of two (MiB)")
-    return mib << 20
+    return power_of_two(mib, "--ring-size", "MiB") << 20
+
+
+def checked(tool: str, check: Callable[[], T]) -> T:
+    """check()'s value; a UsageError it raises ends the tool with one line and status 2."""
+    try:
+        return check()
+    except UsageError as e:
+        raise usage_exit(tool, e) from None
 
 
 def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
