@@ -77,6 +77,7 @@ class HttpMessage:
     ts_last: int = 0
     sse: list[SseEvent] = field(default_factory=list)
     sse_dropped: int = 0
+    stream: int = 0  # HTTP/2 stream id (pairs a response with its request); 0 for HTTP/1.x
 
     @property
     def is_sse(self) -> bool:

@@ -1,0 +1,1 @@
+"""Decoders for the protocols spoken inside TLS beyond HTTP/1.1: HTTP/2 and WebSocket."""
