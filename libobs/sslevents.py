@@ -5,7 +5,8 @@ Three stages, each usable alone:
 1. `decode_chunk`: one ring-buffer record → `SslChunk` (a piece of one SSL call).
 2. `CallAssembler`: chunks → `SslCall`, the bytes one SSL_read/SSL_write call moved.
 3. `ApiTracker`: calls → `ApiFact`s, by reassembling each TLS connection (pid, SSL*) into
-   HTTP/1.1 messages (libobs.parse.http) and reading LLM API facts from them
+   HTTP/1.1 messages (libobs.parse.http), HTTP/2 streams (libobs.tls.http2) or, after an
+   upgrade, WebSocket messages (libobs.tls.websocket), and reading LLM API facts from them
    (libobs.parse.llmapi).
 
 `SslDecoder` wires them into the envelope events obs-ssl prints; libobs.sslapi wires them for
@@ -37,6 +38,8 @@ from libobs.parse.llmapi import request_facts, response_facts
 from libobs.providers import classify
 from libobs.records import HDR, Hdr
 from libobs.redact import redact
+from libobs.tls.http2 import PREFACE, Http2Stream
+from libobs.tls.websocket import WebSocketStream
 
 K_SSL = 0x5353                   # bpf/ssl.bpf.c
 CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at most
@@ -195,13 +198,14 @@ def host_name(host: str | None) -> str | None:
 
 @dataclass
 class _Conn:
-    http: HttpStream
+    http: HttpStream | Http2Stream | WebSocketStream
     h: Hdr
     seen: float
     next_off: list[int | None] = field(default_factory=lambda: [None, None])  # [write, read]
     gap: list[bool] = field(default_factory=lambda: [False, False])
     requests: deque[tuple[HttpMessage, dict[str, Any] | None]] = field(default_factory=deque)
     host: str | None = None
+    upgrade: tuple[str, str | None, str] | None = None  # a 101 to websocket: path, host, exts
 
 
 class ApiTracker:
@@ -237,9 +241,10 @@ class ApiTracker:
                 else:
                     facts += self._facts(conn, call.ssl, bridged)
         if conn is None:
-            if call.is_read or not _REQUEST_START.match(call.data):
+            http = self._start(call)
+            if http is None:
                 return facts  # mid-connection: wait for the start of a request
-            conn = _Conn(HttpStream(self.max_body), call.h, now)
+            conn = _Conn(http, call.h, now)
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
                 self._conns.popitem(last=False)  # the least recently used
@@ -249,6 +254,10 @@ class ApiTracker:
         msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
         if msgs:
             facts += self._facts(conn, call.ssl, msgs)
+        if conn.upgrade is not None:  # the rest of this read is already WebSocket frames
+            conn.http, conn.upgrade = WebSocketStream(*conn.upgrade, self.max_body), None
+            facts += self._facts(conn, call.ssl,
+                                 conn.http.feed(True, _after_101(call.data), call.h.ts))
         if call.truncated:
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
@@ -261,6 +270,8 @@ class ApiTracker:
         hole cannot be bridged (negative, too large, or the filler broke the framing)."""
         if n <= 0 or n > MAX_GAP:
             return None
+        if not isinstance(conn.http, HttpStream):  # framing that filler cannot stand in for
+            return conn.http.bridge(bool(d), n, conn.h.ts)
         conn.gap[d] = True
         out: list[HttpMessage] = []
         while n > 0 and not conn.http.dead(bool(d)):
@@ -294,10 +305,27 @@ class ApiTracker:
                   "stream": bool(req.get("stream")), "path": req.get("path")}
         return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields)]
 
+    def _start(self, call: SslCall) -> HttpStream | Http2Stream | None:
+        if call.is_read:
+            return None
+        if call.data.startswith(PREFACE):  # ALPN is not in the plaintext; the preface is
+            return Http2Stream(self.max_body)
+        return HttpStream(self.max_body) if _REQUEST_START.match(call.data) else None
+
     def _response(self, conn: _Conn, ssl: int, msg: HttpMessage) -> list[ApiFact]:
         if not conn.requests:
             return []
-        request, req = conn.requests.popleft()
+        if msg.stream:  # HTTP/2: the request of the same stream, wherever it is in the queue
+            i = next((i for i, (m, _) in enumerate(conn.requests) if m.stream == msg.stream), -1)
+            if i < 0:
+                return []
+            request, req = conn.requests[i]
+            del conn.requests[i]
+        else:
+            request, req = conn.requests.popleft()
+        if msg.status == 101 and msg.headers.get("upgrade", "").lower() == "websocket":
+            conn.upgrade = (request.path or "", request.headers.get("host", conn.host),
+                            msg.headers.get("sec-websocket-extensions", ""))
         if req is None:
             return []
         resp = response_facts(msg, req)
@@ -320,6 +348,13 @@ class ApiTracker:
     def _drop(self, key: tuple[int, int]) -> None:
         if self._conns.pop(key, None) is not None:
             self.resyncs += 1
+
+
+def _after_101(data: bytes) -> bytes:
+    """What follows the head of a 101 response in the read that carried it."""
+    start = data.find(b"HTTP/1.1 101")
+    end = data.find(b"\r\n\r\n", max(start, 0))
+    return data[end + 4:] if start >= 0 and end >= 0 else b""
 
 
 # ---- envelope events for obs-ssl ------------------------------------------------------------

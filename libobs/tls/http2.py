@@ -22,6 +22,7 @@ header block (`MAX_HEADER_BLOCK`), the HPACK table (`MAX_TABLE`), open streams p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hpack import Decoder
 from hyperframe.exceptions import HyperframeError
@@ -276,7 +277,7 @@ class Http2Stream:
         assert first is not None
         d.block_frame = None
         try:  # every block is decoded, wanted or not: each one updates the dynamic table
-            fields = d.hpack.decode(bytes(d.block), raw=True)
+            fields = list(d.hpack.decode(bytes(d.block), raw=True))
         except Exception as exc:  # hpack raises HPACKError, and ValueError/IndexError on junk
             raise _Broken(f"HPACK: {type(exc).__name__}") from None
         finally:
@@ -288,7 +289,7 @@ class Http2Stream:
 
     # messages
 
-    def _headers(self, d: _Direction, sid: int, fields: list[tuple[bytes, bytes]], end: bool,
+    def _headers(self, d: _Direction, sid: int, fields: list[Any], end: bool,
                  ts: int, length: int) -> None:
         pseudo: dict[str, str] = {}
         headers: dict[str, str] = {}
