@@ -177,9 +177,6 @@ def test_http2_concurrent_streams_one_connection(obs, server, client):
     assert requests == Counter(frozen(expected_request(a, s)) for a, s in calls)
     assert responses == Counter(frozen(expected_response(a, s)) for a, s in calls)
     assert_http2(obs, pid)
-    if client != "curl":  # curl may open a second connection before the first says h2
-        ssls = {e["_env"]["process"]["pid"] for e in events}
-        assert ssls == {pid}
 
 
 @pytest.mark.parametrize("compression", ["deflate", "none"])
