@@ -92,6 +92,7 @@ class Http2Stream:
         self._dirs = (_Direction(False, preface=True), _Direction(True))
         self.streams_dropped = 0  # halves forgotten to keep MAX_STREAMS
         self.errors = 0           # directions killed by bad framing or HPACK
+        self.bad_frames = 0       # malformed frames skipped (framing and HPACK intact)
         self._out: list[HttpMessage] = []
 
     def feed(self, is_read: bool, data: bytes, ts: int) -> list[HttpMessage]:
@@ -105,8 +106,6 @@ class Http2Stream:
             self._run(d, ts, len(data))
         except _Broken as exc:
             self._kill(d, str(exc))
-        except HyperframeError as exc:  # a frame hyperframe cannot parse
-            self._kill(d, f"frame: {type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug here must not take the tool down
             self._kill(d, f"internal error: {type(exc).__name__}: {exc}")
         out, self._out = self._out, []
@@ -176,18 +175,28 @@ class Http2Stream:
                 continue
             if len(buf) - pos < 9:
                 break
-            # copies, never views: a live view of buf would forbid resizing it
-            frame, length = Frame.parse_frame_header(memoryview(bytes(buf[pos : pos + 9])))
-            if buf[pos + 3] == _DATA:
+            length = int.from_bytes(buf[pos : pos + 3], "big")
+            ftype = buf[pos + 3]
+            if ftype == _DATA:
+                sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+                self._data_start(d, sid, buf[pos + 4], length, ts)
                 pos += 9
-                self._data_start(d, frame.stream_id, buf[pos - 5], length, ts)
                 continue
             if length > MAX_FRAME:
                 raise _Broken(f"frame of {length} bytes")
             if len(buf) - pos < 9 + length:
                 break
-            frame.parse_body(memoryview(bytes(buf[pos + 9 : pos + 9 + length])))
+            # copies, never views: a live view of buf would forbid resizing it
+            raw = bytes(buf[pos : pos + 9 + length])
             pos += 9 + length
+            try:
+                frame, _ = Frame.parse_frame_header(memoryview(raw[:9]))
+                frame.parse_body(memoryview(raw[9:]))
+            except HyperframeError as exc:
+                if ftype in (_HEADERS, _PUSH, _CONT):  # its header block is lost: so is HPACK
+                    raise _Broken(f"frame: {type(exc).__name__}: {exc}") from None
+                self.bad_frames += 1  # its length was fine: skip it, the framing holds
+                continue
             self._frame(d, frame, length, fts, ts)
         del buf[:pos]
         if buf and pos >= old:
@@ -211,8 +220,9 @@ class Http2Stream:
             pad = buf[pos]
             pos += 1
             d.data_left -= 1
-            if pad > d.data_left:
-                raise _Broken("DATA padding longer than the frame")
+            if pad > d.data_left:  # malformed, but its length holds: skip it whole
+                self.bad_frames += 1
+                pad = d.data_left
             d.data_left, d.pad_left, d.pad_pending = d.data_left - pad, pad, False
         n = min(d.data_left, len(buf) - pos)
         if n:

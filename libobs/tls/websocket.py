@@ -35,6 +35,7 @@ _TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: stripped from each compressed mes
 _TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"([^"\\]{1,64})"')  # as the first key
 _KEEP = {"response.created", "response.in_progress", "response.completed", "response.failed",
          "response.incomplete", "error"}  # the events with model or usage; deltas are skipped
+_MAX_EVENTS = 8  # kept per response
 _TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 
 
@@ -243,10 +244,20 @@ class WebSocketStream:
         msg.ts_last = ts
         if kind in _KEEP:
             msg.sse.append(SseEvent(kind, text.decode("utf-8", "replace"), ts))
+            self._bound(msg)
         if kind in _TERMINAL:
             out.append(msg)
             self.response = None
             self.pending -= 1
+
+
+    def _bound(self, msg: HttpMessage) -> None:
+        """Keep the first event and the latest ones within max_message: a server repeating
+        response.in_progress must not grow the list (llmapi reads the last values anyway)."""
+        size = sum(len(e.data) for e in msg.sse)
+        while len(msg.sse) > 2 and (len(msg.sse) > _MAX_EVENTS or size > self.max_message):
+            size -= len(msg.sse.pop(1).data)
+            msg.sse_dropped += 1
 
 
 def _event_type(text: bytes) -> str | None:

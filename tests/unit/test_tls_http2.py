@@ -214,6 +214,18 @@ def test_garbage_and_missing_preface_kill_only_what_they_must() -> None:
     assert s.errors == 1
 
 
+def test_malformed_frames_of_known_length_are_skipped() -> None:
+    w = Wire()
+    w.request(1, b'{"model": "a"}')
+    w.chunks.insert(2, (False, b"\x00\x00\x03\x08\x00\x00\x00\x00\x01abc"))  # WINDOW_UPDATE: 3 bytes
+    w.chunks.insert(2, (False, b"\x00\x00\x02\x00\x08\x00\x00\x00\x01\x05x"))  # DATA: pad > frame
+    w.request(3, b'{"model": "b"}')
+    s = Http2Stream()
+    msgs = w.feed(s)
+    assert [m.body for m in msgs] == [b'{"model": "a"}', b'{"model": "b"}']
+    assert s.bad_frames == 2 and s.dead(False) is None
+
+
 def test_stream_table_is_capped() -> None:
     s = Http2Stream()
     s.feed(False, PREFACE, 1)
