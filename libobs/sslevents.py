@@ -26,7 +26,7 @@ import functools
 import re
 import struct
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -220,6 +220,9 @@ class ApiTracker:
         self.max_body = max_body
         self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
         self.resyncs = 0  # connections dropped on unbridgeable gaps or unparseable bytes
+        # what HTTP/2 and WebSocket decoders counted on connections that are gone:
+        # errors (directions killed), bad_frames (skipped), streams_dropped, dropped (bytes)
+        self.problems: Counter[str] = Counter()
 
     def host_of(self, pid: int, ssl: int) -> str | None:
         conn = self._conns.get((pid, ssl))
@@ -247,7 +250,7 @@ class ApiTracker:
             conn = _Conn(http, call.h, now)
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
-                self._conns.popitem(last=False)  # the least recently used
+                self._harvest(self._conns.popitem(last=False)[1])  # the least recently used
         self._conns.move_to_end(key)
         conn.h, conn.seen = call.h, now
         conn.next_off[d] = call.off + call.total
@@ -342,12 +345,19 @@ class ApiTracker:
         out: list[ApiFact] = []
         for key in [k for k, c in self._conns.items() if now - c.seen >= self.idle_secs]:
             conn = self._conns.pop(key)
+            self._harvest(conn)
             out += self._facts(conn, key[1], conn.http.close())
         return out
 
     def _drop(self, key: tuple[int, int]) -> None:
-        if self._conns.pop(key, None) is not None:
+        conn = self._conns.pop(key, None)
+        if conn is not None:
             self.resyncs += 1
+            self._harvest(conn)
+
+    def _harvest(self, conn: _Conn) -> None:
+        for name in ("errors", "bad_frames", "streams_dropped", "dropped"):
+            self.problems[name] += getattr(conn.http, name, 0)
 
 
 def _after_101(data: bytes) -> bytes:

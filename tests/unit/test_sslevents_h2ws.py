@@ -60,6 +60,7 @@ def test_http2_lost_bytes_inside_data_and_outside():
     calls[-2] = c2.call(calls[-2].is_read, calls[-2].data, skip=5)
     feed_all(tracker2, calls)
     assert tracker2.resyncs == 1
+    assert tracker2.problems["errors"] == 1  # counted, not raised
 
 
 UPGRADE = (b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n"
