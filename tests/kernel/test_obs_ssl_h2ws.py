@@ -200,3 +200,21 @@ def test_websocket_responses_api(obs, server, compression):
                                "cache_creation_tokens": None}
         assert req["_env"]["provider"] == resp["_env"]["provider"] == "OpenAi"
         assert req["_env"]["ts"] <= resp["_env"]["ts"]
+
+
+def test_http11_fallback_on_the_same_stand_in(obs, server):
+    """A client that offers only http/1.1 by ALPN gets provider_server's HTTP/1.1 answers from
+    the same port; obs-ssl reads it with the HTTP/1.1 reassembly."""
+    api, stream = "anthropic", True
+    path, headers, body = request_of(api, stream)
+    cmd = ["curl", "-sS", "--fail", "--http1.1", "--cacert", str(server.ca), "-o", "/dev/null",
+           "--data-binary", body, server.url(ps.HOST_OF[api], path)]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    pid = run(cmd)
+    req, resp = obs.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2)
+    assert strip(req) == expected_request(api, stream)
+    assert strip(resp) == expected_response(api, stream)
+    writes = [f["content"] for f in obs.of_kind("SslContent") if f["pid"] == pid
+              and not f["is_read"]]
+    assert writes[0].startswith("POST /v1/messages HTTP/1.1")
