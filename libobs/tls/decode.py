@@ -5,7 +5,8 @@ Three stages, each usable alone:
 1. `decode_chunk`: one ring-buffer record → `SslChunk` (a piece of one SSL call).
 2. `CallAssembler`: chunks → `SslCall`, the bytes one SSL_read/SSL_write call moved.
 3. `ApiTracker`: calls → `ApiFact`s, by reassembling each TLS connection (pid, SSL*) into
-   HTTP/1.1 messages (libobs.tls.http1) and reading LLM API facts from them
+   HTTP/1.1 messages (libobs.tls.http1), HTTP/2 streams (libobs.tls.http2) or, after an
+   upgrade, WebSocket messages (libobs.tls.websocket), and reading LLM API facts from them
    (libobs.tls.llmapi).
 
 `SslDecoder` wires them into the envelope events obs-ssl prints; libobs.tls.attach wires them for
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,8 +36,10 @@ from libobs.kernel import layout
 from libobs.kernel.records import KIND, Hdr
 from libobs.providers import classify
 from libobs.tls.http1 import HttpMessage, HttpStream
+from libobs.tls.http2 import PREFACE, Http2Stream
 from libobs.tls.llmapi import request_facts, response_facts
 from libobs.tls.redact import redact
+from libobs.tls.websocket import WebSocketStream
 
 _H = layout.read("ssl.h")
 K_SSL = KIND["K_SSL"]
@@ -197,13 +200,14 @@ def host_name(host: str | None) -> str | None:
 
 @dataclass
 class _Conn:
-    http: HttpStream
+    http: HttpStream | Http2Stream | WebSocketStream
     h: Hdr
     seen: float
     next_off: list[int | None] = field(default_factory=lambda: [None, None])  # [write, read]
     gap: list[bool] = field(default_factory=lambda: [False, False])
     requests: deque[tuple[HttpMessage, dict[str, Any] | None]] = field(default_factory=deque)
     host: str | None = None
+    upgrade: tuple[str, str | None, str] | None = None  # a 101 to websocket: path, host, exts
 
 
 class ApiTracker:
@@ -218,6 +222,9 @@ class ApiTracker:
         self.max_body = max_body
         self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
         self.resyncs = 0  # connections dropped on unbridgeable gaps or unparseable bytes
+        # what HTTP/2 and WebSocket decoders counted on connections that are gone:
+        # errors (directions killed), bad_frames (skipped), streams_dropped, dropped (bytes)
+        self.problems: Counter[str] = Counter()
 
     def host_of(self, pid: int, ssl: int) -> str | None:
         conn = self._conns.get((pid, ssl))
@@ -239,18 +246,23 @@ class ApiTracker:
                 else:
                     facts += self._facts(conn, call.ssl, bridged)
         if conn is None:
-            if call.is_read or not _REQUEST_START.match(call.data):
+            http = self._start(call)
+            if http is None:
                 return facts  # mid-connection: wait for the start of a request
-            conn = _Conn(HttpStream(self.max_body), call.h, now)
+            conn = _Conn(http, call.h, now)
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
-                self._conns.popitem(last=False)  # the least recently used
+                self._harvest(self._conns.popitem(last=False)[1])  # the least recently used
         self._conns.move_to_end(key)
         conn.h, conn.seen = call.h, now
         conn.next_off[d] = call.off + call.total
         msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
         if msgs:
             facts += self._facts(conn, call.ssl, msgs)
+        if conn.upgrade is not None:  # the rest of this read is already WebSocket frames
+            conn.http, conn.upgrade = WebSocketStream(*conn.upgrade, self.max_body), None
+            facts += self._facts(conn, call.ssl,
+                                 conn.http.feed(True, _after_101(call.data), call.h.ts))
         if call.truncated:
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
@@ -263,6 +275,8 @@ class ApiTracker:
         hole cannot be bridged (negative, too large, or the filler broke the framing)."""
         if n <= 0 or n > MAX_GAP:
             return None
+        if not isinstance(conn.http, HttpStream):  # framing that filler cannot stand in for
+            return conn.http.bridge(bool(d), n, conn.h.ts)
         conn.gap[d] = True
         out: list[HttpMessage] = []
         while n > 0 and not conn.http.dead(bool(d)):
@@ -296,10 +310,27 @@ class ApiTracker:
                   "stream": bool(req.get("stream")), "path": req.get("path")}
         return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields)]
 
+    def _start(self, call: SslCall) -> HttpStream | Http2Stream | None:
+        if call.is_read:
+            return None
+        if call.data.startswith(PREFACE):  # ALPN is not in the plaintext; the preface is
+            return Http2Stream(self.max_body)
+        return HttpStream(self.max_body) if _REQUEST_START.match(call.data) else None
+
     def _response(self, conn: _Conn, ssl: int, msg: HttpMessage) -> list[ApiFact]:
         if not conn.requests:
             return []
-        request, req = conn.requests.popleft()
+        if msg.stream:  # HTTP/2: the request of the same stream, wherever it is in the queue
+            i = next((i for i, (m, _) in enumerate(conn.requests) if m.stream == msg.stream), -1)
+            if i < 0:
+                return []
+            request, req = conn.requests[i]
+            del conn.requests[i]
+        else:
+            request, req = conn.requests.popleft()
+        if msg.status == 101 and msg.headers.get("upgrade", "").lower() == "websocket":
+            conn.upgrade = (request.path or "", request.headers.get("host", conn.host),
+                            msg.headers.get("sec-websocket-extensions", ""))
         if req is None:
             return []
         resp = response_facts(msg, req)
@@ -316,12 +347,26 @@ class ApiTracker:
         out: list[ApiFact] = []
         for key in [k for k, c in self._conns.items() if now - c.seen >= self.idle_secs]:
             conn = self._conns.pop(key)
+            self._harvest(conn)
             out += self._facts(conn, key[1], conn.http.close())
         return out
 
     def _drop(self, key: tuple[int, int]) -> None:
-        if self._conns.pop(key, None) is not None:
+        conn = self._conns.pop(key, None)
+        if conn is not None:
             self.resyncs += 1
+            self._harvest(conn)
+
+    def _harvest(self, conn: _Conn) -> None:
+        for name in ("errors", "bad_frames", "streams_dropped", "dropped"):
+            self.problems[name] += getattr(conn.http, name, 0)
+
+
+def _after_101(data: bytes) -> bytes:
+    """What follows the head of a 101 response in the read that carried it."""
+    start = data.find(b"HTTP/1.1 101")
+    end = data.find(b"\r\n\r\n", max(start, 0))
+    return data[end + 4:] if start >= 0 and end >= 0 else b""
 
 
 # ---- envelope events for obs-ssl ------------------------------------------------------------
