@@ -61,10 +61,6 @@ def pod_uid(cgroup_path: str) -> str | None:
     return m.group(1).replace("_", "-") if m else None
 
 
-def session_key(root_pid: int, start_bt_ns: int) -> str:
-    return f"{root_pid}@{start_bt_ns // _NS_PER_TICK}"
-
-
 def parse_stat(data: bytes) -> tuple[str, int, int, int] | None:
     """(comm, ppid, pgid, start ticks) from /proc/<pid>/stat, or None. The comm may itself
     contain ") ", so fields are counted from the last ")"."""

@@ -1,7 +1,8 @@
-"""Policies: what the guards (obs-enforce, obs-fileguard) ask before letting an action through.
+"""Egress policies: what obs-enforce asks before letting a connection through.
 
-A guard asks ``egress``/``file_write``/``exec`` and gets a ``Verdict``; a denial becomes a
-``Denied`` event whose ``rule`` is ``Verdict.rule`` and whose ``guard`` is ``Verdict.guard``.
+obs-enforce asks ``egress`` and gets a ``Verdict``; a denial becomes a ``Denied`` event whose
+``rule`` is ``Verdict.rule`` and whose ``guard`` is ``Verdict.guard``. (obs-fileguard matches
+paths itself, by inode: libobs/guard/fileguard.py.)
 
 - ``DenyListPolicy``: the deny-files. Hostname rules are resolved (A and AAAA) when the policy
   is built, so the kernel can block their addresses; ``ip_rules()`` is what goes into the map.
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from libobs.guard.denyfile import EgressRule, LineError, PathIndex, PathRule, normalise_host
+from libobs.guard.denyfile import EgressRule, LineError, normalise_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], Iterable[IPAddress]]
@@ -31,14 +32,6 @@ class Verdict:
     allow: bool
     rule: str | None  # the deny-file line or policy description that decided, if any
     guard: str
-
-
-class Policy(Protocol):
-    def egress(self, ip: IPAddress, port: int, host: str | None) -> Verdict: ...
-
-    def file_write(self, path: bytes) -> Verdict: ...
-
-    def exec(self, path: bytes) -> Verdict: ...
 
 
 class ProviderRules(Protocol):
@@ -69,13 +62,11 @@ def _host_key(host: str) -> str | None:
 
 
 class DenyListPolicy:
-    """Deny what the deny-files list; allow everything else."""
+    """Deny what the egress deny-file lists; allow everything else."""
 
     def __init__(
         self,
         egress: Iterable[EgressRule] = (),
-        files: Iterable[PathRule] = (),
-        execs: Iterable[PathRule] = (),
         *,
         resolver: Resolver = resolve,
         guard: str = DEFAULT_GUARD,
@@ -92,8 +83,6 @@ class DenyListPolicy:
             if rule.kind == "host" and isinstance(rule.value, str):
                 self._hosts.setdefault(rule.value, rule.line)
                 self._add_resolved(rule, resolver)
-        self._files = PathIndex(files)
-        self._execs = PathIndex(execs)
 
     def _add_resolved(self, rule: EgressRule, resolver: Resolver) -> None:
         try:
@@ -118,14 +107,6 @@ class DenyListPolicy:
             key = _host_key(host)
             line = self._hosts.get(key) if key else None
         return self._deny(line)
-
-    def file_write(self, path: bytes) -> Verdict:
-        rule = self._files.match(path)
-        return self._deny(rule.line if rule else None)
-
-    def exec(self, path: bytes) -> Verdict:
-        rule = self._execs.match(path)
-        return self._deny(rule.line if rule else None)
 
 
 class ProviderPolicy:
@@ -187,12 +168,6 @@ class ProviderPolicy:
         if provider in self.allowed:
             return Verdict(True, f"provider:{provider} allowed", self.guard)
         return Verdict(False, f"provider:{provider} not allowed", self.guard)
-
-    def file_write(self, path: bytes) -> Verdict:
-        return Verdict(True, None, self.guard)
-
-    def exec(self, path: bytes) -> Verdict:
-        return Verdict(True, None, self.guard)
 
     def unapproved_hostnames(self) -> list[str]:
         """Hostnames of every known provider that is not allowed, to resolve up front."""

@@ -132,10 +132,6 @@ class Sink:
         except OSError:
             pass
 
-    @property
-    def pending_bytes(self) -> int:
-        return len(self.pending)
-
     def emit(self, ev: dict[str, Any]) -> None:
         line = self.render(ev)
         if len(self.pending) + len(line) > self.max_buffer:

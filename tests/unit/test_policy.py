@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from libobs.guard.denyfile import parse_egress, parse_paths
-from libobs.guard.policy import DenyListPolicy, Policy, ProviderPolicy, Verdict
+from libobs.guard.denyfile import parse_egress
+from libobs.guard.policy import DenyListPolicy, ProviderPolicy, Verdict
 from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address
@@ -18,8 +18,8 @@ def provider_policy(allow=("Anthropic",), deny_unclassified=False, **kw):
     return ProviderPolicy(set(allow), deny_unclassified, RULES, **kw)
 
 
-def test_both_policies_satisfy_the_protocol():
-    policies: list[Policy] = [provider_policy(), DenyListPolicy()]
+def test_both_policies_answer_egress_with_a_verdict():
+    policies = [provider_policy(), DenyListPolicy()]
     assert all(isinstance(p.egress(ip("1.1.1.1"), 443, None), Verdict) for p in policies)
 
 
@@ -82,11 +82,6 @@ def test_unapproved_hostnames_are_every_disallowed_providers_names():
     assert provider_policy(allow=RULES.providers()).unapproved_hostnames() == []
 
 
-def test_provider_policy_leaves_files_and_exec_alone():
-    policy = provider_policy(allow=(), deny_unclassified=True)
-    assert policy.file_write(b"/etc/shadow").allow and policy.exec(b"/bin/sh").allow
-
-
 def test_real_rules_fit_the_interface():
     providers = pytest.importorskip("libobs.providers")
     rules = providers.load_rules()
@@ -108,11 +103,9 @@ def fake_resolver(answers):
     return resolve
 
 
-def deny_list(egress="", files="", execs="", answers=None):
+def deny_list(egress="", answers=None):
     return DenyListPolicy(
         parse_egress(egress)[0],
-        parse_paths(files)[0],
-        parse_paths(execs)[0],
         resolver=fake_resolver(answers or {}),
         guard="obs-fileguard",
     )
@@ -142,15 +135,6 @@ def test_unresolvable_host_is_reported_and_still_matched_by_name():
     assert policy.ip_rules() == set()
     assert not policy.egress(ip("192.0.2.1"), 443, "Gone.Example.").allow
     assert policy.egress(ip("192.0.2.1"), 443, "sub.gone.example").allow  # hosts, not domains
-
-
-def test_file_and_exec_rules_are_separate_and_component_wise():
-    policy = deny_list(files="/etc/secret\n", execs="/usr/bin/curl\n")
-    assert policy.file_write(b"/etc/secret/key") == Verdict(False, "/etc/secret", "obs-fileguard")
-    assert policy.file_write(b"/etc/secretary").allow
-    assert policy.file_write(b"/usr/bin/curl").allow
-    assert not policy.exec(b"/usr/bin/curl").allow
-    assert policy.exec(b"/etc/secret/run").allow
 
 
 def test_default_resolver_returns_addresses_of_localhost():
