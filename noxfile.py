@@ -1,8 +1,9 @@
-"""Sessions: setup, run, tests, lint, bench, soak.
+"""Sessions: setup, run, tests, unit, lint, bench, soak.
 
 bcc comes from Debian (python3-bpfcc) and only Debian's /usr/bin/python3 sees it, so the project
 venv is made by deploy/setup-host.sh from that interpreter with --system-site-packages, and every
-session runs in it (nox's own venvs would not see bcc). `session.posargs` pass through.
+session that loads BPF runs in it (nox's own venvs would not see bcc). `lint` and `unit` need
+neither root nor bcc: they run in nox's own venvs. `session.posargs` pass through.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run(session: nox.Session) -> None:
     extra = " ".join(shlex.quote(a) for a in session.posargs)
 
     def tool(name: str, *args: str) -> str:
-        return " ".join([shlex.quote(PY), shlex.quote(str(ROOT / "tools" / name)), *args])
+        module = "tools." + name.replace("-", "_")
+        return " ".join([shlex.quote(PY), "-m", module, *args])
 
     script = (f"exec {tool('obs-merge')} <({tool('obs-exec', '--files', extra)}) "
               f"<({tool('obs-net', extra)}) <({tool('obs-llm', extra)})")
@@ -52,13 +54,19 @@ def tests(session: nox.Session) -> None:
     session.run(PY, "-m", "pytest", *(session.posargs or ["tests"]), external=True)
 
 
-@nox.session(venv_backend="none")
+@nox.session(venv_backend="venv")
+def unit(session: nox.Session) -> None:
+    """The unit tests alone: no root, no bcc, no kernel."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests/unit"]))
+
+
+@nox.session(venv_backend="venv")
 def lint(session: nox.Session) -> None:
-    """ruff and mypy."""
-    _setup(session)
-    files = ["libobs", "tests", "noxfile.py", *map(str, sorted((ROOT / "tools").glob("obs-*")))]
-    session.run(PY, "-m", "ruff", "check", *files, external=True)
-    session.run(PY, "-m", "mypy", "libobs", external=True)
+    """ruff and mypy (no root, no bcc)."""
+    session.install("-e", ".[lint,test]")
+    session.run("ruff", "check", "libobs", "tools", "tests", "deploy", "noxfile.py")
+    session.run("mypy", "libobs", "tools")
 
 
 @nox.session(venv_backend="none")

@@ -2,6 +2,12 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check what a decoder does, never how fast: no per-example deadline, so a busy
+# machine cannot fail them.
+settings.register_profile("obs", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("obs")
 
 # Soaks run for tens of minutes: only in `nox -s soak` (which sets OBS_SOAK=1).
 collect_ignore_glob = [] if os.environ.get("OBS_SOAK") else ["soak/*"]

@@ -441,7 +441,7 @@ def _reload_setup(tmp_path, answered):
     conf.mkdir(mode=0o700)
     deny = conf / "deny"
     deny.write_text(f"{tmp_path}/a\n")
-    watcher = DenyFileWatcher(deny, parse_paths, interval=0)
+    watcher = DenyFileWatcher(deny, parse_paths, interval=0, trusted_uid=os.geteuid())
     first = watcher.poll()
     assert first is not None
     return deny, watcher, first, Guard(fan, Box(), Enricher("h", None), me=ME)

@@ -248,4 +248,4 @@ def test_cli_refuses_a_rules_file_others_can_write(tmp_path):
         assert cli.provider_rules(f).classify("llm.corp.example") == "Corp"
     os.chmod(f, 0o666)
     with pytest.raises(cli.UsageError, match="providers file .* writable by group or others"):
-        cli.provider_rules(f)
+        cli.provider_rules(f, trusted_uid=os.geteuid())

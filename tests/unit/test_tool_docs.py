@@ -73,7 +73,7 @@ def test_man_page_lint_clean(tool):
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_systemd_unit_verifies(tool):
+def test_systemd_unit_verifies(tool, tmp_path):
     units = list((REPO / "deploy" / "systemd").glob(f"{tool}*.service"))
     assert units, f"no deploy/systemd/{tool}*.service"
     if shutil.which("systemd-analyze") is None:
@@ -82,8 +82,8 @@ def test_systemd_unit_verifies(tool):
         target = unit
         if unit.name.endswith("@.service"):  # templates verify as an instance
             target = unit.with_name(unit.name.replace("@.service", "@example.service"))
-            shutil.copy(unit, "/tmp/" + target.name)
-            target = Path("/tmp") / target.name
+            target = tmp_path / target.name
+            shutil.copy(unit, target)
         p = subprocess.run(["systemd-analyze", "verify", str(target)], capture_output=True,
                            text=True)
         about_it = [ln for ln in p.stderr.splitlines() if target.name in ln]
