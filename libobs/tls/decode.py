@@ -35,9 +35,10 @@ from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import KIND, Hdr
 from libobs.providers import classify
-from libobs.tls.http1 import HttpMessage, HttpStream
+from libobs.tls.http1 import HttpStream
 from libobs.tls.http2 import PREFACE, Http2Stream
 from libobs.tls.llmapi import request_facts, response_facts
+from libobs.tls.message import HttpMessage
 from libobs.tls.redact import redact
 from libobs.tls.websocket import WebSocketStream
 

@@ -35,8 +35,8 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from libobs.tls.http1 import MAX_BODY, HttpMessage
-from libobs.tls.http1 import _Body as BodySink  # the HTTP/1.1 path's decoder, cap and SSE
+from libobs.tls.message import MAX_BODY, HttpMessage
+from libobs.tls.message import Body as BodySink  # the HTTP/1.1 path's decoder, cap and SSE
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_FRAME = 1 << 20          # non-DATA frames are buffered whole; real ones are ≤ 16 KiB

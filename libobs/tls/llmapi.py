@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from libobs.tls.http1 import HttpMessage, SseEvent, parse_sse
+from libobs.tls.message import HttpMessage, SseEvent, parse_sse
 
 __all__ = ["SseEvent", "parse_sse", "request_facts", "response_facts"]
 

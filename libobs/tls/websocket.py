@@ -27,7 +27,7 @@ import orjson
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, Opcode, ParseFailed, RsvBits
 
-from libobs.tls.http1 import HttpMessage, SseEvent
+from libobs.tls.message import HttpMessage, SseEvent
 
 MAX_MESSAGE = 4 << 20
 _INFLATE_STEP = 256 << 10

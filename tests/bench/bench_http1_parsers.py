@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import h11  # noqa: E402
 import httptools  # noqa: E402
 
-from libobs.tls.http1 import HttpMessage, HttpStream, _Body  # noqa: E402
+from libobs.tls.http1 import HttpStream  # noqa: E402
+from libobs.tls.message import Body as _Body  # noqa: E402
+from libobs.tls.message import HttpMessage
 from tests.bench.harness import save, table  # noqa: E402
 
 Calls = list[tuple[bool, bytes]]  # (is_read, data) per SSL call

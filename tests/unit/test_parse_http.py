@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.tls.http1 import HttpMessage, HttpStream, SseDecoder, SseEvent, parse_sse
+from libobs.tls.http1 import HttpStream
+from libobs.tls.message import HttpMessage, SseDecoder, SseEvent, parse_sse
 
 # --- wire builders (also used by test_parse_llmapi) -------------------------------------------
 

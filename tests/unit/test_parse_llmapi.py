@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.tls.http1 import HttpMessage, HttpStream
+from libobs.tls.http1 import HttpStream
 from libobs.tls.llmapi import SseEvent, parse_sse, request_facts, response_facts
+from libobs.tls.message import HttpMessage
 from tests.unit.test_parse_http import cuts_for, feed_all, request_bytes, response_bytes, split
 
 
