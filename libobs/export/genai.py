@@ -65,7 +65,8 @@ def usage(provider: Any, fields: dict[str, Any]) -> Usage | None:
         return None
     model = fields.get("model")
     separate = provider == "Anthropic" or (isinstance(model, str) and "claude" in model)
-    return Usage(*values, cache_separate=separate)
+    prompt, completion, cache_read, cache_creation = values
+    return Usage(prompt, completion, cache_read, cache_creation, cache_separate=separate)
 
 
 def provider_name(provider: Any) -> str:
