@@ -45,8 +45,9 @@ def run_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def obs_otel(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
-    p = subprocess.run(tool_cmd("obs-otel", "--metric-interval", "30", *args),
+def obs_otel(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+             ) -> tuple[int, list[dict[str, Any]], str]:
+    p = subprocess.run(tool_cmd("obs-otel", "--metric-interval", "30", *args), input=stdin,
                        capture_output=True, timeout=90, env={**os.environ, **(env or {})})
     beats = [orjson.loads(line)["event"]["CollectorHeartbeat"] for line in p.stdout.splitlines()]
     return p.returncode, beats, p.stderr.decode()
@@ -55,8 +56,11 @@ def obs_otel(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[d
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_spans_and_metrics_reach_a_real_receiver(run_file: Path, protocol: str) -> None:
     receiver = grpc_receiver if protocol == "grpc" else http_receiver
+    # One variant reads a file, the other a real pipe on stdin.
+    source = ["-"] if protocol == "grpc" else [str(run_file)]
     with receiver() as (endpoint, got):
-        rc, beats, err = obs_otel("--protocol", protocol, "--endpoint", endpoint, str(run_file))
+        rc, beats, err = obs_otel("--protocol", protocol, "--endpoint", endpoint, *source,
+                                  stdin=run_file.read_bytes() if source == ["-"] else None)
         spans, points = got.spans(), got.metric_points()
     assert rc == 0, err
     assert err == ""
