@@ -7,6 +7,11 @@ semantic-convention attributes; each tool process an INTERNAL span from its Tool
 ProcessExit, parented to its parent process's span when open, else to the root; Denied and
 SecurityAction are span events on the acting process's span (else the root's).
 
+With obs-ssl alone (LlmApi, no LlmCall) a response makes the CLIENT span, from its pid's
+latest earlier LlmApi request (whose model is the request model) to the response. When a
+request reaches obs-otel both ways, the first to arrive makes the one span (normally the
+LlmCall, which starts earlier).
+
 Token counts follow the semantic conventions: `gen_ai.usage.input_tokens` is all input, cached
 included (libobs.export.genai.Usage.input). obs sees the model that served a response, so
 `gen_ai.request.model` and `gen_ai.response.model` are both that model.
@@ -21,16 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from libobs.events import duration_ns, event_kind
+from libobs.events import duration, duration_ns, event_kind
 from libobs.export.cost import cost_usd
 from libobs.export.genai import Once, model_of, operation_name, provider_name, usage
 
 MAX_OPEN = 10_000
 MAX_SPAN_EVENTS = 128
+REQUESTS_PER_PID = 16
 NS = 1_000_000_000
 _ROOT_PID = re.compile(r"^(\d+)@")
 
@@ -171,6 +177,7 @@ class Tracer:
         self.sessions: dict[str, _Session] = {}
         self.open: OrderedDict[tuple[str, int | None], Span] = OrderedDict()  # LRU by start
         self.once = Once()
+        self.requests: OrderedDict[Any, deque[tuple[int, dict[str, Any]]]] = OrderedDict()
         self.counts: Counter[str] = Counter()
 
     def feed(self, ev: dict[str, Any]) -> tuple[list[Span], list[Point]]:
@@ -179,9 +186,12 @@ class Tracer:
             return [], []
         fields = ev["event"][kind] if isinstance(ev["event"][kind], dict) else {}
         points: list[Point] = []
+        counted, request = False, None
         if kind in ("LlmCall", "LlmApi"):
             counted = self.once.counts(ev, kind, fields)
             points = llm_points(ev, kind, fields, counted)
+            if kind == "LlmApi":
+                request = self._request(ev, fields)
         key = (ev.get("identity") or {}).get("session")
         if not isinstance(key, str) or not isinstance(ev.get("ts"), int):
             self.counts["no_session"] += 1  # no trace to put it in (its metrics still count)
@@ -190,8 +200,10 @@ class Tracer:
         s = self._session(key, ev, done)
         s.last_ts = max(s.last_ts, ev["ts"])
         pid = fields.get("pid")
-        if kind == "LlmCall":
+        if kind == "LlmCall" and counted:  # not counted: its LlmApi response made the span
             done.append(llm_span(ev, fields, s.trace, self._parent(s, pid)))
+        elif kind == "LlmApi" and counted:  # a response no LlmCall had: obs-ssl without obs-llm
+            done.append(self._api_span(ev, fields, request, s))
         elif kind == "ToolExec" and pid != s.root_pid:
             self._start_tool(s, ev, fields, done)
         elif kind == "ProcessExit":
@@ -214,6 +226,36 @@ class Tracer:
         self.sessions.clear()
         self.counts["spans"] += len(done)
         return done
+
+    def _request(self, ev: dict[str, Any], fields: dict[str, Any]
+                 ) -> tuple[int, dict[str, Any]] | None:
+        """Remember LlmApi requests; for a response, the latest request of its pid before it."""
+        pid = fields.get("pid")
+        if fields.get("is_request") is True:
+            self.requests.setdefault(pid, deque(maxlen=REQUESTS_PER_PID)).append(
+                (ev["ts"], fields))
+            self.requests.move_to_end(pid)
+            if len(self.requests) > MAX_OPEN:
+                self.requests.popitem(last=False)
+            return None
+        pending = self.requests.get(pid)
+        before = [r for r in pending or () if r[0] <= ev["ts"]]
+        if not before:
+            return None
+        pending.remove(before[-1])  # type: ignore[union-attr]
+        return before[-1]
+
+    def _api_span(self, ev: dict[str, Any], fields: dict[str, Any],
+                  request: tuple[int, dict[str, Any]] | None, s: _Session) -> Span:
+        """A CLIENT span from an LlmApi request to its response (no socket timings)."""
+        start = request[0] if request else ev["ts"]
+        call = {**fields, "latency": duration(ev["ts"] - start)}
+        span = llm_span({**ev, "ts": start}, call, s.trace, self._parent(s, fields.get("pid")))
+        if request and model_of(request[1]):
+            span.attributes["gen_ai.request.model"] = model_of(request[1])
+        if request is None:
+            span.attributes["obs.start_unknown"] = True
+        return span
 
     def _session(self, key: str, ev: dict[str, Any], done: list[Span]) -> _Session:
         s = self.sessions.get(key)

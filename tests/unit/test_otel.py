@@ -26,10 +26,10 @@ SESSION = "4100@8123456"
 MODEL = "claude-sonnet-4-5-20250929"
 
 
-def merged() -> list[dict[str, Any]]:
-    m = Merge(Sessions(), range(len(RUN)))
+def merged(names: list[str] = RUN) -> list[dict[str, Any]]:
+    m = Merge(Sessions(), range(len(names)))
     out = []
-    for sid, name in enumerate(RUN):
+    for sid, name in enumerate(names):
         for line in (FIXTURES / f"{name}.ndjson").read_bytes().splitlines():
             ev, _ = decode(line)
             assert ev is not None
@@ -175,3 +175,22 @@ def test_events_without_a_session_are_counted() -> None:
     ev = _exec(2, 10)
     ev["identity"] = {"agent": None, "task": None, "session": None}
     assert tracer.feed(ev) == ([], []) and tracer.counts["no_session"] == 1
+
+
+def test_llmapi_alone_makes_the_llm_spans_from_request_to_response() -> None:
+    """obs-ssl without obs-llm: each response is a span from its request, once."""
+    tracer = Tracer()
+    spans = [span for ev in merged(["agent_exec", "agent_ssl"]) for span in tracer.feed(ev)[0]]
+    llm = [s for s in spans + tracer.close() if s.kind == "client"]
+    assert [(s.start_ns, s.end_ns) for s in llm] == [
+        (1764100000320000000, 1764100002900000000), (1764100004310000000, 1764100007205000000),
+        (1764100009250000000, 1764100012005000000)]
+    assert all(s.attributes["gen_ai.request.model"] == MODEL for s in llm)
+    assert llm[1].attributes["gen_ai.usage.input_tokens"] == 2510 + 1792
+
+
+def test_a_request_seen_both_ways_is_one_span() -> None:
+    """With obs-llm and obs-ssl, the joined LlmCall makes the span; its LlmApi response none."""
+    tracer = Tracer()
+    spans = [span for ev in merged() for span in tracer.feed(ev)[0]] + tracer.close()
+    assert len([s for s in spans if s.kind == "client"]) == 3
