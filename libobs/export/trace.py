@@ -12,8 +12,8 @@ is not measured apart). Events no agent session claims go under `not attributed`
 
 Timestamps are microseconds (floats keep the nanoseconds) since the run's first event; its
 wall-clock time is in `otherData.start_ns`. Events are sorted by ts. Bounded: at most
-`max_events` trace events and `max_open` processes awaiting their exit; the rest are counted in
-`otherData`.
+`max_events` trace events (track names included) and `max_open` processes awaiting their exit;
+the rest are counted in `otherData.dropped`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class Timeline:
     def add(self, ev: dict[str, Any], root: Proc | None) -> None:
         kind = event_kind(ev)
         if kind is None or kind == "CollectorHeartbeat" or not isinstance(ev.get("ts"), int):
+            return
+        if len(self.events) + len(self.meta) >= self.max_events:  # tracks count too
+            self.dropped["trace_events"] += 1
             return
         fields = ev["event"][kind] if isinstance(ev["event"][kind], dict) else {}
         session = root.session if root is not None and root.session else NOBODY

@@ -153,7 +153,7 @@ def test_processes_without_exit_end_at_the_last_event_and_are_marked() -> None:
 
 
 def test_events_beyond_the_cap_are_counted() -> None:
-    t = Timeline(max_events=2)
+    t = Timeline(max_events=6)  # 4 names (session, process) and 2 events
     root = Proc(1, 0, agent="LlmCall", session="1@0")
     for i in range(5):
         t.add(envelope("FileDelete", {"pid": 1, "path": f"/{i}"}, ts=i, host="h"), root)
