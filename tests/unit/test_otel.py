@@ -194,3 +194,26 @@ def test_a_request_seen_both_ways_is_one_span() -> None:
     tracer = Tracer()
     spans = [span for ev in merged() for span in tracer.feed(ev)[0]] + tracer.close()
     assert len([s for s in spans if s.kind == "client"]) == 3
+
+
+def test_live_input_heartbeats_then_sigterm_flushes(run_file: Path, tmp_path: Path) -> None:
+    """A stream that stays open: heartbeats on time, the liveness file, and on SIGTERM the
+    open spans end, everything is flushed and the last heartbeat says so."""
+    beat_file = tmp_path / "obs-otel.heartbeat"
+    with grpc_receiver() as (endpoint, got):
+        p = subprocess.Popen(tool_cmd("obs-otel", "--endpoint", endpoint, "--heartbeat-interval",
+                                      "0.3", "--heartbeat-file", str(beat_file), "-"),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(run_file.read_bytes()[:4000])  # a few events; the rest never comes
+        p.stdin.flush()
+        first = orjson.loads(p.stdout.readline())["event"]["CollectorHeartbeat"]
+        assert first["tool"] == "obs-otel" and beat_file.exists()
+        p.terminate()
+        out, err = p.communicate(timeout=60)
+        p.stdin.close()
+        spans = got.spans()
+    last = orjson.loads(out.splitlines()[-1])["event"]["CollectorHeartbeat"]
+    assert p.returncode == 0, err
+    assert last["counts"]["spans"] == last["counts"]["spans_exported"] == len(spans) > 0
+    assert any(attrs(s.attributes).get("obs.incomplete") for s in spans)  # the agent's root
