@@ -257,16 +257,16 @@ class Summary:
 
     def models(self) -> list[dict[str, Any]]:
         """Totals per (provider, model) over the sessions still held."""
-        rows: dict[tuple[str | None, str | None], tuple[LlmRow, Cost]] = {}
+        rows: dict[tuple[str | None, str | None], LlmRow] = {}
         for s in self.sessions.values():
             for key, r in s.llm.items():
-                total, cost = rows.setdefault(key, (LlmRow(), Cost()))
+                total = rows.setdefault(key, LlmRow())
                 total.calls += r.calls or r.api_responses
                 total.tokens.update(r.tokens)
-                cost.merge(r.cost)
+                total.cost.merge(r.cost)
         return [{"provider": k[0], "model": k[1], "calls": t.calls,
-                 "tokens": dict(sorted(t.tokens.items())), "cost": c.to_json()}
-                for k, (t, c) in sorted(rows.items(), key=lambda kv: str(kv[0]))]
+                 "tokens": dict(sorted(t.tokens.items())), "cost": t.cost.to_json()}
+                for k, t in sorted(rows.items(), key=lambda kv: str(kv[0]))]
 
     # -- rendering ------------------------------------------------------------------------
     def to_json(self, stream: dict[str, Any] | None = None) -> dict[str, Any]:
