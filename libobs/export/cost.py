@@ -31,7 +31,7 @@ PROVIDER_IDS = {
 def cost_usd(provider: Any, model: str | None, usage: Usage, ts_ns: int | None = None
              ) -> Decimal | None:
     """The request's price in USD, or None when the model or the token counts are unknown."""
-    if model is None or usage.input is None and usage.completion is None:
+    if not model or usage.input is None and usage.completion is None:
         return None
     counts = {"input_tokens": usage.input, "output_tokens": usage.completion,
               "cache_read_tokens": usage.cache_read, "cache_write_tokens": usage.cache_creation}
