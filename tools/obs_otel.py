@@ -86,9 +86,9 @@ def main(
     sink = Sink("json", fd=1, lossless=True)
 
     def emit(ev: dict) -> None:
-        sink.emit(ev)
-        if heartbeat_file is not None:
+        if heartbeat_file is not None:  # first: whoever reads the line finds the file fresh
             write_liveness(Path(heartbeat_file), ev)
+        sink.emit(ev)
 
     where = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or f"localhost ({proto})"
     reader = Reader(specs)

@@ -190,6 +190,10 @@ class Tracer:
         if kind in ("LlmCall", "LlmApi"):
             counted = self.once.counts(ev, kind, fields)
             points = llm_points(ev, kind, fields, counted)
+            used = usage(ev.get("provider"), fields) if counted else None
+            if used is not None:  # unknown models are counted, never priced at 0
+                priced = cost_usd(ev.get("provider"), model_of(fields), used, ev.get("ts"))
+                self.counts["requests_priced" if priced is not None else "requests_unpriced"] += 1
             if kind == "LlmApi":
                 request = self._request(ev, fields)
         key = (ev.get("identity") or {}).get("session")

@@ -67,6 +67,8 @@ class Pump:
                                                 self.report.counts.items()},
                "spans": self.tracer.counts["spans"],
                "spans_evicted": self.tracer.counts["evicted"],
+               "requests_priced": self.tracer.counts["requests_priced"],
+               "requests_unpriced": self.tracer.counts["requests_unpriced"],
                "events_without_session": self.tracer.counts["no_session"]}
         for key in ("spans_exported", "spans_failed", "spans_pending", "metric_points_recorded",
                     "metric_points_exported", "metric_points_failed"):

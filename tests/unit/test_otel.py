@@ -68,6 +68,7 @@ def test_spans_and_metrics_reach_a_real_receiver(run_file: Path, protocol: str) 
     assert counts["spans_exported"] == counts["spans"] == len(spans)
     assert counts["spans_failed"] == counts["spans_pending"] == 0
     assert "cost:genai-prices 0.2.3" in beats[-1]["enabled_features"]
+    assert (counts["requests_priced"], counts["requests_unpriced"]) == (3, 0)
 
     agent = [s for s in spans if s.trace_id == trace_id(SESSION).to_bytes(16, "big")]
     by_name: dict[str, list[Any]] = {}
