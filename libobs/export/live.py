@@ -17,20 +17,27 @@ from libobs.export.cost import CATALOGUE
 from libobs.merge.summary import Cost, Samples, SessionStats, Summary
 
 MS = 1_000_000
+MAX_ROWS = 40
 
 
-def table(summary: Summary, stream: dict[str, Any] | None = None) -> Table:
-    """One row per agent session: calls, tokens, cost, TTFT p50/p95, tools run, denials."""
+def table(summary: Summary, stream: dict[str, Any] | None = None, max_rows: int = MAX_ROWS
+          ) -> Table:
+    """One row per agent session: calls, tokens, cost, TTFT p50/p95, tools run, denials; the
+    `max_rows` most recently active when there are more (the rest are said, not shown)."""
     caption = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (stream or {}).items()
                         if isinstance(v, int) and not isinstance(v, bool) and v)
-    t = Table(title=f"obs-merge: {len(summary.sessions)} agent sessions",
+    n = len(summary.sessions)
+    hidden = max(0, n - max_rows)
+    title = f"obs-merge: {n} agent session{'s' if n != 1 else ''}" + (
+        f", the {max_rows} most recently active shown" if hidden else "")
+    t = Table(title=title,
               caption=f"{caption}  (cost: {CATALOGUE})".lstrip(), caption_justify="left")
     for name, justify in (("SESSION", "left"), ("AGENT", "left"), ("CALLS", "right"),
                           ("PROMPT/COMPL TOK", "right"), ("COST USD", "right"),
                           ("TTFT ms p50/p95", "right"), ("TOOLS RUN", "right"),
                           ("DENIALS", "right")):
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for s in summary.sessions.values():
+    for s in list(summary.sessions.values())[hidden:]:
         t.add_row(*row(s))
     return t
 

@@ -90,3 +90,15 @@ def test_without_a_terminal_live_is_said_once_and_ndjson_flows() -> None:
     lines = [orjson.loads(line) for line in p.stdout.splitlines()]
     assert len([ev for ev in lines if "event" in ev]) == 43 and "summary" in lines[-1]
     assert p.stderr.decode().count("--live needs a terminal") == 1
+
+
+def test_many_sessions_show_the_most_recent() -> None:
+    summary = Summary()
+    for pid in range(1, 6):
+        summary.add(envelope("LlmCall", {"pid": pid}, ts=pid, host="h"),
+                    Proc(pid, 0, agent="LlmCall", session=f"{pid}@0"))
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(table(summary, max_rows=2))
+    text = out.getvalue()
+    assert "5 agent sessions, the 2 most recently active shown" in text
+    assert "5@0" in text and "4@0" in text and "3@0" not in text
