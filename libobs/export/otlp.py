@@ -73,6 +73,14 @@ def exporters(protocol: str, endpoint: str | None = None) -> tuple[SpanExporter,
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
 
 
+def default_resource() -> Resource:
+    """OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES as given; service.name `obs` otherwise."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "obs"}))
+    return resource
+
+
 def default_protocol() -> str:
     return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
@@ -195,7 +203,7 @@ class Export:
                  resource: Resource | None = None) -> None:
         self.tally = Tally()
         quiet_sdk_logs(self.tally)
-        self.resource = resource or Resource.create({"service.name": "obs"})
+        self.resource = resource or default_resource()
         self.processor = BatchSpanProcessor(CountingSpanExporter(spans, self.tally),
                                             max_queue_size=max_queue,
                                             max_export_batch_size=min(512, max_queue))

@@ -218,3 +218,14 @@ def test_live_input_heartbeats_then_sigterm_flushes(run_file: Path, tmp_path: Pa
     assert p.returncode == 0, err
     assert last["counts"]["spans"] == last["counts"]["spans_exported"] == len(spans) > 0
     assert any(attrs(s.attributes).get("obs.incomplete") for s in spans)  # the agent's root
+
+
+def test_standard_variables_choose_endpoint_protocol_and_service(run_file: Path) -> None:
+    """No obs options: OTEL_EXPORTER_OTLP_ENDPOINT/_PROTOCOL and OTEL_SERVICE_NAME decide."""
+    with http_receiver() as (endpoint, got):
+        rc, _, err = obs_otel(str(run_file), env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL":
+            "http/protobuf", "OTEL_SERVICE_NAME": "agents-node-1"})
+        resources = [attrs(rs.resource.attributes) for r in got.traces for rs in r.resource_spans]
+    assert rc == 0, err
+    assert resources and all(r["service.name"] == "agents-node-1" for r in resources)
