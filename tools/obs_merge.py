@@ -124,7 +124,7 @@ def main(
             for problem in problems:
                 report.report(problem)
             views.emit(out)
-            if flags["usr1"] and summary:
+            if flags["usr1"] and summary and views.live is None:  # the live table is the summary
                 flags["usr1"] = False
                 show_summary()
         views.emit(merge.drain())
