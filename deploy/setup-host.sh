@@ -11,11 +11,11 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv"
-extras="[test,lint]"
+extras="[otel,test,lint]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv=$2; shift 2 ;;
-        --no-test-deps) extras=""; shift ;;
+        --no-test-deps) extras="[otel]"; shift ;;
         *) echo "setup-host: unknown option $1" >&2; exit 2 ;;
     esac
 done

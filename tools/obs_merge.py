@@ -9,11 +9,13 @@ import signal
 import sys
 import time
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from libobs.events import NS, hostname
+from libobs.export.views import Views, writable
 from libobs.merge.input import Reader, Reporter
 from libobs.merge.merger import Merge
 from libobs.merge.sessions import Sessions, parse_selector, read_proc
@@ -37,6 +39,10 @@ EPILOG = """Examples:
       count these as agents even before their first LLM call
   kill -USR1 $(pidof -x obs-merge)
       with --summary: write the summary so far
+  obs-merge --trace run.json *.ndjson > /dev/null
+      a timeline to open in ui.perfetto.dev
+  obs-merge --summary --live - <(obs-net) <(obs-llm --api)
+      on a terminal: the per-agent table (calls, tokens, cost, TTFT) refreshed in place
 
 Exit status: 0 done (also when the reader of stdout went away), 1 a source could not be
 opened or read (the others were still merged), 2 bad usage.
@@ -75,10 +81,16 @@ def main(
                                  "per-session summary: a table, or one JSON object.")] = False,
     summary_only: Annotated[bool, Opt("--summary-only", help="Write only the summary.")] = False,
     no_proc: Annotated[bool, Opt("--no-proc", help="Never read /proc for live events.")] = False,
+    trace: Annotated[Path | None, Opt("--trace", envvar="OBS_MERGE_TRACE", callback=writable, help="At the end, write"
+                     " the run as a Chrome/Perfetto trace (JSON) to this file.")] = None,
+    live: Annotated[bool, Opt("--live", envvar="OBS_MERGE_LIVE", help="With --summary on a "
+                    "terminal: a per-agent table refreshed in place instead of the stream.")] = False,
 ) -> int:
     specs, summary = sources or ["-"], summary or summary_only
     if specs.count("-") > 1:
         raise typer.BadParameter("'-' (stdin) given more than once", param_hint="sources")
+    fmt_name = fmt.value if fmt else default_format(1)
+    sink = Sink(fmt_name, fd=1, lossless=True)  # a slow reader slows obs-merge down
     try:
         selectors = [parse_selector(s) for s in agent or []]
     except ValueError as e:
@@ -88,26 +100,21 @@ def main(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: flags.__setitem__("stop", True))
 
-    fmt_name = fmt.value if fmt else default_format(1)
-    sink = Sink(fmt_name, fd=1, lossless=True)  # a slow reader slows obs-merge down
     reader = Reader(specs, follow=follow, from_end=from_end)
     sessions = Sessions(selectors, window_ns=int(window * NS), grace_ns=int(grace * NS),
                         proc=None if no_proc else read_proc, local_host=hostname())
     merge = Merge(sessions, range(len(specs)), window_ns=int(window * NS), now=time.monotonic_ns())
     report = Reporter(lambda line: print(line, end="", file=sys.stderr, flush=True))
-    agg = Summary()
 
-    def emit(out: list[tuple[dict[str, Any], Any]]) -> None:
-        for ev, root in out:
-            agg.add(ev, root)
-            if not summary_only:
-                sink.emit(ev)
+    def stream() -> dict[str, Any]:
+        return {**merge.stats(), **report.counts, "output_dropped": sink.output_dropped,
+                "sources_failed": len(reader.failed)}
+    views = Views(Summary(), None if summary_only else sink, stream, trace=trace,
+                  live=live and summary, say=sys.stderr.write)
 
     def show_summary() -> None:
-        stream = {**merge.stats(), **report.counts, "output_dropped": sink.output_dropped,
-                  "sources_failed": len(reader.failed)}
-        write(sink, agg.table(stream).encode() if fmt_name == "human" else
-              dumps(agg.to_json(stream)))
+        write(sink, views.summary.table(stream()).encode() if fmt_name == "human" else
+              dumps(views.summary.to_json(stream())))
 
     try:
         while not reader.done and not flags["stop"]:
@@ -115,13 +122,13 @@ def main(
             out, problems = merge.feed(batch, reader.name, time.monotonic_ns())
             for problem in problems:
                 report.report(problem)
-            emit(out)
-            if flags["usr1"] and summary:
+            views.emit(out)
+            if flags["usr1"] and summary and views.live is None:  # the live table is the summary
                 flags["usr1"] = False
                 show_summary()
-        emit(merge.drain())
+        views.emit(merge.drain())
         report.close()
-        if summary:
+        if views.close() and summary:
             show_summary()
         sink.close()
     except OutputClosed:

@@ -25,7 +25,9 @@ Joins only the merged view can make:
 - LlmCall ← LlmApi of the same exchange: same pid, the LlmApi response within the call's span.
   obs-llm stamps an LlmCall with its request's start, so the span is [ts, ts + latency],
   widened by `slack`; the unused response closest to the span's end wins, and copies model,
-  prompt_tokens and completion_tokens where the LlmCall has none. (obs-llm can only emit a
+  prompt, completion and cache token counts where the LlmCall has none. The call gets
+  `api_ts`, the response's ts, also when it had every count already (obs-llm --api): consumers
+  count a request's tokens once (libobs.export.genai.Once). (obs-llm can only emit a
   call after its response ended, so a call longer than the window arrives `late`: it is
   passed on at once, out of order; its response, stamped at the end, is already there.)
 - Egress ← Dns: `hostname` is the query whose answer (same host, same netns when known) was the
@@ -202,7 +204,9 @@ class Joiner:
             self._egress(ev, fields)  # a Dns that arrived after the Egress still counts
 
     def _llmcall(self, ev: dict[str, Any], fields: dict[str, Any]) -> None:
-        if all(fields.get(k) is not None for k in _API_COPY):
+        # Joined even when the call has its tokens already (obs-llm --api): `api_ts` says
+        # which LlmApi response is the same request, so it is counted once.
+        if fields.get("api_ts") is not None:
             return
         pid = event_pid(ev, fields)
         candidates = self.api.get(pid) if pid is not None else None
@@ -220,6 +224,7 @@ class Joiner:
         if best is None:
             return
         best.used = True
+        fields["api_ts"] = best.ts
         for key in _API_COPY:
             if fields.get(key) is None and best.fields.get(key) is not None:
                 fields[key] = best.fields[key]
@@ -271,7 +276,8 @@ class Joiner:
             del self.api[pid]
 
 
-_API_COPY = ("model", "prompt_tokens", "completion_tokens")
+_API_COPY = ("model", "prompt_tokens", "completion_tokens", "cache_read_tokens",
+             "cache_creation_tokens")
 
 
 def _netns(ev: dict[str, Any], fields: dict[str, Any]) -> Any:

@@ -6,9 +6,12 @@ denials. Rendered as aligned tables for a terminal or as one JSON object
 (`{"summary": {...}}`, no `event` key, so stream consumers skip it).
 
 Counting rules: calls, bytes, latency and TTFT come from LlmCall (one per HTTP exchange); tokens
-come from LlmApi responses, so an LlmCall that got its tokens by a join is not counted twice;
-with LlmApi alone (no obs-llm), its responses count as the calls. The agent root's own
-ToolExec/ProcessExit is not a "tool".
+come from whichever of a request's LlmCall (obs-llm --api, or obs-merge's join) and LlmApi
+response comes first, each request once (libobs.export.genai.Once); with LlmApi alone (no
+obs-llm), its responses count as the calls. Each request with tokens is priced in USD from
+the genai-prices catalogue (libobs.export.cost, its version in the summary); one the catalogue
+does not know is counted as unpriced and adds nothing: a total is null when nothing was priced,
+never a made-up 0. The agent root's own ToolExec/ProcessExit is not a "tool".
 
 Memory is bounded for a run of days: at most `max_sessions` sessions (the least recently active
 is dropped and counted), `max_items` distinct entries per list (paths, endpoints, ...; the rest
@@ -24,9 +27,12 @@ import random
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from libobs.events import duration_ns, event_kind
+from libobs.export.cost import CATALOGUE, cost_usd
+from libobs.export.genai import Once, usage
 from libobs.merge.sessions import Proc, event_pid
 from libobs.tool.sink import Sink
 
@@ -85,6 +91,36 @@ class Capped:
 
 
 @dataclass
+class Cost:
+    """USD over the requests that had tokens: priced ones summed, the others counted."""
+
+    usd: Decimal | None = None
+    priced: int = 0
+    unpriced: int = 0
+
+    def add(self, usd: Decimal | None) -> None:
+        if usd is None:
+            self.unpriced += 1
+        else:
+            self.priced += 1
+            self.usd = usd if self.usd is None else self.usd + usd
+
+    def merge(self, other: Cost) -> None:
+        self.priced += other.priced
+        self.unpriced += other.unpriced
+        if other.usd is not None:
+            self.usd = other.usd if self.usd is None else self.usd + other.usd
+
+    def to_json(self) -> dict[str, Any]:
+        return {"usd": None if self.usd is None else float(self.usd), "priced_requests":
+                self.priced, "unpriced_requests": self.unpriced}
+
+    def text(self) -> str:
+        usd = "-" if self.usd is None else f"${self.usd:.4f}"
+        return usd + (f" (+{self.unpriced} unpriced)" if self.unpriced else "")
+
+
+@dataclass
 class LlmRow:
     calls: int = 0
     api_responses: int = 0
@@ -93,6 +129,7 @@ class LlmRow:
     resp_bytes: int = 0
     latency: Samples = field(default_factory=Samples)
     ttft: Samples = field(default_factory=Samples)
+    cost: Cost = field(default_factory=Cost)
 
 
 @dataclass
@@ -125,6 +162,7 @@ class Summary:
         self.max_sessions = max_sessions
         self.dropped_sessions = 0
         self.unattributed: Counter[str] = Counter()
+        self.once = Once()
 
     def add(self, ev: dict[str, Any], root: Proc | None) -> None:
         kind = event_kind(ev) or "?"
@@ -147,10 +185,7 @@ class Summary:
         elif kind == "LlmApi" and fields.get("is_request") is False:
             row = self._row(s, ev.get("provider"), fields.get("model"))
             row.api_responses += 1
-            for name in ("prompt_tokens", "completion_tokens", "cache_read_tokens",
-                         "cache_creation_tokens"):
-                if _count(fields.get(name)):
-                    row.tokens[name.removesuffix("_tokens")] += fields[name]
+            self._tokens(row, ev, kind, fields)
         elif kind == "Egress":
             host = fields.get("hostname") or fields.get("sni") or fields.get("peer")
             s.endpoints.add(f"{_host_port(host, fields.get('port'))}")
@@ -203,6 +238,7 @@ class Summary:
     def _llmcall(self, s: SessionStats, ev: dict[str, Any], fields: dict[str, Any]) -> None:
         row = self._row(s, ev.get("provider"), fields.get("model"))
         row.calls += 1
+        self._tokens(row, ev, "LlmCall", fields)
         for name in ("req_bytes", "resp_bytes"):
             if _count(fields.get(name)):
                 setattr(row, name, getattr(row, name) + fields[name])
@@ -210,10 +246,34 @@ class Summary:
             with contextlib.suppress(KeyError, TypeError, ValueError):  # absent or malformed
                 getattr(row, name).add(duration_ns(fields[name]))
 
+    def _tokens(self, row: LlmRow, ev: dict[str, Any], kind: str, fields: dict[str, Any]) -> None:
+        used = usage(ev.get("provider"), fields)
+        if used is None or not self.once.counts(ev, kind, fields):
+            return
+        row.tokens.update(used.counts())
+        model = fields.get("model")
+        row.cost.add(cost_usd(ev.get("provider"), model if isinstance(model, str) else None,
+                              used, ev.get("ts")))
+
+    def models(self) -> list[dict[str, Any]]:
+        """Totals per (provider, model) over the sessions still held."""
+        rows: dict[tuple[str | None, str | None], LlmRow] = {}
+        for s in self.sessions.values():
+            for key, r in s.llm.items():
+                total = rows.setdefault(key, LlmRow())
+                total.calls += r.calls or r.api_responses
+                total.tokens.update(r.tokens)
+                total.cost.merge(r.cost)
+        return [{"provider": k[0], "model": k[1], "calls": t.calls,
+                 "tokens": dict(sorted(t.tokens.items())), "cost": t.cost.to_json()}
+                for k, t in sorted(rows.items(), key=lambda kv: str(kv[0]))]
+
     # -- rendering ------------------------------------------------------------------------
     def to_json(self, stream: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"summary": {
+            "price_catalogue": CATALOGUE,
             "sessions": [_session_json(s) for s in self.sessions.values()],
+            "models": self.models(),
             "sessions_dropped": self.dropped_sessions,
             "unattributed": dict(sorted(self.unattributed.items())),
             "stream": stream or {},
@@ -223,6 +283,12 @@ class Summary:
         lines = [_stream_line(len(self.sessions), stream or {})]
         for s in self.sessions.values():
             lines += [""] + _session_table(s)
+        models = self.models()
+        if models:
+            rows = [["PROVIDER", "MODEL", "CALLS", "COST USD"]] + [
+                [m["provider"] or "-", m["model"] or "-", str(m["calls"]), _cost_text(m["cost"])]
+                for m in models]
+            lines += ["", f"all sessions, priced with {CATALOGUE}:"] + align(rows, "  ")
         if self.unattributed:
             lines += ["", "not attributed to an agent: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(self.unattributed.items()))]
@@ -231,6 +297,11 @@ class Summary:
 
 def _count(value: Any) -> bool:
     return type(value) is int and value >= 0
+
+
+def _cost_text(cost: dict[str, Any]) -> str:
+    usd = "-" if cost["usd"] is None else f"{cost['usd']:.4f}"
+    return usd + (f" (+{cost['unpriced_requests']} unpriced)" if cost["unpriced_requests"] else "")
 
 
 def _exit_code(fields: dict[str, Any]) -> str:
@@ -250,7 +321,7 @@ def _row_json(key: tuple[str | None, str | None], row: LlmRow) -> dict[str, Any]
     return {"provider": key[0], "model": key[1], "calls": calls,
             "api_responses": row.api_responses,
             "tokens": {name: row.tokens[name] for name in sorted(row.tokens)},
-            "req_bytes": row.req_bytes, "resp_bytes": row.resp_bytes,
+            "req_bytes": row.req_bytes, "resp_bytes": row.resp_bytes, "cost": row.cost.to_json(),
             "latency_ms": row.latency.to_json(), "ttft_ms": row.ttft.to_json()}
 
 
@@ -264,15 +335,17 @@ def _capped_json(c: Capped, names: tuple[str, ...]) -> dict[str, Any]:
 
 def _session_json(s: SessionStats) -> dict[str, Any]:
     tokens: Counter[str] = Counter()
+    cost = Cost()
     for row in s.llm.values():
         tokens.update(row.tokens)
+        cost.merge(row.cost)
     return {
         "session": s.session, "agent": s.agent, "pid": s.pid, "evidence": s.evidence,
         "first_ts": s.first_ts, "last_ts": s.last_ts, "events": dict(sorted(s.events.items())),
         "tools": [{"comm": name, "runs": t.runs, "exit_codes": dict(sorted(t.exits.items()))}
                   for name, t in sorted(s.tools.items())],
         "llm": [_row_json(k, r) for k, r in sorted(s.llm.items(), key=lambda kv: str(kv[0]))],
-        "tokens": dict(sorted(tokens.items())),
+        "tokens": dict(sorted(tokens.items())), "cost": cost.to_json(),
         "bytes": {"req": sum(r.req_bytes for r in s.llm.values()),
                   "resp": sum(r.resp_bytes for r in s.llm.values())},
         "endpoints": _capped_json(s.endpoints, ("endpoint",)),
@@ -307,19 +380,26 @@ def _when(ts: int) -> str:
 
 
 def _session_table(s: SessionStats) -> list[str]:
+    cost = Cost()
+    for row in s.llm.values():
+        cost.merge(row.cost)
     lines = [f"session {s.session}  agent {s.agent or '-'}  pid {s.pid}  "
-             f"events {sum(s.events.values())}  {_when(s.first_ts)} .. {_when(s.last_ts)}"]
+             f"events {sum(s.events.values())}  {_when(s.first_ts)} .. {_when(s.last_ts)}"
+             + (f"  cost {cost.text()}" if cost.priced or cost.unpriced else "")]
     if s.tools:
         rows = [["TOOL", "RUNS", "EXIT CODES"]] + [
             [name, str(t.runs), " ".join(f"{c}x{n}" for c, n in sorted(t.exits.items())) or "-"]
             for name, t in sorted(s.tools.items())]
         lines += align(rows, "  ")
     if s.llm:
-        rows = [["PROVIDER", "MODEL", "CALLS", "PROMPT TOK", "COMPL TOK", "REQ BYTES",
-                 "RESP BYTES", "LATENCY ms p50/p95/max", "TTFT ms p50/p95/max"]]
+        rows = [["PROVIDER", "MODEL", "CALLS", "PROMPT TOK", "COMPL TOK", "CACHE R/W",
+                 "COST USD", "REQ BYTES", "RESP BYTES", "LATENCY ms p50/p95/max",
+                 "TTFT ms p50/p95/max"]]
         for (provider, model), r in sorted(s.llm.items(), key=lambda kv: str(kv[0])):
             rows.append([provider or "-", model or "-", str(r.calls or r.api_responses),
-                         str(r.tokens["prompt"]), str(r.tokens["completion"]),
+                         _tok(r, "prompt"), _tok(r, "completion"),
+                         f"{_tok(r, 'cache_read')}/{_tok(r, 'cache_creation')}",
+                         _cost_text(r.cost.to_json()),
                          str(r.req_bytes), str(r.resp_bytes), _pct(r.latency), _pct(r.ttft)])
         lines += [""] + align(rows, "  ")
     sections = [("endpoints", s.endpoints), ("written", s.written), ("deleted", s.deleted),
@@ -328,6 +408,10 @@ def _session_table(s: SessionStats) -> list[str]:
     if listed:
         lines += [""] + align(listed, "  ")
     return lines
+
+
+def _tok(row: LlmRow, name: str) -> str:
+    return str(row.tokens[name]) if name in row.tokens else "-"  # never reported: not a 0
 
 
 def _listing(c: Capped) -> str:

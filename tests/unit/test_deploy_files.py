@@ -19,6 +19,20 @@ def test_collector_pipeline():
     assert parser["type"] == "json_parser" and parser["timestamp"]["layout"] == "ns"
 
 
+def test_collector_receives_obs_otel():
+    """obs-otel's traces and metrics arrive on a loopback OTLP receiver and leave like the logs."""
+    cfg = yaml.safe_load((REPO / "deploy/otel/collector.yaml").read_text())
+    protocols = cfg["receivers"]["otlp/obs"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "127.0.0.1:4317"
+    assert protocols["http"]["endpoint"] == "127.0.0.1:4318"
+    unit = (REPO / "deploy/systemd/obs-otel.service").read_text()
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317" in unit
+    for name in ("traces/obs", "metrics/obs"):
+        pipe = cfg["service"]["pipelines"][name]
+        assert pipe["receivers"] == ["otlp/obs"] and pipe["exporters"] == ["otlp"]
+        assert pipe["processors"][0] == "memory_limiter"
+
+
 def test_daemonset():
     ds = yaml.safe_load((REPO / "deploy/k8s/obs-daemonset.yaml").read_text())
     spec = ds["spec"]["template"]["spec"]

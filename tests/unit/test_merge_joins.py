@@ -184,3 +184,18 @@ def test_join_indexes_stay_bounded() -> None:
     assert len(j.api[5]) <= 64
     j.evict(T0 + 3600 * NS)
     assert not j.api
+
+
+def test_a_call_with_its_own_tokens_is_still_joined_and_marked() -> None:
+    """obs-llm --api already put the tokens on the call: nothing is copied, but the call gets
+    api_ts (its response's ts) so consumers count the request once; cache counts are copied
+    when the call lacks them."""
+    own = run([llmcall(T0, model="claude-x", prompt_tokens=5, completion_tokens=6),
+               llmapi(T0 + 2 * NS)])
+    (call,) = calls(own)
+    assert (call["prompt_tokens"], call["completion_tokens"], call["api_ts"]) == (
+        5, 6, T0 + 2 * NS)
+    api = llmapi(T0 + 2 * NS)
+    fields(api)["cache_read_tokens"] = 7
+    (joined,) = calls(run([llmcall(T0), api]))
+    assert (joined["prompt_tokens"], joined["cache_read_tokens"]) == (11, 7)

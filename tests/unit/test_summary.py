@@ -61,7 +61,7 @@ def test_llm_calls_tokens_bytes_and_latency(report: dict[str, Any]) -> None:
     (row,) = s["llm"]
     assert (row["provider"], row["model"], row["calls"], row["api_responses"]) == (
         "Anthropic", "claude-sonnet-4-5-20250929", 3, 3)
-    # Tokens come from the LlmApi responses only, though the LlmCalls got copies by the join.
+    # Each request once, though both the joined LlmCall and its LlmApi response carry tokens.
     assert row["tokens"] == {"cache_read": 4096, "completion": 695, "prompt": 7721}
     assert s["tokens"] == row["tokens"]
     assert (row["req_bytes"], row["resp_bytes"]) == (28420, 14333)
@@ -147,3 +147,93 @@ def test_malformed_fields_do_not_break_the_summary() -> None:
     assert out["llm"][0]["calls"] == 1 and out["bytes"] == {"req": 0, "resp": 0}
     assert out["tools"] == [{"comm": "sh", "runs": 0, "exit_codes": {"sig9+core": 1}}]
     assert s.table()
+
+
+# -- tokens counted once, and priced -------------------------------------------------------
+MODEL = "claude-sonnet-4-5-20250929"
+
+
+def _call(ts: int, pid: int = 1, **tokens: Any) -> dict[str, Any]:
+    fields = {"pid": pid, "sni": "api.anthropic.com", "peer": "160.79.104.10", "port": 443,
+              "req_bytes": 100, "resp_bytes": 200, "latency": {"secs": 1, "nanos": 0},
+              "ttft": {"secs": 0, "nanos": 300_000_000}, **tokens}
+    return envelope("LlmCall", fields, ts=ts, host="h", provider="Anthropic")
+
+
+def _api(ts: int, pid: int = 1, **tokens: Any) -> dict[str, Any]:
+    fields = {"pid": pid, "is_request": False, "stream": False, "path": "/v1/messages", **tokens}
+    return envelope("LlmApi", fields, ts=ts, host="h", provider="Anthropic")
+
+
+def _merged(events: list[tuple[int, dict[str, Any]]], release_each: bool = True
+            ) -> dict[str, Any]:
+    """Push (source, event) pairs in this arrival order through a merge with a 0 s window,
+    releasing after each (or only at the end)."""
+    m = Merge(Sessions(), range(2), window_ns=0)
+    summary = Summary()
+    root = Proc(1, 0, agent="LlmCall", session="1@0")
+    for sid, ev in events:
+        for e, _ in m.push(ev, sid, 0) + (m.release(0) if release_each else []):
+            summary.add(e, root)
+    for e, _ in m.drain():
+        summary.add(e, root)
+    return summary.to_json()["summary"]
+
+
+def test_tokens_on_the_llmcall_itself_are_counted() -> None:
+    """obs-llm --api puts tokens on each LlmCall; there is no LlmApi event at all."""
+    out = _merged([(0, _call(10**9, model=MODEL, prompt_tokens=23, completion_tokens=17,
+                             cache_read_tokens=None, cache_creation_tokens=None))])
+    (s,) = out["sessions"]
+    assert s["tokens"] == {"completion": 17, "prompt": 23}
+    assert s["llm"][0]["calls"] == 1
+
+
+@pytest.mark.parametrize("late_call", [False, True])
+def test_a_request_seen_as_llmcall_and_llmapi_counts_once(late_call: bool) -> None:
+    """obs-llm --api and obs-ssl both ran: the call carries tokens, its response too. Also when
+    the call arrives after its response already left the merge (a call longer than the window)."""
+    tokens = {"model": MODEL, "prompt_tokens": 23, "completion_tokens": 17,
+              "cache_read_tokens": 5, "cache_creation_tokens": None}
+    call, api = _call(10**9, **tokens), _api(10**9 + 900_000_000, **tokens)
+    order = [(1, api), (0, call)] if late_call else [(0, call), (1, api)]
+    (s,) = _merged(order, release_each=late_call)["sessions"]
+    assert s["tokens"] == {"cache_read": 5, "completion": 17, "prompt": 23}
+    assert s["cost"]["priced_requests"] == 1 and s["cost"]["unpriced_requests"] == 0
+
+
+def test_cost_per_session_and_model_from_the_catalogue(report: dict[str, Any]) -> None:
+    import genai_prices
+    from genai_prices import Usage
+
+    assert report["price_catalogue"] == f"genai-prices {genai_prices.__version__}"
+    # The three responses of the fixture; Anthropic's input excludes cache reads.
+    expected = sum(float(genai_prices.calc_price(
+        Usage(input_tokens=p + r, output_tokens=c, cache_read_tokens=r), MODEL,
+        provider_id="anthropic").total_price) for p, c, r in
+        [(1834, 212, 0), (2510, 388, 1792), (3377, 95, 2304)])
+    (s,) = report["sessions"]
+    assert s["cost"]["usd"] == pytest.approx(expected) and s["cost"]["priced_requests"] == 3
+    (model,) = report["models"]
+    assert (model["model"], model["calls"]) == (MODEL, 3)
+    assert model["cost"] == s["cost"]
+
+
+def test_cache_reads_are_cheaper_than_input() -> None:
+    plain = _merged([(0, _call(10**9, model=MODEL, prompt_tokens=10_000, completion_tokens=0))])
+    cached = _merged([(0, _call(10**9, model=MODEL, prompt_tokens=0, completion_tokens=0,
+                                cache_read_tokens=10_000))])
+    written = _merged([(0, _call(10**9, model=MODEL, prompt_tokens=0, completion_tokens=0,
+                                 cache_creation_tokens=10_000))])
+    usd = [o["sessions"][0]["cost"]["usd"] for o in (plain, cached, written)]
+    assert usd[1] == pytest.approx(usd[0] * 0.1) and usd[2] == pytest.approx(usd[0] * 1.25)
+
+
+def test_unknown_model_is_unpriced_not_free() -> None:
+    out = _merged([(0, _call(10**9, model="no-such-model-7", prompt_tokens=5,
+                             completion_tokens=5)),
+                   (0, _call(3 * 10**9))])  # no tokens at all: nothing to price
+    (s,) = out["sessions"]
+    assert s["cost"] == {"usd": None, "priced_requests": 0, "unpriced_requests": 1}
+    text = Summary().table()
+    assert "COST" not in text
