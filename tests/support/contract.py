@@ -108,17 +108,16 @@ class Contract:
         if not isinstance(ev, dict):
             raise AssertionError(f"an event is a JSON object, not {type(ev).__name__}")
         inner = ev.get("event")
-        kind = next(iter(inner)) if isinstance(inner, dict) and len(inner) == 1 else None
-        where = kind or "event"
-        self._object("Envelope", "", ev, seen, where)
-        if kind is None:
+        if not isinstance(inner, dict) or len(inner) != 1:
             raise AssertionError(f"event: has not exactly one kind under `event`: {inner!r}")
+        kind = next(iter(inner))
+        self._object("Envelope", "", ev, seen, kind)
         if kind not in self.kinds:
             raise AssertionError(f"{kind}: a kind not documented in docs/events.md "
                                  f"(add a `### {kind}` table)")
-        if kind == "CollectorHeartbeat" and "process" in ev:
-            raise AssertionError("CollectorHeartbeat: has a `process`, which the contract says "
-                                 "it has not")
+        if ("process" in ev) == (kind == "CollectorHeartbeat"):
+            raise AssertionError(f"{kind}: `process` is present on every kind but "
+                                 f"CollectorHeartbeat (docs/events.md, `### Envelope`)")
         self._object(kind, "", inner[kind], seen, kind)
 
     def check_summary(self, obj: Any, seen: Seen | None = None) -> None:

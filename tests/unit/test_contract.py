@@ -233,7 +233,7 @@ def llm_api_events() -> list[dict[str, Any]]:
 def enforce_events() -> list[dict[str, Any]]:
     ids = enforce.RuleIds()
     dec = enforce.Decoder(CLOCK, "host-1", ids, lambda reply: None, Identities())
-    out = []
+    out: list[dict[str, Any]] = []
     for family, addr, rule, port, proto in (
             (4, bytes([203, 0, 113, 5]), enforce.Rule("203.0.113.5"), 443, 6),
             (6, bytes(15) + b"\1", enforce.Rule("provider:OpenAi not allowed", "OpenAi"), 53, 17)):
