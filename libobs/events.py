@@ -1,4 +1,4 @@
-"""The event envelope and constructors from the contract (../shared/contract/events.md).
+"""The event envelope and constructors from the contract (docs/events.md).
 
 Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns); the envelope's `ts` is wall-clock.
 The offset between the two clocks is measured once at start-up (Clock), never re-read per event,

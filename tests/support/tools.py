@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from tests.support import contract
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
 
@@ -52,8 +54,11 @@ class Running:
         return [ln for ln in self.out_path.read_bytes().splitlines() if ln.strip()]
 
     def events(self) -> list[dict[str, Any]]:
-        """Every NDJSON line (each must parse)."""
-        return [orjson.loads(ln) for ln in self.stdout_lines()]
+        """Every NDJSON line; each must parse and match docs/events.md."""
+        events = [orjson.loads(ln) for ln in self.stdout_lines()]
+        for ev in events:
+            contract.load().check_event(ev)
+        return events
 
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")

@@ -80,7 +80,7 @@ def test_endpoints_files_security_and_denials(report: dict[str, Any]) -> None:
         "/home/dev/proj/widgets/.pytest_cache/v/cache/lastfailed"}
     assert s["files_deleted"]["items"] == [{"path": "/tmp/req.html", "count": 1}]
     assert s["security_actions"]["items"] == [
-        {"kind": "bind", "detail": "127.0.0.1:8765", "count": 1}]
+        {"kind": "bind", "detail": "listen 127.0.0.1:8765 = 0", "count": 1}]
     assert s["denials"]["items"] == [{"action": "egress", "target": "203.0.113.5:443",
                                       "rule": "203.0.113.5", "count": 1}]
 
