@@ -305,6 +305,45 @@ static __always_inline void dns_out(s32 fd, u64 key, struct fd_info *fip, u64 pt
 #endif
 }
 
+#ifdef LLM
+/* The first HEAD_LEN bytes a send carries, across up to MAX_IOV iovecs: rustls writes a TLS 1.3
+ * change_cipher_spec and its Finished as one writev of two buffers (6 + 74 bytes), and only
+ * the two together say "handshake done" (libobs/net/llmcalls.py). The staging buffer is twice
+ * HEAD_LEN so the verifier sees every copy in bounds (offset < HEAD_LEN, length <= HEAD_LEN). */
+static __always_inline void copy_head(u8 *head, u64 ptr, u64 len, u8 vec)
+{
+    u8 buf[2 * HEAD_LEN] = {};
+    if (!vec) {
+        CLAMP(len, HEAD_LEN);
+        if (len)
+            bpf_probe_read_user(buf, len, (void *)ptr);
+    } else {
+        u32 used = 0;
+#pragma unroll
+        for (int i = 0; i < MAX_IOV; i++) {
+            if (i >= len || used >= HEAD_LEN)
+                break;
+            struct iov_u v = {};
+            if (bpf_probe_read_user(&v, sizeof(v), (void *)(ptr + i * sizeof(v))))
+                break;
+            u64 n = v.len;
+            if (n > HEAD_LEN - used)
+                n = HEAD_LEN - used;
+            CLAMP(n, HEAD_LEN);
+            u32 off = used;
+            asm volatile("" : "+r"(off));
+            off &= HEAD_LEN - 1; /* used < HEAD_LEN: a no-op the verifier needs */
+            u8 *dst = buf;
+            asm volatile("" : "+r"(dst)); /* else clang, knowing buf is aligned, ORs off in */
+            if (n && bpf_probe_read_user(dst + off, n, (void *)v.base))
+                break;
+            used += n;
+        }
+    }
+    __builtin_memcpy(head, buf, HEAD_LEN);
+}
+#endif
+
 /* The first payload write of a connection (ClientHello) and, for obs-llm, the head of every
  * send, picked up by sock_send_length. */
 static __always_inline void first_write(s32 fd, u64 key, struct fd_info *fip, u64 ptr, u64 len,
@@ -333,16 +372,7 @@ static __always_inline void first_write(s32 fd, u64 key, struct fd_info *fip, u6
 #ifdef LLM
     if (fi.flags & F_LLM) {
         struct head_stash hs = {.sk = fi.sk, .ts = bpf_ktime_get_ns()};
-        u64 p = ptr, n = len;
-        if (vec) {
-            struct iov_u v = {};
-            bpf_probe_read_user(&v, sizeof(v), (void *)ptr);
-            p = v.base;
-            n = len ? v.len : 0;
-        }
-        CLAMP(n, HEAD_LEN);
-        if (n)
-            bpf_probe_read_user(hs.head, n, (void *)p);
+        copy_head(hs.head, ptr, len, vec);
         u32 tid = (u32)bpf_get_current_pid_tgid();
         send_heads.update(&tid, &hs);
     }

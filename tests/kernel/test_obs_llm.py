@@ -115,6 +115,67 @@ def test_python_http_client_four_requests(tool, server):
         assert ms(f["ttft"]) >= 150
 
 
+# A client that writes like rustls: one writev per flight, one iovec per TLS record, so its
+# TLS 1.3 change_cipher_spec and Finished leave in one writev of two buffers (6 + 74 bytes).
+VECTORED_CLIENT = textwrap.dedent("""
+    import os, socket, ssl, sys
+    host, port, ca, n, delay, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], \\
+        int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname=host)
+    s = socket.create_connection((host, port))
+
+    def flush():
+        data, recs = out.read(), []
+        while len(data) >= 5:
+            end = 5 + int.from_bytes(data[3:5], "big")
+            recs.append(data[:end])
+            data = data[end:]
+        if recs:
+            assert os.writev(s.fileno(), recs) == sum(map(len, recs))
+
+    def fill():
+        data = s.recv(65536)
+        assert data, "server closed"
+        inc.write(data)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            fill()
+    flush()
+    for i in range(n):
+        tls.write(f"GET /v1/messages?delay={delay}&size={size} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n".encode())
+        flush()
+        got = b""
+        while b"\\r\\n\\r\\n" not in got or len(got.split(b"\\r\\n\\r\\n", 1)[1]) < size:
+            try:
+                got += tls.read(65536)
+            except ssl.SSLWantReadError:
+                fill()
+        assert got.startswith(b"HTTP/1.1 200")
+    print("done", flush=True)
+""")
+
+
+def test_vectored_writer_finished_in_a_second_iovec(tool, server):
+    """rustls-style writev: the Finished in the second buffer is still seen, so the server's
+    session tickets are neither a call nor its first byte."""
+    p = subprocess.Popen([PY, "-c", VECTORED_CLIENT, HOST, str(server.port), str(server.cafile),
+                          "2", "400", "5000"], stdout=subprocess.PIPE, text=True)
+    assert p.wait(timeout=120) == 0
+    found = calls(tool, p.pid, 2)
+    assert [f["exchange"] for f in found] == [1, 2]
+    for f in found:
+        assert f["resp_bytes"] >= 5000
+        assert ms(f["ttft"]) >= 200  # the server waits 400 ms: tickets are not the first byte
+
+
 def test_ipv6(tool, server6):
     code = textwrap.dedent("""
         import socket, ssl, sys
