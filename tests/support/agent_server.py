@@ -169,6 +169,12 @@ REPLY = {"anthropic": anthropic_reply, "openai-responses": responses_reply,
          "gemini": gemini_reply}
 
 
+def _path_model(route: str) -> str | None:
+    """Gemini names the model in the path: /v1beta/models/<model>:<verb>."""
+    tail = route.rpartition("/models/")[2]
+    return tail.split(":", 1)[0] or None
+
+
 def redact_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, "REDACTED" if k.lower() in SECRET_HEADERS else v) for k, v in headers]
 
@@ -236,7 +242,7 @@ class Handler(BaseHTTPRequestHandler):
                 n = next(self.server.counter)
             e = served(api, stream, n)
             facts = {"api": api, "stream": stream, "tool_call": call[0] if call else None,
-                     "request_model": body.get("model"), **e}
+                     "request_model": body.get("model") or _path_model(route), **e}
             ctype, pieces = REPLY[api](e, call, stream)
             self._answer(200, ctype, pieces, True)
         self.server.record(self, raw, t_req, facts)
@@ -271,7 +277,7 @@ class Stand(ThreadingHTTPServer):
                 cap = {"method": h.command, "path": h.path, "version": h.request_version,
                        "headers": redact_headers(list(h.headers.items())),
                        "body_b64": base64.b64encode(raw).decode(),
-                       "response_b64": base64.b64encode(b"".join(h.sent)).decode(), **line}
+                       "response_b64": [base64.b64encode(x).decode() for x in h.sent], **line}
                 (self.capture / f"{i:03d}.json").write_text(json.dumps(cap, indent=1))
 
 
