@@ -218,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         self._write(b"0\r\n\r\n")
 
     def _handle(self) -> None:
-        self.sent, self.t_first = [], 0
+        self.sent, self.t_first, self.t_head = [], 0, time.monotonic_ns()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         t_req = time.monotonic_ns()
@@ -263,7 +263,7 @@ class Stand(ThreadingHTTPServer):
         self.seq = itertools.count()
 
     def record(self, h: Handler, raw: bytes, t_req: int, facts: dict[str, Any]) -> None:
-        line = {"t_req": t_req, "t_first": h.t_first, "t_last": time.monotonic_ns(),
+        line = {"t_head": h.t_head, "t_req": t_req, "t_first": h.t_first, "t_last": time.monotonic_ns(),
                 "wall": time.time_ns(), "method": h.command, "path": h.path,
                 "version": h.request_version, "host": h.headers.get("Host"),
                 "client_port": h.client_address[1], "req_body": len(raw),

@@ -136,20 +136,23 @@ def stand_in(ns: str, tmp: Path, delay_ms: int = 250, nagle: bool = False,
 
 def run_agent(agent: str, exe: Path, *, delay_ms: int = 250, nagle: bool = False,
               command: str = "echo obs-agent-tool", capture: Path | None = None,
-              timeout: float = 120, on_start: Any = None) -> Run:
-    """Run `agent` once against a fresh stand-in in a fresh namespace; on_start(pid) is called
-    as soon as the agent process exists."""
+              timeout: float = 120, cgroup: Path | None = None) -> Run:
+    """Run `agent` once against a fresh stand-in in a fresh namespace; with `cgroup`, the
+    agent (and only the agent, not the stand-in) starts inside that cgroup-v2 directory."""
     tmp = Path(tempfile.mkdtemp(prefix=f"obs-{agent}-"))
     home, work = tmp / "home", tmp / "work"
     home.mkdir()
     work.mkdir()
     with netns(ps.HOSTS) as ns, stand_in(ns, tmp, delay_ms, nagle, command, capture) as (ca, log):
         env = agent_env(agent, home, ca)
+        def join() -> None:  # in the child, before exec: nothing runs outside the cgroup
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
         proc = subprocess.Popen(in_netns(ns, agent_argv(agent, exe)), cwd=work, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        if on_start:
-            on_start(proc.pid)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=join)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
