@@ -134,3 +134,15 @@ def test_first_call_ttft_with_a_nagle_server() -> None:
     """Gemini CLI (everything else right) against a stand-in that leaves Nagle on."""
     first = model_rows(observed("gemini", nagle=True))[0]
     assert ttft_right(first), first
+
+
+def test_boringssl_functions_are_located_in_claude_code() -> None:
+    """The prototype locator (tests/support/boringssl_locate.py) finds SSL_read/SSL_write in
+    the pinned Claude Code by the errors BoringSSL's ssl_lib.cc reports (no symbols needed).
+    Checked by hand with uprobes at these offsets on 2.1.110 (Bun 1.3.13), 2.1.200 (1.4.0),
+    2.1.328 (1.4.4) and 2.1.332 (1.4.6): every HTTP request and response in plaintext."""
+    from tests.support.boringssl_locate import locate
+
+    exe = installed()["claude"][1].resolve()
+    found = locate(exe)
+    assert found.error is None and set(found.file_offsets) == {"SSL_read", "SSL_write"}

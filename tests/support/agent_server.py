@@ -207,9 +207,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.delay_ms / 1000)
         head = (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
                 f"Content-Type: {ctype}\r\n").encode()
-        if len(pieces) == 1:
+        if len(pieces) == 1 or self.command == "HEAD":  # HEAD: the length, never a body
             head += b"Content-Length: %d\r\n\r\n" % len(pieces[0])
-            self._write(head + pieces[0])
+            self._write(head + (b"" if self.command == "HEAD" else pieces[0]))
             return
         head += b"Transfer-Encoding: chunked\r\n\r\n"
         self._write(head + b"%x\r\n%s\r\n" % (len(pieces[0]), pieces[0]))
@@ -247,7 +247,8 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, ctype, pieces, True)
         self.server.record(self, raw, t_req, facts)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _handle
+    # older Claude Code releases probe the API host with `HEAD /` first
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
 
 class Stand(ThreadingHTTPServer):
