@@ -99,7 +99,6 @@ class Run:
     stderr: str
     pid: int
     log: list[dict[str, Any]]  # the stand-in's log, one dict per request
-    workdir: Path
 
     def model_calls(self) -> list[dict[str, Any]]:
         return [r for r in self.log if r["model_call"]]
@@ -139,11 +138,11 @@ def run_agent(agent: str, exe: Path, *, delay_ms: int = 250, nagle: bool = False
               timeout: float = 120, cgroup: Path | None = None) -> Run:
     """Run `agent` once against a fresh stand-in in a fresh namespace; with `cgroup`, the
     agent (and only the agent, not the stand-in) starts inside that cgroup-v2 directory."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"obs-{agent}-"))
-    home, work = tmp / "home", tmp / "work"
-    home.mkdir()
-    work.mkdir()
-    with netns(ps.HOSTS) as ns, stand_in(ns, tmp, delay_ms, nagle, command, capture) as (ca, log):
+    with tempfile.TemporaryDirectory(prefix=f"obs-{agent}-") as tmp_, netns(ps.HOSTS) as ns, \
+            stand_in(ns, Path(tmp_), delay_ms, nagle, command, capture) as (ca, log):
+        home, work = Path(tmp_) / "home", Path(tmp_) / "work"
+        home.mkdir()
+        work.mkdir()
         env = agent_env(agent, home, ca)
         def join() -> None:  # in the child, before exec: nothing runs outside the cgroup
             if cgroup is not None:
@@ -160,4 +159,4 @@ def run_agent(agent: str, exe: Path, *, delay_ms: int = 250, nagle: bool = False
             out, err = proc.communicate()
         time.sleep(0.1)  # the stand-in logs after its last write
         rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    return Run(agent, proc.returncode, out, err, proc.pid, rows, work)
+    return Run(agent, proc.returncode, out, err, proc.pid, rows)
