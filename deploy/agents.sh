@@ -36,8 +36,9 @@ install_one() {  # <command> <npm package> <version> <dir>
     rm -rf "$dir.tmp"
     mkdir -p "$dir.tmp"
     # --include=optional: the native binaries live in optional platform packages.
-    npm install --prefix "$dir.tmp" --cache "$cache/.npm" --no-audit --no-fund --no-update-notifier \
-        --include=optional --loglevel=error "$pkg@$ver" >&2
+    # --prefer-offline: a warm npm cache is used without asking the registry again.
+    npm install --prefix "$dir.tmp" --cache "$cache/.npm" --prefer-offline --no-audit --no-fund \
+        --no-update-notifier --include=optional --loglevel=error "$pkg@$ver" >&2
     # npm's bin links are relative, so the tree may move into place as a whole.
     local out
     # In a fresh network namespace (no interfaces): nothing may phone home from a version check.
