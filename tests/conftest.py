@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 def _skip_agents_unless_installed(items):
     """Tests of the real agents run when setup installed them (`nox -s tests` does, through
     deploy/setup-host.sh --agents); a bare pytest without them skips with the reason."""
-    marked = [item for item in items if "agents" in item.keywords]
+    marked = [item for item in items if item.get_closest_marker("agents")]
     if not marked or os.environ.get("CI"):
         return
     from tests.support.agents import AGENTS, installed
