@@ -20,8 +20,8 @@ nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"
 
 
-def _setup(session: nox.Session) -> None:
-    session.run("bash", str(ROOT / "deploy" / "setup-host.sh"), external=True)
+def _setup(session: nox.Session, *args: str) -> None:
+    session.run("bash", str(ROOT / "deploy" / "setup-host.sh"), *args, external=True)
 
 
 @nox.session(venv_backend="none")
@@ -49,8 +49,9 @@ def run(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Setup, then every test (real BPF in the real kernel; needs root)."""
-    _setup(session)
+    """Setup, then every test (real BPF in the real kernel; needs root). Setup also installs
+    the real agents the e2e tests drive (pinned, cached: ~30 s once, then nothing)."""
+    _setup(session, "--agents")
     session.run(PY, "-m", "pytest", *(session.posargs or ["tests"]), external=True)
 
 

@@ -6,16 +6,20 @@
 #   3. tracefs mounted (bcc's TRACEPOINT_PROBE reads formats from it); bpffs for --pin.
 #   4. A venv of Debian's python3 that sees bcc (--system-site-packages), obs installed into it,
 #      and every obs-* tool linked into /usr/local/bin.
-# Usage: deploy/setup-host.sh [--venv DIR] [--no-test-deps]
+#   5. With --agents: the real AI agents the e2e tests drive, pinned, from npm into a cache
+#      (deploy/agents.sh; a second run downloads nothing).
+# Usage: deploy/setup-host.sh [--venv DIR] [--no-test-deps] [--agents]
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="$repo/.venv"
 extras="[otel,test,lint]"
+agents=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv=$2; shift 2 ;;
         --no-test-deps) extras="[otel]"; shift ;;
+        --agents) agents=1; shift ;;
         *) echo "setup-host: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -105,4 +109,7 @@ for m in "$repo"/man/obs-*.1; do
     [ -e "$m" ] && ln -sfn "$m" "/usr/local/share/man/man1/$(basename "$m")"
 done
 "$venv/bin/python" -c 'import bcc, orjson, typer' || { say "venv cannot import bcc/orjson/typer"; exit 1; }
+if [ $agents = 1 ]; then
+    bash "$repo/deploy/agents.sh" >/dev/null
+fi
 say "ready: venv $venv, tools in /usr/local/bin"

@@ -26,11 +26,28 @@ def pytest_collection_modifyitems(config, items):
             reason = "bcc is not importable (run deploy/setup-host.sh)"
     if os.environ.get("CI") and reason:
         reason = None  # in CI a missing prerequisite is a failure, not a skip
+    _skip_agents_unless_installed(items)
     if reason is None:
         return
     skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "kernel" in item.keywords or "/kernel/" in str(item.fspath) or "/e2e/" in str(item.fspath):
+            item.add_marker(skip)
+
+
+def _skip_agents_unless_installed(items):
+    """Tests of the real agents run when setup installed them (`nox -s tests` does, through
+    deploy/setup-host.sh --agents); a bare pytest without them skips with the reason."""
+    marked = [item for item in items if item.get_closest_marker("agents")]
+    if not marked or os.environ.get("CI"):
+        return
+    from tests.support.agents import AGENTS, installed
+
+    missing = sorted(set(AGENTS) - set(installed()))
+    if missing:
+        skip = pytest.mark.skip(reason=f"agents not installed: {', '.join(missing)} "
+                                       "(deploy/setup-host.sh --agents)")
+        for item in marked:
             item.add_marker(skip)
 
 

@@ -1,0 +1,62 @@
+"""What obs sees of each real agent, measured: `python -m tests.support.agent_table [--nagle]`
+prints one markdown table row per agent — what the agent sent (from the stand-in's log) next
+to what obs-llm --api reported — and one line per request with obs's numbers beside the
+server's. The seed of issue 13's README table (item 5)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tests.support.agent_obs import TOKENS, Observed, compare, observe, shared_calls
+from tests.support.agents import AGENTS, installed
+
+
+def summary(agent: str, version: str, o: Observed) -> str:
+    rows = compare(o.run.log, o.calls, o.offset_ns)
+    models = [r for r in rows if r["model_call"]]
+    others = [r for r in rows if not r["model_call"]]
+    conns = len({r["client_port"] for r in o.run.log})
+    sent = (f"{len(models)} model requests ({', '.join(sorted({r['path'] for r in models}))}, "
+            f"~{sum(r['req_body'] for r in models) // max(1, len(models)) // 1000} KB), "
+            f"{len(others)} others ({', '.join(sorted({r['method'] + ' ' + r['path'] for r in others})) or '-'}), "
+            f"{conns} connection(s)")
+    ttft = ", ".join(f"{r['obs_ttft_ms']:.1f}/{r['server_ttft_ms']:.1f}" for r in models
+                     if r.get("obs_ttft_ms") is not None)
+    read = sum(1 for r in models if r.get("obs_model") == r["model"]
+               and all(r[f"obs_{k}"] == r[k] for k in TOKENS))
+    seen = (f"{len(o.calls)} LlmCalls for {len(rows)} requests"
+            f"{f', {len(shared_calls(rows))} merged' if shared_calls(rows) else ''}; "
+            f"TTFT obs/server ms: {ttft}; model+tokens exact on {read}/{len(models)}")
+    return f"| {agent} {version} | {sent} | {seen} |"
+
+
+def detail(o: Observed) -> list[str]:
+    out = []
+    for r in compare(o.run.log, o.calls, o.offset_ns):
+        fields: dict[str, Any] = {k: r.get(k) for k in (
+            "method", "path", "req_body", "call", "server_ttft_ms", "server_ttft_max_ms",
+            "obs_ttft_ms", "server_latency_ms", "obs_latency_ms", "obs_req_bytes", "obs_model")}
+        out.append("    " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in fields.items()))
+    return out
+
+
+def main() -> None:
+    nagle = "--nagle" in sys.argv
+    have = installed()
+    print(f"server: {'Nagle on' if nagle else 'TCP_NODELAY'}, 250 ms before each model answer")
+    print("| agent | what it sent | what obs reported |\n|---|---|---|")
+    details = []
+    for agent in AGENTS:
+        if agent not in have:
+            continue
+        version, exe = have[agent]
+        o = observe(agent, exe, nagle=nagle)
+        print(summary(agent, version, o), flush=True)
+        details += [f"{agent}:", *detail(o)]
+    print("\n".join(details))
+
+
+if __name__ == "__main__":
+    main()
