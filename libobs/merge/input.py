@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from libobs.events import KINDS, event_kind
+from libobs.merge import shape
 
 MAX_LINE = 16 << 20
 CHUNK = 64 << 10
@@ -352,7 +353,8 @@ def _err(e: OSError) -> str:
 def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     """One NDJSON line → (event to pass on, or None; (problem kind, message), or None).
 
-    Never raises. Unknown event kinds are passed on *and* reported.
+    Never raises. A line that is JSON but not a well-formed event (libobs.merge.shape) is
+    refused; an unknown event kind of the right shape is passed on *and* reported.
     """
     try:
         ev = orjson.loads(data)
@@ -367,10 +369,16 @@ def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     kind = event_kind(ev)
     if kind is None:
         return None, ("not_event", "no single event kind under 'event'")
+    if not isinstance(ev["event"][kind], dict):  # of any kind: sinks render its fields
+        return None, ("not_event", f"{kind[:64]} fields are not an object")
+    # Counting brackets is cheap and bounds the depth; only a suspect line is walked.
+    if data.count(b"[") + data.count(b"{") > shape.MAX_DEPTH and shape.depth(ev) > shape.MAX_DEPTH:
+        return None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
+    why = shape.problem(ev, kind)
+    if why is not None:
+        return None, ("bad_shape", why)
     if kind not in KINDS:
         return ev, ("unknown_kind", f"unknown event kind {kind[:64]!r} (passed through)")
-    if not isinstance(ev["event"][kind], dict):
-        return None, ("not_event", f"{kind} fields are not an object")
     return ev, None
 
 

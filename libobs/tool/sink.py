@@ -68,12 +68,15 @@ def _sanitise(obj: Any) -> Any:
 def human(ev: dict[str, Any]) -> bytes:
     """One line: time, kind, pid/comm, then the event's fields as key=value."""
     kind = event_kind(ev) or "?"
-    fields = ev["event"].get(kind, {}) if kind != "?" else {}
+    fields = ev["event"].get(kind) if kind != "?" else None
+    fields = fields if isinstance(fields, dict) else {}
     ts = ev.get("ts")
     when = (time.strftime("%H:%M:%S", time.localtime(ts / 1e9)) + f".{ts % 10**9 // 10**6:03d}"
             if isinstance(ts, int) else "--:--:--.---")
-    proc = ev.get("process") or {}
-    ident = ev.get("identity") or {}
+    proc = ev.get("process")
+    proc = proc if isinstance(proc, dict) else {}
+    ident = ev.get("identity")
+    ident = ident if isinstance(ident, dict) else {}
     parts = [when, f"{kind:<14}"]
     pid = fields.get("pid", proc.get("pid"))
     if pid is not None:
@@ -93,7 +96,8 @@ def human(ev: dict[str, Any]) -> bytes:
 
 
 def _human_value(val: Any) -> str:
-    if isinstance(val, dict) and set(val) == {"secs", "nanos"}:
+    if isinstance(val, dict) and set(val) == {"secs", "nanos"} and all(
+            type(v) is int and 0 <= v < 1 << 64 for v in val.values()):  # else shown as JSON
         ms = val["secs"] * 1000 + val["nanos"] / 1e6
         return f"{ms:.1f}ms"
     if isinstance(val, list):
