@@ -32,7 +32,7 @@ import orjson
 from libobs.events import KINDS, event_kind
 from libobs.merge import shape
 
-MAX_LINE = 16 << 20
+MAX_LINE = 64 << 20  # obs-ssl's largest capture (16 MiB), JSON-escaped, fits
 CHUNK = 64 << 10
 FOLLOW_INTERVAL = 0.25
 
@@ -65,6 +65,66 @@ class Batch:
     ended: list[int] = field(default_factory=list)  # source ids that ended during this poll
 
 
+class Lines:
+    """One source's line assembly: chunks in, numbered complete lines out.
+
+    Linear in the bytes read: a line spanning many reads grows one buffer, so each byte is
+    copied into it once (`moved` counts those copies; re-joining the partial line on every
+    read made a 15 MiB line cost 6 s). A line longer than `max_line` is dropped up to its
+    newline and reported once. Blank lines are skipped but numbered.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.lineno = 0
+        self.discarding = False  # inside an over-long line, dropping bytes up to its newline
+        self.moved = 0
+
+    def restart(self) -> None:
+        self.buf.clear()
+        self.discarding = False
+
+    def feed(self, data: bytes, eof: bool) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """(lines as (lineno, bytes), linenos of over-long lines) completed by `data`."""
+        out: list[tuple[int, bytes]] = []
+        too_long: list[int] = []
+        parts = data.split(b"\n")
+        tail = parts.pop()  # after the last newline: the start of the next line
+        if parts:
+            head = parts[0]
+            if self.buf and not self.discarding:  # the only line that needs joining
+                self.buf += head
+                self.moved += len(head) + len(self.buf)
+                parts[0] = bytes(self.buf)
+            elif self.discarding:
+                parts[0] = b""
+            for part in parts:
+                self.lineno += 1
+                if self.discarding:  # the end of an over-long line already reported
+                    self.discarding = False
+                elif len(part) > self.max_line:
+                    too_long.append(self.lineno)
+                elif part and not part.isspace():
+                    out.append((self.lineno, part))
+            self.buf.clear()
+        if not self.discarding and tail:
+            if len(self.buf) + len(tail) > self.max_line:
+                too_long.append(self.lineno + 1)
+                self.discarding = True
+                self.buf.clear()
+            else:
+                self.buf += tail
+                self.moved += len(tail)
+        if eof:
+            if self.buf or self.discarding:
+                self.lineno += 1
+                if not self.discarding and not self.buf.isspace():
+                    out.append((self.lineno, bytes(self.buf)))
+            self.restart()
+        return out, too_long
+
+
 @dataclass
 class _Source:
     sid: int
@@ -73,9 +133,7 @@ class _Source:
     fd: int | None = None
     selectable: bool = False
     registered: bool = False
-    buf: bytearray = field(default_factory=bytearray)
-    lineno: int = 0
-    discarding: bool = False  # inside an over-long line, dropping bytes up to the next newline
+    lines: Lines = field(default_factory=lambda: Lines(MAX_LINE))
     ended: bool = False
     failed: bool = False
     fifo: bool = False
@@ -106,7 +164,8 @@ class Reader:
         self.clock = clock
         self.selector = selectors.DefaultSelector()
         self.sources = [
-            _Source(sid, "<stdin>" if spec == "-" else spec, None if spec == "-" else spec)
+            _Source(sid, "<stdin>" if spec == "-" else spec, None if spec == "-" else spec,
+                    lines=Lines(max_line))
             for sid, spec in enumerate(specs)
         ]
         self._startup = Batch()  # problems met while opening, handed out by the first poll
@@ -261,8 +320,7 @@ class Reader:
             self._open(src, batch, first=False)
         elif st.st_size < src.pos:
             src.pos = 0  # truncated in place (copytruncate rotation)
-            src.buf.clear()
-            src.discarding = False
+            src.lines.restart()
 
     def _read_stream(self, src: _Source, batch: Batch) -> None:
         assert src.fd is not None
@@ -285,40 +343,11 @@ class Reader:
             self._end(src, batch)
 
     def _split(self, src: _Source, data: bytes, batch: Batch, eof: bool) -> None:
-        if src.buf:
-            data = bytes(src.buf) + data
-            src.buf.clear()
-        end = data.rfind(b"\n")
-        if end >= 0:
-            parts = data[:end].split(b"\n")
-            data = data[end + 1:]
-            if src.discarding:  # the first part ends the over-long line already reported
-                src.lineno += 1
-                src.discarding = False
-                del parts[0]
-            for part in parts:
-                src.lineno += 1
-                if len(part) > self.max_line:
-                    self._too_long(src, batch, src.lineno)
-                elif part and not part.isspace():
-                    batch.lines.append(Line(src.sid, src.lineno, part))
-        if len(data) > self.max_line:
-            if not src.discarding:
-                self._too_long(src, batch, src.lineno + 1)
-            src.discarding = True
-            data = b""
-        if eof:
-            if data or src.discarding:
-                src.lineno += 1
-                if not src.discarding and not data.isspace():
-                    batch.lines.append(Line(src.sid, src.lineno, data))
-            src.discarding = False
-        elif data:
-            src.buf += data
-
-    def _too_long(self, src: _Source, batch: Batch, lineno: int) -> None:
-        batch.problems.append(Problem(
-            src.name, lineno, "too_long", f"line longer than {self.max_line} bytes, skipped"))
+        lines, too_long = src.lines.feed(data, eof)
+        batch.lines += [Line(src.sid, n, line) for n, line in lines]
+        batch.problems += [Problem(src.name, n, "too_long",
+                                   f"line longer than {self.max_line} bytes, skipped")
+                           for n in too_long]
 
     # -- ending ---------------------------------------------------------------------------
     def _end(self, src: _Source, batch: Batch) -> None:
