@@ -5,6 +5,11 @@ wait in a bounded buffer; if the reader stops reading and the buffer is full, ne
 dropped and counted (`output_dropped`, reported in the heartbeat) while the tool keeps draining
 the ring buffers. A closed pipe (`obs-x | head -1`) raises OutputClosed, which tools turn into a
 quiet exit.
+
+Any other write error (ENOSPC on a full disk, EIO, a closed stdout): a lossy sink (the kernel
+tools) drops what it holds, counts those lines in `output_dropped`, keeps `write_error` for the
+tool to say once and to exit non-zero at the end, and tries again with the next lines; a
+lossless sink (obs-merge, which has no kernel side to protect) raises OutputFailed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ DEFAULT_BUFFER = 16 << 20
 
 class OutputClosed(Exception):
     """The reader went away (EPIPE)."""
+
+
+class OutputFailed(Exception):
+    """A lossless sink's fd refused a write (its str: why)."""
 
 
 def default_format(fd: int = 1) -> str:
@@ -124,6 +133,9 @@ class Sink:
         self.pending = bytearray()
         self.counts: Counter[str] = Counter()
         self.output_dropped = 0
+        self.write_error: str | None = None  # the first write error of a lossy sink
+        self._write_error_said = False
+        self.lossless = lossless
         self._nonblocking = False
         try:
             mode = os.fstat(fd).st_mode
@@ -169,8 +181,22 @@ class Sink:
             except OSError as e:
                 if e.errno == errno.EPIPE:
                     raise OutputClosed from e
-                raise
+                why = e.strerror or str(e)
+                if self.lossless:
+                    raise OutputFailed(why) from e
+                self.write_error = self.write_error or why
+                self.output_dropped += self.pending.count(b"\n")
+                self.pending.clear()
+                return
             del self.pending[:n]
+
+    def write_error_news(self) -> str | None:
+        """The line a tool says, once, when its stdout first refused a write; else None."""
+        if self.write_error is None or self._write_error_said:
+            return None
+        self._write_error_said = True
+        return (f"cannot write output: {self.write_error}; lines that cannot be written are "
+                "counted (output_dropped), exit status will be 1")
 
     def drain(self, timeout: float = 2.0) -> None:
         """At exit: give a slow reader a little time to take what is buffered."""
