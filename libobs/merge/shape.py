@@ -66,7 +66,7 @@ def _duration(v: Any) -> bool:
             and type(nanos) is int and 0 <= nanos < NS)
 
 
-_WHAT = {_str: "a string", _int: "an integer", _bool: "a boolean", _int_or_str:
+_WHAT: dict[Check, str] = {_str: "a string", _int: "an integer", _bool: "a boolean", _int_or_str:
          "an integer or a string", _number: "a number", _list: "a list", _object: "an object",
          _strs: "a list of strings", _duration: "a duration {secs, nanos}"}
 
@@ -152,5 +152,5 @@ def problem(ev: dict[str, Any], kind: str) -> str | None:
     body = ev["event"][kind]
     if type(body) is not dict:
         return f"{kind[:64]} fields are {_name(body)}, not an object"
-    checks = FIELDS.get(kind)
-    return _fields(body, checks, f"{kind}.") if checks else None
+    fields = FIELDS.get(kind)
+    return _fields(body, fields, f"{kind}.") if fields else None
