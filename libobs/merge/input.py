@@ -23,7 +23,7 @@ import selectors
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,8 +129,9 @@ class Lines:
 class _Source:
     sid: int
     name: str
-    path: str | None  # None for stdin
+    path: str | None  # None for stdin and pipes
     fd: int | None = None
+    pipe: int | None = None  # a pipe handed over (a --run child's stdout): ours to close
     selectable: bool = False
     registered: bool = False
     lines: Lines = field(default_factory=lambda: Lines(MAX_LINE))
@@ -152,7 +153,8 @@ class Reader:
         follow: bool = False,
         from_end: bool = False,
         max_line: int = MAX_LINE,
-        stdin_fd: int = 0,
+        stdin_fd: int | None = 0,
+        pipes: Sequence[tuple[str, int]] = (),
         interval: float = FOLLOW_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -168,6 +170,8 @@ class Reader:
                     lines=Lines(max_line))
             for sid, spec in enumerate(specs)
         ]
+        self.sources += [_Source(len(self.sources) + i, name, None, pipe=fd, lines=Lines(max_line))
+                         for i, (name, fd) in enumerate(pipes)]
         self._startup = Batch()  # problems met while opening, handed out by the first poll
         for src in self.sources:
             self._open(src, self._startup, first=True)
@@ -215,7 +219,12 @@ class Reader:
 
     # -- opening --------------------------------------------------------------------------
     def _open(self, src: _Source, batch: Batch, first: bool) -> None:
-        if src.path is None:
+        if src.pipe is not None:
+            fd = src.pipe
+        elif src.path is None:
+            if self.stdin_fd is None:
+                self._fail(src, batch, "open_error", "cannot read: standard input is closed")
+                return
             fd = self.stdin_fd
         else:
             try:
@@ -367,7 +376,7 @@ class Reader:
             self.selector.unregister(src.fd)
             src.registered = False
         src.selectable = False
-        if src.path is not None:
+        if src.path is not None or src.pipe is not None:
             os.close(src.fd)
         else:  # stdin's file description is shared (a terminal, the shell's pipe): restore it
             with contextlib.suppress(OSError):
