@@ -15,7 +15,6 @@ beyond 64 bits into floats, which the integer checks below refuse.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 NS = 1_000_000_000
@@ -23,39 +22,26 @@ MAX_TS = 1 << 63  # ns since the epoch as an i64: year 2262
 MAX_SECS = MAX_TS // NS  # a duration fits in i64 nanoseconds
 MAX_DEPTH = 64  # well-formed events nest about 4 deep; orjson writes at most 254
 
-Check = Callable[[Any], bool]
+class Want(frozenset[type]):
+    """The types a field may have (null always), and how to say so. A set, so the common case
+    is one `type(v) in want` per field: this runs for every line of every source."""
+
+    what: str
+
+    def __new__(cls, what: str, *types: type) -> Want:
+        self = super().__new__(cls, (*types, type(None)))
+        self.what = what
+        return self
 
 
-def _str(v: Any) -> bool:
-    return type(v) is str
-
-
-def _int(v: Any) -> bool:
-    return type(v) is int  # not bool, not a float (which an integer beyond 64 bits becomes)
-
-
-def _bool(v: Any) -> bool:
-    return type(v) is bool
-
-
-def _int_or_str(v: Any) -> bool:
-    return type(v) is int or type(v) is str
-
-
-def _number(v: Any) -> bool:
-    return type(v) is int or type(v) is float
-
-
-def _list(v: Any) -> bool:
-    return type(v) is list
-
-
-def _object(v: Any) -> bool:
-    return type(v) is dict
-
-
-def _strs(v: Any) -> bool:
-    return type(v) is list and all(type(x) is str for x in v)
+_STR = Want("a string", str)
+_INT = Want("an integer", int)  # not bool, not a float (which an integer beyond 64 bits becomes)
+_BOOL = Want("a boolean", bool)
+_INT_OR_STR = Want("an integer or a string", int, str)
+_NUMBER = Want("a number", int, float)
+_OBJECT = Want("an object", dict)
+_STRS = Want("a list of strings")  # checked item by item
+_DURATION = Want("a duration {secs, nanos}")  # checked field by field
 
 
 def _duration(v: Any) -> bool:
@@ -66,49 +52,50 @@ def _duration(v: Any) -> bool:
             and type(nanos) is int and 0 <= nanos < NS)
 
 
-_WHAT: dict[Check, str] = {_str: "a string", _int: "an integer", _bool: "a boolean", _int_or_str:
-         "an integer or a string", _number: "a number", _list: "a list", _object: "an object",
-         _strs: "a list of strings", _duration: "a duration {secs, nanos}"}
-
-IDENTITY: dict[str, Check] = {"agent": _str, "task": _str, "session": _str}
-PROCESS: dict[str, Check] = {
-    "pid": _int, "ppid": _int, "comm": _str, "uid": _int, "cgroup_id": _int,
-    "container_id": _str, "pod_uid": _str, "cgroup": _str, "netns": _int_or_str}
-_PID = {"pid": _int}
-FIELDS: dict[str, dict[str, Check]] = {
-    "ToolExec": {**_PID, "ppid": _int, "uid": _int, "comm": _str, "filename": _str,
-                 "argv": _strs, "argv_truncated": _bool, "cwd": _str},
-    "ProcessExit": {**_PID, "ppid": _int, "comm": _str, "exit_code": _int, "signal": _int,
-                    "core_dumped": _bool, "duration": _duration},
-    "SecurityAction": {**_PID, "kind": _str, "detail": _str},
-    "FileAccess": {**_PID, "path": _str, "write": _bool, "flags": _int_or_str},
-    "FileDelete": {**_PID, "path": _str},
-    "Egress": {**_PID, "peer": _str, "port": _int, "family": _str, "sni": _str, "proto": _str,
-               "hostname": _str, "netns": _int_or_str},
-    "Dns": {**_PID, "query": _str, "qtype": _int_or_str, "server": _str, "answers": _strs,
-            "proto": _str, "netns": _int_or_str},
-    "LlmCall": {**_PID, "sni": _str, "peer": _str, "port": _int, "req_bytes": _int,
-                "resp_bytes": _int, "latency": _duration, "ttft": _duration, "model": _str,
-                "prompt_tokens": _int, "completion_tokens": _int, "exchange": _int},
-    "SslContent": {**_PID, "tid": _int, "is_read": _bool, "content": _str, "len": _int,
-                   "truncated": _bool, "lib": _str},
-    "LlmApi": {**_PID, "is_request": _bool, "model": _str, "prompt_tokens": _int,
-               "completion_tokens": _int, "cache_read_tokens": _int,
-               "cache_creation_tokens": _int, "stream": _bool, "path": _str},
-    "Denied": {**_PID, "action": _str, "target": _str, "rule": _str, "guard": _str,
-               "protocol": _str},
+IDENTITY: dict[str, Want] = {"agent": _STR, "task": _STR, "session": _STR}
+PROCESS: dict[str, Want] = {
+    "pid": _INT, "ppid": _INT, "comm": _STR, "uid": _INT, "cgroup_id": _INT,
+    "container_id": _STR, "pod_uid": _STR, "cgroup": _STR, "netns": _INT_OR_STR}
+_PID = {"pid": _INT}
+FIELDS: dict[str, dict[str, Want]] = {
+    "ToolExec": {**_PID, "ppid": _INT, "uid": _INT, "comm": _STR, "filename": _STR,
+                 "argv": _STRS, "argv_truncated": _BOOL, "cwd": _STR},
+    "ProcessExit": {**_PID, "ppid": _INT, "comm": _STR, "exit_code": _INT, "signal": _INT,
+                    "core_dumped": _BOOL, "duration": _DURATION},
+    "SecurityAction": {**_PID, "kind": _STR, "detail": _STR},
+    "FileAccess": {**_PID, "path": _STR, "write": _BOOL, "flags": _INT_OR_STR},
+    "FileDelete": {**_PID, "path": _STR},
+    "Egress": {**_PID, "peer": _STR, "port": _INT, "family": _STR, "sni": _STR, "proto": _STR,
+               "hostname": _STR, "netns": _INT_OR_STR},
+    "Dns": {**_PID, "query": _STR, "qtype": _INT_OR_STR, "server": _STR, "answers": _STRS,
+            "proto": _STR, "netns": _INT_OR_STR},
+    "LlmCall": {**_PID, "sni": _STR, "peer": _STR, "port": _INT, "req_bytes": _INT,
+                "resp_bytes": _INT, "latency": _DURATION, "ttft": _DURATION, "model": _STR,
+                "prompt_tokens": _INT, "completion_tokens": _INT, "exchange": _INT},
+    "SslContent": {**_PID, "tid": _INT, "is_read": _BOOL, "content": _STR, "len": _INT,
+                   "truncated": _BOOL, "lib": _STR},
+    "LlmApi": {**_PID, "is_request": _BOOL, "model": _STR, "prompt_tokens": _INT,
+               "completion_tokens": _INT, "cache_read_tokens": _INT,
+               "cache_creation_tokens": _INT, "stream": _BOOL, "path": _STR},
+    "Denied": {**_PID, "action": _STR, "target": _STR, "rule": _STR, "guard": _STR,
+               "protocol": _STR},
     "CollectorHeartbeat": {
-        "collector_id": _str, "tool": _str, "version": _str, "node_name": _str,
-        "attached_probes": _strs, "enabled_features": _strs, "interval_secs": _number,
-        "counts": _object, "dropped": _int, "output_dropped": _int},
+        "collector_id": _STR, "tool": _STR, "version": _STR, "node_name": _STR,
+        "attached_probes": _STRS, "enabled_features": _STRS, "interval_secs": _NUMBER,
+        "counts": _OBJECT, "dropped": _INT, "output_dropped": _INT},
 }
 
 
-def _fields(obj: dict[str, Any], checks: dict[str, Check], where: str) -> str | None:
-    for key, ok in checks.items():
-        value = obj.get(key)
-        if value is not None and not ok(value):
-            return f"{where}{key} is {_name(value)}, not {_WHAT[ok]}"
+def _fields(obj: dict[str, Any], wants: dict[str, Want], where: str) -> str | None:
+    for key, value in obj.items():
+        want = wants.get(key)
+        if want is None or type(value) in want:
+            continue
+        if want is _STRS and type(value) is list and all(type(x) is str for x in value):
+            continue
+        if want is _DURATION and _duration(value):
+            continue
+        return f"{where}{key} is {_name(value)}, not {want.what}"
     return None
 
 
@@ -138,15 +125,15 @@ def problem(ev: dict[str, Any], kind: str) -> str | None:
         return f"ts {ts} is out of range"
     for key in ("host", "provider"):
         value = ev.get(key)
-        if value is not None and type(value) is not str:
+        if type(value) not in _STR:
             return f"{key} is {_name(value)}, not a string"
-    for key, checks in (("identity", IDENTITY), ("process", PROCESS)):
+    for key, wants in (("identity", IDENTITY), ("process", PROCESS)):
         value = ev.get(key)
         if value is None:
             continue
         if type(value) is not dict:
             return f"{key} is {_name(value)}, not an object"
-        why = _fields(value, checks, f"{key}.")
+        why = _fields(value, wants, f"{key}.")
         if why:
             return why
     body = ev["event"][kind]
