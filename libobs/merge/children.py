@@ -6,12 +6,14 @@ observer as obs-merge's own child, with obs-merge's privileges. A command is spl
 as a shell would (shlex) and executed without a shell; its stdout is a pipe obs-merge reads,
 its stderr is obs-merge's. When obs-merge stops, children are asked to stop (SIGTERM: obs tools
 detach and write what they hold), killed if they do not within `grace` seconds, and always
-reaped.
+reaped. If obs-merge itself is killed (SIGKILL), the kernel sends them SIGTERM
+(PR_SET_PDEATHSIG): no observer outlives it unseen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -20,6 +22,13 @@ import time
 from dataclasses import dataclass
 
 STOP_GRACE = 5.0
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec (obs-merge has no threads, so this is safe)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(eq=False)
@@ -48,7 +57,8 @@ def start(commands: list[str]) -> tuple[list[tuple[Child, int]], list[str]]:
         argv = parse_command(text)
         rfd, wfd = os.pipe()
         try:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=wfd)
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=wfd,
+                                     preexec_fn=_die_with_parent)  # noqa: PLW1509
         except OSError as e:
             os.close(rfd)
             errors.append(f"{text}: cannot run: {e.strerror or e}")

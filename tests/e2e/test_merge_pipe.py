@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -270,6 +271,29 @@ def test_run_children_are_stopped_and_reaped_at_duration(tmp_path: Path) -> None
         f"obs-merge: {stubborn}: killed, it did not stop within 5 s"]
     for pid in pids.read_text().split():
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} left behind"
+
+
+def test_run_children_die_with_a_killed_obs_merge(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([*TOOL, "--run", f"sh -c 'echo $$ > {pids}; exec sleep 1000'"],
+                            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pids.read_text())
+    alive = False
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Reaped by init once gone; a zombie would still have /proc/<pid>, so check its state.
+    stat = Path(f"/proc/{child}/stat")
+    with contextlib.suppress(OSError):
+        alive = stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+        if alive:
+            os.kill(child, signal.SIGKILL)  # ours, still running: not left behind by a failure
+    assert not alive, "the child outlived obs-merge"
 
 
 def test_duration_stops_a_source_that_never_ends() -> None:
