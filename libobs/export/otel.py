@@ -30,14 +30,13 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from libobs.events import duration, duration_ns, event_kind
+from libobs.events import NS, duration, duration_ns, event_kind
 from libobs.export.cost import cost_usd
 from libobs.export.genai import Once, model_of, operation_name, provider_name, usage
 
 MAX_OPEN = 10_000
 MAX_SPAN_EVENTS = 128
 REQUESTS_PER_PID = 16
-NS = 1_000_000_000
 _ROOT_PID = re.compile(r"^(\d+)@")
 
 

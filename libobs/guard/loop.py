@@ -243,6 +243,11 @@ class GuardLoop:
                 self.sink.close()
             except OutputClosed:
                 quiet_broken_pipe()
+            news = self.sink.write_error_news()
+            if news:
+                err(self.cfg.tool, news)
+            if self.sink.write_error:
+                self._status = 1
 
     def _stop_from_here(self) -> None:
         self.stop = True
@@ -271,6 +276,10 @@ class GuardLoop:
                     err(self.cfg.tool, value)
                 item = self.outbox.get(0)
             self.sink.flush()
+            news = self.sink.write_error_news()  # stdout refuses writes: say so once, exit 1
+            if news:
+                err(self.cfg.tool, news)
+                self._status = 1
             if self._done.is_set():
                 return
             now = time.monotonic()

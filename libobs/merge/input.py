@@ -23,15 +23,16 @@ import selectors
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from libobs.events import KINDS, event_kind
+from libobs.merge import shape
 
-MAX_LINE = 16 << 20
+MAX_LINE = 64 << 20  # obs-ssl's largest capture (16 MiB), JSON-escaped, fits
 CHUNK = 64 << 10
 FOLLOW_INTERVAL = 0.25
 
@@ -64,17 +65,76 @@ class Batch:
     ended: list[int] = field(default_factory=list)  # source ids that ended during this poll
 
 
+class Lines:
+    """One source's line assembly: chunks in, numbered complete lines out.
+
+    Linear in the bytes read: a line spanning many reads grows one buffer, so each byte is
+    copied into it once (`moved` counts those copies; re-joining the partial line on every
+    read made a 15 MiB line cost 6 s). A line longer than `max_line` is dropped up to its
+    newline and reported once. Blank lines are skipped but numbered.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.lineno = 0
+        self.discarding = False  # inside an over-long line, dropping bytes up to its newline
+        self.moved = 0
+
+    def restart(self) -> None:
+        self.buf.clear()
+        self.discarding = False
+
+    def feed(self, data: bytes, eof: bool) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """(lines as (lineno, bytes), linenos of over-long lines) completed by `data`."""
+        out: list[tuple[int, bytes]] = []
+        too_long: list[int] = []
+        parts = data.split(b"\n")
+        tail = parts.pop()  # after the last newline: the start of the next line
+        if parts:
+            head = parts[0]
+            if self.buf and not self.discarding:  # the only line that needs joining
+                self.buf += head
+                self.moved += len(head) + len(self.buf)
+                parts[0] = bytes(self.buf)
+            elif self.discarding:
+                parts[0] = b""
+            for part in parts:
+                self.lineno += 1
+                if self.discarding:  # the end of an over-long line already reported
+                    self.discarding = False
+                elif len(part) > self.max_line:
+                    too_long.append(self.lineno)
+                elif part and not part.isspace():
+                    out.append((self.lineno, part))
+            self.buf.clear()
+        if not self.discarding and tail:
+            if len(self.buf) + len(tail) > self.max_line:
+                too_long.append(self.lineno + 1)
+                self.discarding = True
+                self.buf.clear()
+            else:
+                self.buf += tail
+                self.moved += len(tail)
+        if eof:
+            if self.buf or self.discarding:
+                self.lineno += 1
+                if not self.discarding and not self.buf.isspace():
+                    out.append((self.lineno, bytes(self.buf)))
+            self.restart()
+        return out, too_long
+
+
 @dataclass
 class _Source:
     sid: int
     name: str
-    path: str | None  # None for stdin
+    path: str | None  # None for stdin and pipes
     fd: int | None = None
+    pipe: int | None = None  # a pipe handed over (a --run child's stdout): ours to close
     selectable: bool = False
     registered: bool = False
-    buf: bytearray = field(default_factory=bytearray)
-    lineno: int = 0
-    discarding: bool = False  # inside an over-long line, dropping bytes up to the next newline
+    lines: Lines = field(default_factory=lambda: Lines(MAX_LINE))
     ended: bool = False
     failed: bool = False
     fifo: bool = False
@@ -93,7 +153,8 @@ class Reader:
         follow: bool = False,
         from_end: bool = False,
         max_line: int = MAX_LINE,
-        stdin_fd: int = 0,
+        stdin_fd: int | None = 0,
+        pipes: Sequence[tuple[str, int]] = (),
         interval: float = FOLLOW_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,9 +166,12 @@ class Reader:
         self.clock = clock
         self.selector = selectors.DefaultSelector()
         self.sources = [
-            _Source(sid, "<stdin>" if spec == "-" else spec, None if spec == "-" else spec)
+            _Source(sid, "<stdin>" if spec == "-" else spec, None if spec == "-" else spec,
+                    lines=Lines(max_line))
             for sid, spec in enumerate(specs)
         ]
+        self.sources += [_Source(len(self.sources) + i, name, None, pipe=fd, lines=Lines(max_line))
+                         for i, (name, fd) in enumerate(pipes)]
         self._startup = Batch()  # problems met while opening, handed out by the first poll
         for src in self.sources:
             self._open(src, self._startup, first=True)
@@ -155,7 +219,12 @@ class Reader:
 
     # -- opening --------------------------------------------------------------------------
     def _open(self, src: _Source, batch: Batch, first: bool) -> None:
-        if src.path is None:
+        if src.pipe is not None:
+            fd = src.pipe
+        elif src.path is None:
+            if self.stdin_fd is None:
+                self._fail(src, batch, "open_error", "cannot read: standard input is closed")
+                return
             fd = self.stdin_fd
         else:
             try:
@@ -260,8 +329,7 @@ class Reader:
             self._open(src, batch, first=False)
         elif st.st_size < src.pos:
             src.pos = 0  # truncated in place (copytruncate rotation)
-            src.buf.clear()
-            src.discarding = False
+            src.lines.restart()
 
     def _read_stream(self, src: _Source, batch: Batch) -> None:
         assert src.fd is not None
@@ -284,40 +352,11 @@ class Reader:
             self._end(src, batch)
 
     def _split(self, src: _Source, data: bytes, batch: Batch, eof: bool) -> None:
-        if src.buf:
-            data = bytes(src.buf) + data
-            src.buf.clear()
-        end = data.rfind(b"\n")
-        if end >= 0:
-            parts = data[:end].split(b"\n")
-            data = data[end + 1:]
-            if src.discarding:  # the first part ends the over-long line already reported
-                src.lineno += 1
-                src.discarding = False
-                del parts[0]
-            for part in parts:
-                src.lineno += 1
-                if len(part) > self.max_line:
-                    self._too_long(src, batch, src.lineno)
-                elif part and not part.isspace():
-                    batch.lines.append(Line(src.sid, src.lineno, part))
-        if len(data) > self.max_line:
-            if not src.discarding:
-                self._too_long(src, batch, src.lineno + 1)
-            src.discarding = True
-            data = b""
-        if eof:
-            if data or src.discarding:
-                src.lineno += 1
-                if not src.discarding and not data.isspace():
-                    batch.lines.append(Line(src.sid, src.lineno, data))
-            src.discarding = False
-        elif data:
-            src.buf += data
-
-    def _too_long(self, src: _Source, batch: Batch, lineno: int) -> None:
-        batch.problems.append(Problem(
-            src.name, lineno, "too_long", f"line longer than {self.max_line} bytes, skipped"))
+        lines, too_long = src.lines.feed(data, eof)
+        batch.lines += [Line(src.sid, n, line) for n, line in lines]
+        batch.problems += [Problem(src.name, n, "too_long",
+                                   f"line longer than {self.max_line} bytes, skipped")
+                           for n in too_long]
 
     # -- ending ---------------------------------------------------------------------------
     def _end(self, src: _Source, batch: Batch) -> None:
@@ -337,7 +376,7 @@ class Reader:
             self.selector.unregister(src.fd)
             src.registered = False
         src.selectable = False
-        if src.path is not None:
+        if src.path is not None or src.pipe is not None:
             os.close(src.fd)
         else:  # stdin's file description is shared (a terminal, the shell's pipe): restore it
             with contextlib.suppress(OSError):
@@ -352,7 +391,8 @@ def _err(e: OSError) -> str:
 def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     """One NDJSON line → (event to pass on, or None; (problem kind, message), or None).
 
-    Never raises. Unknown event kinds are passed on *and* reported.
+    Never raises. A line that is JSON but not a well-formed event (libobs.merge.shape) is
+    refused; an unknown event kind of the right shape is passed on *and* reported.
     """
     try:
         ev = orjson.loads(data)
@@ -367,10 +407,16 @@ def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     kind = event_kind(ev)
     if kind is None:
         return None, ("not_event", "no single event kind under 'event'")
+    if not isinstance(ev["event"][kind], dict):  # of any kind: sinks render its fields
+        return None, ("not_event", f"{kind[:64]} fields are not an object")
+    # Counting brackets is cheap and bounds the depth; only a suspect line is walked.
+    if data.count(b"[") + data.count(b"{") > shape.MAX_DEPTH and shape.depth(ev) > shape.MAX_DEPTH:
+        return None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
+    why = shape.problem(ev, kind)
+    if why is not None:
+        return None, ("bad_shape", why)
     if kind not in KINDS:
         return ev, ("unknown_kind", f"unknown event kind {kind[:64]!r} (passed through)")
-    if not isinstance(ev["event"][kind], dict):
-        return None, ("not_event", f"{kind} fields are not an object")
     return ev, None
 
 

@@ -221,7 +221,8 @@ class Sessions:
         if not isinstance(session, str):
             return
         pid, sep, start = session.partition("@")
-        if sep and start and pid.isascii() and pid.isdigit():
+        # (A pid has at most 10 digits; int() of thousands of digits raises.)
+        if sep and start and pid.isascii() and pid.isdigit() and len(pid) <= 10:
             owner = self._find(int(pid), ts)
             if owner is not None and owner.hint is None:
                 owner.hint = start

@@ -80,6 +80,12 @@ class Loop:
                 err(self.cfg.tool, f"cannot write heartbeat file: {e}")
         return ev
 
+    def _say_write_error(self) -> None:
+        """Once: stdout refuses writes (ENOSPC...); the kernel side keeps being drained."""
+        news = self.sink.write_error_news()
+        if news:
+            err(self.cfg.tool, news)
+
     def _drain(self) -> None:
         # The ring callbacks hold a reference to this very list: empty it in place.
         batch = self.queue.copy()
@@ -118,6 +124,7 @@ class Loop:
                     for ev in self.tick(now):
                         self.sink.emit(ev)
                 self.sink.flush()
+                self._say_write_error()
                 lost = self.lost()
                 if lost > last_lost:
                     err(self.cfg.tool, f"kernel dropped {lost - last_lost} event(s) "
@@ -150,4 +157,5 @@ class Loop:
                 quiet_broken_pipe()
             for s, h in old.items():
                 signal.signal(s, h)
-        return status
+        self._say_write_error()
+        return 1 if self.sink.write_error else status

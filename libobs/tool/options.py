@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,13 @@ HeartbeatFileOpt = Annotated[Path | None, typer.Option(
 DurationOpt = Annotated[float | None, typer.Option(
     "--duration", "-d", envvar="OBS_DURATION", min=0,
     help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")]
+# A BPF ring buffer's size is a u32 power of two: 2 GiB is the largest the kernel takes
+# (measured: 2048 loads; 4096 overflowed into a compiler traceback).
+MAX_RING_MIB = 2048
 RingOpt = Annotated[int, typer.Option(
-    "--ring-size", envvar="OBS_RING_SIZE", min=1,
-    help="Kernel ring buffer size in MiB (a power of two). Larger absorbs longer bursts.")]
+    "--ring-size", envvar="OBS_RING_SIZE", min=1, max=MAX_RING_MIB,
+    help="Kernel ring buffer size in MiB (a power of two, at most 2048). Larger absorbs "
+         "longer bursts.")]
 PidOpt = Annotated[int | None, typer.Option(
     "--pid", "-p", envvar="OBS_PID", min=1,
     help="Only this process and its descendants (filtered in the kernel).")]
@@ -166,10 +171,31 @@ def provider_rules(path: Path | None, trusted_uid: int | None = 0) -> Rules:
         raise UsageError(str(e).replace("deny-file", "providers file")) from None
 
 
+def std_fds() -> None:
+    """Put /dev/null on whichever of fds 0, 1 and 2 is closed, opened the wrong way round.
+
+    A closed standard fd would be taken by the next file opened: with `2>&-` a source opened
+    as fd 2 would receive the diagnostics, and Python, finding sys.stderr None, prints them
+    to stdout, into the NDJSON. Occupied the wrong way round, a closed stdin still fails to
+    read and a closed stdout to write (EBADF), so tools report those as they report any read
+    or write error, while stderr's diagnostics are discarded."""
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, flags)  # the lowest free number: fd itself, in order
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+            else:
+                os.set_inheritable(fd, True)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+
+
 def main(app: typer.Typer, tool: str, argv: list[str] | None = None) -> None:
     """Run a tool's typer app; usage errors become one line on stderr (exit 2)."""
-    import sys
-
+    std_fds()
     try:
         rv = app(args=argv, standalone_mode=False, prog_name=tool)
     except KeyboardInterrupt:

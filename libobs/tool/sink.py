@@ -5,6 +5,11 @@ wait in a bounded buffer; if the reader stops reading and the buffer is full, ne
 dropped and counted (`output_dropped`, reported in the heartbeat) while the tool keeps draining
 the ring buffers. A closed pipe (`obs-x | head -1`) raises OutputClosed, which tools turn into a
 quiet exit.
+
+Any other write error (ENOSPC on a full disk, EIO, a closed stdout): a lossy sink (the kernel
+tools) drops what it holds, counts those lines in `output_dropped`, keeps `write_error` for the
+tool to say once and to exit non-zero at the end, and tries again with the next lines; a
+lossless sink (obs-merge, which has no kernel side to protect) raises OutputFailed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ DEFAULT_BUFFER = 16 << 20
 
 class OutputClosed(Exception):
     """The reader went away (EPIPE)."""
+
+
+class OutputFailed(Exception):
+    """A lossless sink's fd refused a write (its str: why)."""
 
 
 def default_format(fd: int = 1) -> str:
@@ -68,12 +77,15 @@ def _sanitise(obj: Any) -> Any:
 def human(ev: dict[str, Any]) -> bytes:
     """One line: time, kind, pid/comm, then the event's fields as key=value."""
     kind = event_kind(ev) or "?"
-    fields = ev["event"].get(kind, {}) if kind != "?" else {}
+    fields = ev["event"].get(kind) if kind != "?" else None
+    fields = fields if isinstance(fields, dict) else {}
     ts = ev.get("ts")
     when = (time.strftime("%H:%M:%S", time.localtime(ts / 1e9)) + f".{ts % 10**9 // 10**6:03d}"
             if isinstance(ts, int) else "--:--:--.---")
-    proc = ev.get("process") or {}
-    ident = ev.get("identity") or {}
+    proc = ev.get("process")
+    proc = proc if isinstance(proc, dict) else {}
+    ident = ev.get("identity")
+    ident = ident if isinstance(ident, dict) else {}
     parts = [when, f"{kind:<14}"]
     pid = fields.get("pid", proc.get("pid"))
     if pid is not None:
@@ -93,7 +105,8 @@ def human(ev: dict[str, Any]) -> bytes:
 
 
 def _human_value(val: Any) -> str:
-    if isinstance(val, dict) and set(val) == {"secs", "nanos"}:
+    if isinstance(val, dict) and set(val) == {"secs", "nanos"} and all(
+            type(v) is int and 0 <= v < 1 << 64 for v in val.values()):  # else shown as JSON
         ms = val["secs"] * 1000 + val["nanos"] / 1e6
         return f"{ms:.1f}ms"
     if isinstance(val, list):
@@ -120,6 +133,9 @@ class Sink:
         self.pending = bytearray()
         self.counts: Counter[str] = Counter()
         self.output_dropped = 0
+        self.write_error: str | None = None  # the first write error of a lossy sink
+        self._write_error_said = False
+        self.lossless = lossless
         self._nonblocking = False
         try:
             mode = os.fstat(fd).st_mode
@@ -161,8 +177,22 @@ class Sink:
             except OSError as e:
                 if e.errno == errno.EPIPE:
                     raise OutputClosed from e
-                raise
+                why = e.strerror or str(e)
+                if self.lossless:
+                    raise OutputFailed(why) from e
+                self.write_error = self.write_error or why
+                self.output_dropped += self.pending.count(b"\n")
+                self.pending.clear()
+                return
             del self.pending[:n]
+
+    def write_error_news(self) -> str | None:
+        """The line a tool says, once, when its stdout first refused a write; else None."""
+        if self.write_error is None or self._write_error_said:
+            return None
+        self._write_error_said = True
+        return (f"cannot write output: {self.write_error}; lines that cannot be written are "
+                "counted (output_dropped), exit status will be 1")
 
     def drain(self, timeout: float = 2.0) -> None:
         """At exit: give a slow reader a little time to take what is buffered."""

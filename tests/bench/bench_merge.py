@@ -68,7 +68,7 @@ def generate(n: int, seed: int = 1) -> dict[str, list[dict[str, Any]]]:
         streams["net"].append(_ev(ts + 500_000, "Egress", {
             "pid": pid, "peer": ip, "port": 443, "family": "ipv4", "sni": None}, pid))
         streams["exec"].append(_ev(ts + 900_000, "ProcessExit", {
-            "pid": pid, "ppid": AGENT, "comm": "git", "exit_code": run % 3 == 0,
+            "pid": pid, "ppid": AGENT, "comm": "git", "exit_code": int(run % 3 == 0),
             "signal": None, "core_dumped": False, "duration": {"secs": 0, "nanos": 800_000}},
             pid))
         total += 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -197,8 +198,121 @@ def test_follow_picks_up_appended_events(tmp_path: Path) -> None:
     assert [orjson.loads(g)["ts"] for g in got] == [orjson.loads(x)["ts"] for x in lines[:6]]
 
 
+def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """obs-merge under a shell's redirections; $M is the command."""
+    return subprocess.run(["bash", "-c", script], capture_output=True, timeout=timeout,
+                          env={**os.environ, "M": " ".join(TOOL)}, cwd=REPO)
+
+
+def test_every_source_failing_is_said_not_silent() -> None:
+    res = shell("$M /nonexistent")
+    assert res.returncode == 1 and res.stdout == b""
+    assert res.stderr == b"obs-merge: /nonexistent: cannot open: No such file or directory\n"
+    res = shell("$M <&-")
+    assert res.returncode == 1 and res.stdout == b""
+    assert res.stderr == b"obs-merge: <stdin>: read error: Bad file descriptor\n"
+
+
+def test_a_closed_stderr_never_puts_diagnostics_into_the_stream() -> None:
+    """fd 2 closed: the first file opened would take its number, and Python prints to stdout
+    when sys.stderr is None. Diagnostics are discarded instead; the stream stays NDJSON."""
+    res = shell("$M --format json tests/fixtures/bad_lines.ndjson /nonexistent 2>&-")
+    assert res.returncode == 1
+    assert [next(iter(e["event"])) for e in parse(res.stdout)] == ["Dns", "GpuKernel", "FileDelete"]
+
+
+def test_a_full_disk_on_stdout_is_said_once_and_exits_1() -> None:
+    res = shell("$M --format json tests/fixtures/agent_exec.ndjson >/dev/full")
+    assert res.returncode == 1 and b"Traceback" not in res.stderr
+    assert res.stderr.decode().splitlines() == [
+        "obs-merge: cannot write output: No space left on device; stopping"]
+    res = shell("$M --format json tests/fixtures/agent_exec.ndjson >&-")
+    assert res.returncode == 1
+    assert res.stderr == b"obs-merge: cannot write output: Bad file descriptor; stopping\n"
+
+
+def test_run_starts_sources_merges_them_and_reports_failures(tmp_path: Path) -> None:
+    """`--run CMD`: obs-merge's own children (under sudo: with its privileges), split like shell
+    words, no shell; their stdout merged in order; a failing one reported, status 1."""
+    res = subprocess.run([*TOOL, "--format", "json",
+                          "--run", f"cat '{FIXTURES / 'agent_exec.ndjson'}'",
+                          "--run", f"cat {FIXTURES / 'agent_net.ndjson'}",
+                          "--run", "sh -c 'echo oops >&2; exit 3'",
+                          "--run", "/nonexistent/obs-x --flag",
+                          "--run", "echo 'not; a | shell' > x"],
+                         capture_output=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    stamps = [e["ts"] for e in parse(res.stdout)]
+    assert len(stamps) == 24 + 7 and stamps == sorted(stamps)
+    assert not (tmp_path / "x").exists()  # no shell: ">" was an argument of echo
+    err = res.stderr.decode().splitlines()
+    assert sorted(err) == sorted([
+        "oops",
+        "obs-merge: /nonexistent/obs-x --flag: cannot run: No such file or directory",
+        "obs-merge: echo 'not; a | shell' > x:1: not JSON (invalid literal, expected 'null')",
+        "obs-merge: sh -c 'echo oops >&2; exit 3': exited with status 3"]), err
+
+
+def test_run_children_are_stopped_and_reaped_at_duration(tmp_path: Path) -> None:
+    """--duration stops obs-merge like SIGTERM: a child that ignores SIGTERM is killed after the
+    grace, one that honours it is reaped; what they wrote first is merged; status 0."""
+    pids, event = tmp_path / "pids", tmp_path / "event.ndjson"
+    event.write_bytes(orjson.dumps({"ts": 5, "event": {"FileDelete": {"pid": 1, "path": "/x"}}}))
+    polite = f"sh -c 'echo $$ >> {pids}; cat {event}; echo; exec sleep 1000'"
+    stubborn = f"sh -c 'trap \"\" TERM; echo $$ >> {pids}; while :; do sleep 0.1; done'"
+    t0 = time.monotonic()
+    res = subprocess.run([*TOOL, "--format", "json", "--duration", "1",
+                          "--run", polite, "--run", stubborn],
+                         capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - t0
+    assert [e["ts"] for e in parse(res.stdout)] == [5]
+    assert res.returncode == 1 and took < 15, (res.stderr, took)
+    assert res.stderr.decode().splitlines() == [
+        f"obs-merge: {stubborn}: killed, it did not stop within 5 s"]
+    for pid in pids.read_text().split():
+        assert not Path(f"/proc/{pid}").exists(), f"child {pid} left behind"
+
+
+def test_run_children_die_with_a_killed_obs_merge(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([*TOOL, "--run", f"sh -c 'echo $$ > {pids}; exec sleep 1000'"],
+                            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pids.read_text())
+    alive = False
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Reaped by init once gone; a zombie would still have /proc/<pid>, so check its state.
+    stat = Path(f"/proc/{child}/stat")
+    with contextlib.suppress(OSError):
+        alive = stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+        if alive:
+            os.kill(child, signal.SIGKILL)  # ours, still running: not left behind by a failure
+    assert not alive, "the child outlived obs-merge"
+
+
+def test_duration_stops_a_source_that_never_ends() -> None:
+    proc = subprocess.Popen([*TOOL, "--format", "json", "--duration", "1", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write((FIXTURES / "agent_llm.ndjson").read_bytes())
+    proc.stdin.flush()  # and never closed: only --duration ends this run
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.stdin.close()
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(parse(proc.stdout.read())) == 4 and proc.stderr.read() == b""
+
+
 @pytest.mark.parametrize("args", [["--bogus"], ["--window", "-1"], ["--agent", "user:root"],
-                                  ["-", "-"], ["--format", "xml"]])
+                                  ["-", "-"], ["--format", "xml"], ["--run", "'unbalanced"],
+                                  ["--run", ""]])
 def test_bad_usage_is_one_line_and_status_2(args: list[str]) -> None:
     res = subprocess.run([*TOOL, *args], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 2 and res.stdout == b""
@@ -210,3 +324,33 @@ def test_env_var_sets_the_window() -> None:
     res = subprocess.run([*TOOL, "-"], capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
                          env={**os.environ, "OBS_MERGE_WINDOW": "-3"})
     assert res.returncode == 2 and b"OBS_MERGE_WINDOW" in res.stderr
+
+
+def test_run_a_real_observer_and_stop_it_with_obs_merge(tmp_path: Path) -> None:
+    """`obs-merge --run 'obs-exec ...'`: the observer is obs-merge's child (so `sudo obs-merge`
+    runs it as root); SIGTERM to obs-merge stops it, what it wrote is merged, nothing is left."""
+    beat = tmp_path / "beat.json"
+    observer = " ".join([*tool_cmd("obs-exec"), "--comm", "obsmergemark",
+                         "--heartbeat-file", str(beat)])
+    proc = subprocess.Popen([*TOOL, "--format", "json", "--window", "0.2", "--run", observer],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not beat.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert beat.exists(), "obs-exec never attached"
+        mark = tmp_path / "obsmergemark"
+        mark.symlink_to("/bin/true")
+        subprocess.run([str(mark)], check=True)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    execs = [e for e in parse(out) if "ToolExec" in e["event"]]
+    assert [e["event"]["ToolExec"]["comm"] for e in execs] == ["obsmergemark"]
+    left = subprocess.run(["pgrep", "-f", str(beat)], capture_output=True, text=True).stdout
+    assert left == "", f"obs-exec left running: {left}"

@@ -94,3 +94,28 @@ def test_stalled_reader_never_stalls_the_kernel_side(openloop, tmp_path):
         if proc.poll() is None:
             proc.kill()
         os.close(r_fd)
+
+
+def test_a_full_disk_is_said_once_counted_and_exits_1(tmp_path):
+    """`obs-exec >/dev/full`: no traceback; one line on stderr; the kernel side keeps being
+    drained, lines not written are counted in output_dropped; exit 1 so systemd restarts."""
+    beat = tmp_path / "beat.json"
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run(tool_cmd("obs-exec", "--duration", "2", "--format", "json",
+                                    "--heartbeat-interval", "0.5", "--heartbeat-file", str(beat)),
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    said = [ln for ln in p.stderr.splitlines() if "cannot write output" in ln]
+    assert said == ["obs-exec: cannot write output: No space left on device; lines that "
+                    "cannot be written are counted (output_dropped), exit status will be 1"]
+    last = orjson.loads(beat.read_bytes())
+    assert last["event"]["CollectorHeartbeat"]["output_dropped"] >= 2  # heartbeats at least
+
+
+def test_ring_size_beyond_what_the_kernel_takes_is_a_usage_error():
+    for size in ("4096", "3"):
+        p = subprocess.run(tool_cmd("obs-exec", "--ring-size", size, "--duration", "1"),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert len(p.stderr.splitlines()) == 1 and "--ring-size" in p.stderr, p.stderr

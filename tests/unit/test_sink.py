@@ -85,3 +85,48 @@ def test_head_1_exits_quietly():
     assert p.returncode == 0
     assert p.stderr == ""
     assert orjson.loads(p.stdout)["event"]["ToolExec"]["pid"] == 0
+
+
+def test_a_full_disk_is_counted_by_a_lossy_sink_and_never_raises():
+    """Kernel tools keep draining when stdout refuses writes (ENOSPC): lines are dropped and
+    counted, the error kept for the tool to say once and to exit 1 at the end."""
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        sink = Sink("json", fd=fd)
+        for i in range(5):
+            sink.emit(ev(i))
+        sink.close()
+    finally:
+        os.close(fd)
+    assert sink.output_dropped == 5 and not sink.pending
+    assert sink.write_error == os.strerror(28)  # ENOSPC
+
+
+def test_a_full_disk_stops_a_lossless_sink():
+    from libobs.tool.sink import OutputFailed
+
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        sink = Sink("json", fd=fd, lossless=True)
+        try:
+            sink.emit(ev())
+        except OutputFailed as e:
+            assert str(e) == os.strerror(28)
+        else:
+            raise AssertionError("a lossless sink dropped a line silently")
+    finally:
+        os.close(fd)
+
+
+def test_a_write_error_is_news_once():
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        sink = Sink("json", fd=fd)
+        assert sink.write_error_news() is None
+        sink.emit(ev())
+        first = sink.write_error_news()
+        sink.emit(ev(1))
+    finally:
+        os.close(fd)
+    assert first is not None and first.startswith("cannot write output: No space left")
+    assert sink.write_error_news() is None and sink.output_dropped == 2

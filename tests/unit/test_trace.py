@@ -125,7 +125,7 @@ def test_writes_egress_and_denials_are_instants(doc: dict[str, Any]) -> None:
     body = check_trace_format(doc)
     instants = {e["name"] for e in body if e["ph"] == "i"}
     assert {"write README.md", "connect api.anthropic.com:443", "connect github.com:443",
-            "DENIED egress 203.0.113.5:443", "delete req.html", "bind 127.0.0.1:8765"} <= instants
+            "DENIED egress 203.0.113.5:443", "delete req.html", "bind listen 127.0.0.1:8765 = 0"} <= instants
 
 
 def test_overlapping_calls_get_lanes_so_slices_nest() -> None:
