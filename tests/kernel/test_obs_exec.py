@@ -326,3 +326,39 @@ def test_head_1_exits_quietly():
     assert proc.returncode == 0
     assert err == b""
     assert out.count(b"\n") == 1
+
+
+def test_short_lived_process_in_a_pod_cgroup_has_its_pod(tool):
+    """/bin/echo is gone before its exec is decoded: container and pod come from the cgroup
+    filesystem (cgroup id = directory inode), not from /proc/<pid>/cgroup."""
+    import uuid
+
+    from tests.support.cgroups import cgroup, run_in
+    pod = str(uuid.uuid4())
+    cid = uuid.uuid4().hex * 2
+    tiers = ["kubepods.slice", "kubepods-besteffort.slice",
+             f"kubepods-besteffort-pod{pod.replace('-', '_')}.slice",
+             f"cri-containerd-{cid}.scope"]
+    with cgroup("obs-test-k8s") as top:
+        path = top.joinpath(*tiers)
+        path.mkdir(parents=True)  # made just now: the tool has never seen this cgroup id
+        try:
+            # Stopped, the tool decodes both execs only after both processes are reaped, as
+            # happens under load; the kernel side keeps the records in the ring buffer.
+            tool.proc.send_signal(signal.SIGSTOP)
+            try:
+                for word in ("first", "second"):
+                    run_in(path, ["/bin/echo", word], check=True, stdout=subprocess.DEVNULL)
+            finally:
+                tool.proc.send_signal(signal.SIGCONT)
+            execs = tool.wait_events("ToolExec", lambda f: f["argv"][:1] == ["/bin/echo"]
+                                     and f["_env"]["process"]["cgroup_id"] == path.stat().st_ino,
+                                     count=2)
+        finally:
+            for d in [path, *path.parents][:len(tiers) - 1]:
+                d.rmdir()  # children first; `cgroup` removes the top
+    for ex in execs:
+        proc = ex["_env"]["process"]
+        assert (proc["container_id"], proc["pod_uid"]) == (cid, pod), proc
+        assert ex["_env"]["identity"]["session"] == pod
+
