@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from libobs.events import KINDS, event_kind
+from libobs.terminal import quote
 
 MAX_LINE = 16 << 20
 CHUNK = 64 << 10
@@ -411,7 +412,8 @@ class Reporter:
         if self.suppressed and self.tokens >= 2:
             self._flush_suppressed()
         self.tokens -= 1
-        self.write(f"{self.prog}: {problem.text()}\n")
+        # A bad line's kind or a source's name is anyone's text: escaped, like every diagnostic.
+        self.write(f"{self.prog}: {quote(problem.text(), 500)}\n")
 
     def close(self) -> None:
         if self.suppressed:

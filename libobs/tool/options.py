@@ -24,7 +24,8 @@ from libobs.tool.sink import default_format
 
 FormatOpt = Annotated[str | None, typer.Option(
     "--format", "-f", envvar="OBS_FORMAT",
-    help="json (NDJSON, the contract) or human; default: human on a terminal, else json.")]
+    help="json (NDJSON, the contract, exact) or human (control characters escaped); "
+         "default: human on a terminal, else json.")]
 HeartbeatOpt = Annotated[float, typer.Option(
     "--heartbeat-interval", envvar="OBS_HEARTBEAT_INTERVAL", min=0.1,
     help="Seconds between CollectorHeartbeat events.")]

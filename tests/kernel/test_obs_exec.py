@@ -362,3 +362,24 @@ def test_short_lived_process_in_a_pod_cgroup_has_its_pod(tool):
         assert (proc["container_id"], proc["pod_uid"]) == (cid, pod), proc
         assert ex["_env"]["identity"]["session"] == pod
 
+
+def test_human_output_escapes_what_a_watched_process_names(tmp_path):
+    """touch $'esc\\e[1A\\e[2Kfake' must not move the operator's cursor (JSON stays exact)."""
+    from tests.support.tools import tool_cmd, wait_for
+    name = "esc\x1b[1A\x1b[2Kfake"
+    hb, out = tmp_path / "hb", tmp_path / "out"
+    with open(out, "wb") as o:
+        proc = subprocess.Popen(tool_cmd("obs-exec", "--files", "--format", "human",
+                                         "--heartbeat-file", str(hb), "--comm", "touch"),
+                                stdout=o, stderr=subprocess.PIPE)
+    try:
+        wait_for(hb.exists, 60, "obs-exec to attach")
+        subprocess.run(["touch", tmp_path / name], check=True)
+        wait_for(lambda: b"fake" in out.read_bytes(), 30, "the FileAccess line")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    text = out.read_bytes()
+    assert b"\x1b" not in text and b"\x1b" not in err
+    assert f"path={tmp_path}/esc\\x1b[1A\\x1b[2Kfake".encode() in text
+    assert b"argv=[\"touch\"" in text or b"ToolExec" in text
