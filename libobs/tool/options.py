@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from libobs import cgroup
+from libobs.events import env_problem
 from libobs.guard.denyfile import DenyFileError, read_denyfile
 from libobs.identity import read_stat
 from libobs.kernel import host
@@ -134,6 +135,8 @@ def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
         fmt = default_format()
     if fmt not in ("json", "human"):
         raise UsageError(f"--format must be json or human, not {fmt!r}")
+    if problem := env_problem():
+        raise UsageError(problem)
     return LoopConfig(tool=tool, fmt=fmt, heartbeat_interval=heartbeat_interval,
                       heartbeat_file=heartbeat_file, duration=duration, features=features)
 

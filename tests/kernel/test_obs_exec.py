@@ -382,4 +382,16 @@ def test_human_output_escapes_what_a_watched_process_names(tmp_path):
     text = out.read_bytes()
     assert b"\x1b" not in text and b"\x1b" not in err
     assert f"path={tmp_path}/esc\\x1b[1A\\x1b[2Kfake".encode() in text
-    assert b"argv=[\"touch\"" in text or b"ToolExec" in text
+
+
+def test_node_name_and_collector_id_from_the_deployment(tmp_path):
+    prog = _copy_true(tmp_path, "zzobsnode")
+    env = {"OBS_NODE_NAME": "node-a.example", "OBS_COLLECTOR_ID": "node-a/obs-exec"}
+    with running("obs-exec", "--comm", "zzobsnode", env=env) as r:
+        subprocess.run([str(prog)], check=True)
+        [ex] = r.wait_events("ToolExec", lambda f: f["comm"] == "zzobsnode")
+    import orjson
+    hb = orjson.loads((r.out_path.parent / "heartbeat.json").read_bytes())
+    assert ex["_env"]["host"] == "node-a.example"
+    assert hb["host"] == hb["event"]["CollectorHeartbeat"]["node_name"] == "node-a.example"
+    assert hb["event"]["CollectorHeartbeat"]["collector_id"] == "node-a/obs-exec"

@@ -20,17 +20,31 @@ def test_collector_pipeline():
 
 
 def test_daemonset():
-    ds = yaml.safe_load((REPO / "deploy/k8s/obs-daemonset.yaml").read_text())
+    docs = list(yaml.safe_load_all((REPO / "deploy/k8s/obs-daemonset.yaml").read_text()))
+    [ns] = [d for d in docs if d["kind"] == "Namespace"]
+    [ds] = [d for d in docs if d["kind"] == "DaemonSet"]
+    assert ds["metadata"]["namespace"] == ns["metadata"]["name"]  # created, not assumed
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     spec = ds["spec"]["template"]["spec"]
-    assert ds["kind"] == "DaemonSet" and spec["hostPID"] is True
+    assert spec["hostPID"] is True
     names = [c["name"] for c in spec["containers"]]
-    assert len(names) == len(set(names)) and "obs-exec" in names
+    assert len(names) == len(set(names))
+    assert set(names) == {"obs-exec", "obs-net", "obs-llm", "obs-ssl"}
     for c in spec["containers"]:
         assert c["securityContext"]["privileged"] is True
         probe = " ".join(c["livenessProbe"]["exec"]["command"])
         assert f"/run/obs/{c['name']}.heartbeat" in probe
+        assert f"exec {c['name']} " in c["command"][-1]
         assert f"--heartbeat-file /run/obs/{c['name']}.heartbeat" in " ".join(c["command"])
-        assert (REPO / "tools" / f"{c['name'].replace('-', '_')}.py").exists() or c["name"] in ("obs-net", "obs-llm")
+        assert (REPO / "tools" / f"{c['name'].replace('-', '_')}.py").exists()
+        env = {e["name"]: e for e in c["env"]}
+        # The node, not the pod's hostname; a stable collector id; defined before it is used.
+        assert env["OBS_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        assert env["OBS_COLLECTOR_ID"]["value"] == f"$(OBS_NODE_NAME)/{c['name']}"
+        assert [e["name"] for e in c["env"]].index("OBS_NODE_NAME") < \
+            [e["name"] for e in c["env"]].index("OBS_COLLECTOR_ID")
+        assert {"mountPath": "/sys/fs/cgroup", "name": "cgroup", "readOnly": True} in \
+            c["volumeMounts"]  # cgroup id → pod, from the host's tree
 
 
 def test_dockerfile_installs_bcc_from_debian():
