@@ -51,3 +51,40 @@ def test_dockerfile_installs_bcc_from_debian():
     text = (REPO / "deploy/Dockerfile").read_text()
     assert "python3-bpfcc" in text and "--system-site-packages" in text
     assert "pip install bcc" not in text
+
+
+UNITS = sorted((REPO / "deploy/systemd").glob("*.service"))
+
+
+def unit_settings(path: Path) -> list[tuple[str, str]]:
+    """(key, value) of each setting, continuation lines joined."""
+    text = path.read_text().replace("\\\n", " ")
+    return [tuple(s.strip() for s in line.split("=", 1))  # type: ignore[misc]
+            for line in text.splitlines() if "=" in line and not line.startswith(("#", ";"))]
+
+
+def test_units_start_on_a_host_without_var_log_obs():
+    """systemd opens StandardOutput=append:/file: before it makes LogsDirectory= (#27591), and a
+    ReadWritePaths= entry that does not exist fails the start: neither may name a directory the
+    unit itself has to create."""
+    for unit in UNITS:
+        settings = unit_settings(unit)
+        for key, value in settings:
+            if key == "StandardOutput":
+                assert not value.startswith(("append:", "file:", "truncate:")), unit.name
+            if key == "ReadWritePaths":
+                for path in value.split():
+                    assert not path.lstrip("-").startswith(("/var/log/obs", "/run/obs")), unit.name
+        text = unit.read_text()
+        if "/var/log/obs" in text and "mkdir -p /var/log/obs" not in text:
+            assert ("LogsDirectory", "obs") in settings, unit.name
+
+
+def test_ordering_names_units_that_exist():
+    shipped = {u.name for u in UNITS}
+    for unit in UNITS:
+        for key, value in unit_settings(unit):
+            if key in ("After", "Before", "Requires", "Wants"):
+                for name in value.split():
+                    if name.startswith("obs-"):
+                        assert name in shipped, f"{unit.name}: {key}={name} is no unit"
