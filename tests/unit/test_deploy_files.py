@@ -88,3 +88,14 @@ def test_ordering_names_units_that_exist():
                 for name in value.split():
                     if name.startswith("obs-"):
                         assert name in shipped, f"{unit.name}: {key}={name} is no unit"
+
+
+def test_security_policy_is_linked_and_covers_what_it_must():
+    text = (REPO / "SECURITY.md").read_text()
+    for heading in ("## Reporting a vulnerability", "## What obs trusts", "## What obs never does",
+                    "## What obs captures, and what it redacts"):
+        assert heading in text
+    assert "(SECURITY.md)" in (REPO / "README.md").read_text()
+    # Every tool is accounted for in the capture table.
+    for tool in sorted(p.stem.replace("_", "-") for p in (REPO / "tools").glob("obs_*.py")):
+        assert f"| {tool}" in text or f", {tool}" in text, tool
