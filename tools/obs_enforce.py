@@ -141,7 +141,6 @@ def _read(path: str) -> str:
         return ""
 
 
-
 def run() -> None:
     cli.main(app, TOOL)
 
