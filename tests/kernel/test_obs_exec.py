@@ -307,6 +307,7 @@ def test_filter_cgroup(tmp_path):
 def test_bad_options_one_line_exit_2():
     from tests.support.tools import tool_cmd
     for args in (["--comm", "x" * 40], ["--pid", "999999999"], ["--cgroup", "/nonexistent"],
+                 ["--cgroup", ""], ["--cgroup", "."], ["--cgroup", "/sys/fs/cgroup/unified"],
                  ["--max-argv", "100"], ["--ring-size", "3"], ["--format", "xml"],
                  ["--pid", "abc"], ["--no-such-option"]):
         p = subprocess.run(tool_cmd("obs-exec", *args), capture_output=True, text=True)
