@@ -180,7 +180,9 @@ class CgroupPaths:
             return None
         found = scan(self.root, self.max_scan)
         self.scans += 1
-        self._complete = len(found) < self.max_scan
+        # "Older than the scan and not in it" proves a removal only if the whole tree was
+        # walked and every entry still fits in the cache (else an evicted id would look gone).
+        self._complete = len(found) < self.max_scan and len(found) <= self.max
         self._newest = max(found, default=-1)
         hit = found.pop(cid, None)
         for ino, rel in found.items():

@@ -171,6 +171,14 @@ def test_cache_is_bounded_and_keeps_what_was_asked(tmp_path):
     assert paths.path(ino) == "/d17"
 
 
+def test_a_tree_larger_than_the_cache_still_resolves_evicted_ids(tmp_path):
+    root = fake_v2(tmp_path, *(f"d{i}" for i in range(30)))
+    paths = cgroup.CgroupPaths(root, max_entries=5, clock=Clock())
+    inos = {f"/d{i}": (root / f"d{i}").stat().st_ino for i in range(30)}
+    for name, ino in inos.items():
+        assert paths.path(ino) == name
+
+
 def test_scan_is_bounded_and_ignores_symlinks(tmp_path):
     root = fake_v2(tmp_path, "a/b/c", "d")
     (root / "link").symlink_to(root / "a")
