@@ -356,7 +356,7 @@ def test_short_lived_process_in_a_pod_cgroup_has_its_pod(tool):
                                      and f["_env"]["process"]["cgroup_id"] == path.stat().st_ino,
                                      count=2)
         finally:
-            for d in [path, *path.parents][:len(tiers) - 1]:
+            for d in [path, *path.parents][:len(tiers)]:
                 d.rmdir()  # children first; `cgroup` removes the top
     for ex in execs:
         proc = ex["_env"]["process"]
