@@ -7,8 +7,10 @@ so events keep the kernel's ordering and spacing exactly.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +90,27 @@ def event_kind(ev: dict[str, Any]) -> str | None:
     return None
 
 
-def hostname() -> str:
-    return socket.gethostname()
+NODE_ENV = "OBS_NODE_NAME"          # e.g. a DaemonSet's spec.nodeName (downward API)
+COLLECTOR_ENV = "OBS_COLLECTOR_ID"  # a stable collector identity pinned by the deployment
+
+
+def env_problem(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why OBS_NODE_NAME or OBS_COLLECTOR_ID cannot be used as given, or None. They land in
+    every event: one printable word of at most 253 characters (a DNS name's limit). Empty is
+    unset, as for every OBS_* variable."""
+    for var in (NODE_ENV, COLLECTOR_ENV):
+        value = environ.get(var)
+        if not value:
+            continue
+        if len(value) > 253 or not value.isprintable() or value.split() != [value]:
+            return f"{var} must be one printable word of 1-253 characters, not {value[:64]!r}"
+    return None
+
+
+def hostname(environ: Mapping[str, str] = os.environ) -> str:
+    """The envelope's ``host``: OBS_NODE_NAME when set (inside a pod the hostname is the pod's
+    name, not the node's), else this host's name."""
+    return environ.get(NODE_ENV) or socket.gethostname()
 
 
 def text(raw: bytes) -> str:

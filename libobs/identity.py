@@ -1,9 +1,10 @@
 """Who acted: process facts, container / pod identity, and session keys.
 
 Short-lived processes vanish from /proc before user space can look, so the kernel header of
-every record carries pid, ppid, comm, uid, cgroup id, process group and start time; /proc is
-only consulted (and cached) for what the kernel does not give: the cgroup *path* behind a
-cgroup id, from which container id and pod UID are parsed.
+every record carries pid, ppid, comm, uid, cgroup id, process group and start time. The cgroup
+*path* behind a cgroup id, from which container id and pod UID are parsed, is read from the
+cgroup-v2 filesystem (libobs/cgroup.py: it outlives the process); /proc/<pid>/cgroup is only the
+fallback when the id is not on a mounted v2 hierarchy.
 
 Default session: `<pgid>@<start>` — the process group is what shells make per command line and
 what an agent's subprocesses inherit, so an agent and the tools it runs share one value without
@@ -20,6 +21,8 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from libobs import cgroup
+from libobs.kernel import host
 from libobs.kernel.records import Hdr, comm
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -33,22 +36,6 @@ _CONTAINER = re.compile(r"(?:^|[/-])(?:docker-|cri-containerd-|crio-|libpod-|con
 # pod UIDs: /kubepods/burstable/pod<uid>/ (cgroupfs, dashes) or
 #           kubepods-burstable-pod<uid_with_underscores>.slice (systemd driver)
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-
-
-def parse_cgroup_file(text: str) -> str:
-    """The most specific cgroup path from /proc/<pid>/cgroup (v2 line "0::/…" preferred,
-    else the longest v1 path)."""
-    best = ""
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hid, _controllers, path = parts
-        if hid == "0":
-            return path
-        if len(path) > len(best):
-            best = path
-    return best
 
 
 def container_id(cgroup_path: str) -> str | None:
@@ -88,20 +75,13 @@ def proc_start_ticks(pid: int) -> int | None:
     return st[3] if st else None
 
 
-def read_cgroup_path(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return parse_cgroup_file(f.read())
-    except OSError:
-        return None
-
-
 class Identities:
     """Turns a record header into the envelope's `identity` and `process` objects.
     Caches are bounded LRUs: a long-running collector's memory stays flat."""
 
-    def __init__(self, max_entries: int = 2048):
+    def __init__(self, max_entries: int = 2048, paths: cgroup.CgroupPaths | None = None):
         self.max = max_entries
+        self.paths = paths if paths is not None else cgroup.CgroupPaths(host.cgroup2_root())
         self._cgroups: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
         self._roots: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pgid -> (ticks, comm)
         self._recent: dict[tuple[Any, ...], tuple[dict[str, str | None], dict[str, Any]]] = {}
@@ -114,13 +94,17 @@ class Identities:
             cache.popitem(last=False)
 
     def container(self, cgroup_id: int, pid: int) -> tuple[str | None, str | None]:
-        """(container_id, pod_uid) for a cgroup id, learnt from the first live pid in it."""
+        """(container_id, pod_uid) for a cgroup id: from the cgroup filesystem, else from
+        /proc/<pid>/cgroup while the process lives."""
         hit = self._cgroups.get(cgroup_id)
         if hit is not None:
             return hit
-        path = read_cgroup_path(pid)
+        path = self.paths.path(cgroup_id)
         if path is None:
-            return None, None  # process gone: unknown, and not cached
+            text = cgroup.read_proc_cgroup(pid)
+            if text is None:
+                return None, None  # unknown id, process gone: unknown, and not cached
+            path = cgroup.best_path(text)
         value = (container_id(path), pod_uid(path))
         self._lru_put(self._cgroups, cgroup_id, value)
         return value

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from libobs import cgroup as cgroups
 from libobs.events import Clock, hostname
 from libobs.guard import enforce
 from libobs.guard.denyfile import DenyFileError
@@ -35,9 +36,10 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 @app.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 def main(
-    cgroup: Annotated[Path, typer.Argument(
+    cgroup: Annotated[str, typer.Argument(
         envvar="OBS_ENFORCE_CGROUP", show_envvar=False, metavar="CGROUP",
-        help="The agent's cgroup-v2 directory (absolute, or relative to the v2 root).")],
+        help="The agent's cgroup-v2 directory (absolute, or relative to the v2 root). The v2 "
+             "root itself (every process on the host) only with --whole-host.")],
     denyfile: Annotated[Path | None, typer.Argument(
         envvar="OBS_DENY_FILE", show_envvar=False, metavar="DENYFILE",
         help="Deny-file: one IPv4, IPv6 or hostname per line; re-read when it changes.")] = None,
@@ -55,6 +57,9 @@ def main(
         "--pin", envvar="OBS_PIN",
         help="Pin the guard under /sys/fs/bpf/obs/<cgroup-id>/ so it outlives this process "
              "(fail-closed); a later run takes it over without a gap.")] = False,
+    whole_host: Annotated[bool, typer.Option(
+        "--whole-host", envvar="OBS_WHOLE_HOST",
+        help="Allow CGROUP to be the cgroup-v2 root: guard every process on this host.")] = False,
     fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
     heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
     ring_size: cli.RingOpt = 4,
@@ -62,7 +67,8 @@ def main(
     """Attach connect4/6 and UDP sendmsg4/6 guards to CGROUP: a refused connect() or sendmsg()
     fails with EPERM and is reported as a Denied event (NDJSON). Unlisted destinations pass."""
     try:
-        target = enforce.cgroup_dir(cgroup, host.cgroup2_root())
+        target = cgroups.resolve_dir(cgroup, host.cgroup2_root(), root_ok=whole_host,
+                                     what="CGROUP", root_hint="pass --whole-host to mean it")
         if denyfile is None and not allow_provider:
             raise cli.UsageError("give a DENYFILE, --allow-provider, or both")
         if deny_unclassified and not allow_provider:
@@ -83,6 +89,12 @@ def main(
     except (cli.UsageError, ValueError) as e:
         raise cli.usage_exit(TOOL, e) from None
 
+    # Before any hostname is resolved: without root there is nothing to resolve it for.
+    for check in (host.check_root, host.check_bcc, host.check_headers, host.check_btf):
+        if reason := check():
+            err(TOOL, reason)
+            raise typer.Exit(1)
+
     enforcer = enforce.Enforcer(
         watcher=enforce.denyfile_watcher(denyfile) if denyfile else None, providers=providers,
         rules=rules, servers=servers, pool=enforce.ResolverPool(),
@@ -91,10 +103,6 @@ def main(
         enforcer.start(wait=STARTUP_WAIT_S)
     except DenyFileError as e:
         raise cli.usage_exit(TOOL, e) from None
-    for check in (host.check_root, host.check_bcc, host.check_headers, host.check_btf):
-        if reason := check():
-            err(TOOL, reason)
-            raise typer.Exit(1)
 
     pins = enforce.pin_dir(target) if pin else None
     if not pin and any(enforce.pin_dir(target).glob("*")):
@@ -131,7 +139,6 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError:
         return ""
-
 
 
 def run() -> None:

@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
+from libobs import cgroup as cgroups
 from libobs.events import hostname
 from libobs.guard import fanotify
-from libobs.guard.denyfile import DenyFileWatcher, parse_paths
+from libobs.guard.denyfile import DenyFileWatcher, line_errors_text, parse_paths
 from libobs.guard.fileguard import (
     EVENT_F_FLAGS,
     GUARD,
@@ -22,8 +23,6 @@ from libobs.guard.fileguard import (
     Marks,
     Reloader,
     Scope,
-    cgroup_scope,
-    line_error_text,
 )
 from libobs.guard.loop import Group, GuardLoop, Outbox
 from libobs.kernel import host
@@ -50,25 +49,26 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 @app.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 def main(
     denyfile: Annotated[Path, typer.Argument(
-        metavar="DENYFILE", envvar="OBS_DENYFILE",
+        metavar="DENYFILE", envvar="OBS_DENY_FILE",
         help="Paths to deny, one per line; root-owned, in a root-owned directory. "
              "Re-read on change (applied within 2 s).")],
-    cgroup: Annotated[Path | None, typer.Option(
+    cgroup: Annotated[str | None, typer.Option(
         "--cgroup", envvar="OBS_CGROUP",
         help="Deny only processes in this cgroup-v2 directory or below it "
-             "(absolute, or relative to the cgroup-v2 mount); everyone else passes.")] = None,
+             "(absolute, or relative to the cgroup-v2 mount, not the mount itself); everyone "
+             "else passes. Without it, every process on the host is guarded.")] = None,
     fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
     heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
 ) -> None:
     """Deny opens and execs of the files and directories listed in DENYFILE, with fanotify
     permission events; each refusal is a Denied event (NDJSON). Fails open if it dies."""
-    filters = cli.Filters(cgroup=cgroup)
+    filters = cli.Filters(cgroup=cgroup, root_hint="omit --cgroup to guard every process")
     root = host.cgroup2_root()
     try:
         filters.validate()
         scope = None
-        if filters.cgroup is not None:
-            scope = Scope(cgroup_scope(str(filters.cgroup.resolve()), str(root)))
+        if filters.cgroup_dir is not None and root is not None:
+            scope = Scope(cgroups.relative(filters.cgroup_dir, root))
         features = ["open", "exec"] + (["cgroup"] if scope else [])
         cfg = cli.loop_config(GUARD, fmt, heartbeat_interval, heartbeat_file, duration, features)
     except (cli.UsageError, ValueError) as e:
@@ -76,16 +76,16 @@ def main(
 
     try:  # first: without root, say so rather than fail on the root-only deny-file
         fan = fanotify.init(INIT_FLAGS, EVENT_F_FLAGS)
-    except OSError as e:  # the message names the call and, for EPERM, the capability
-        err(GUARD, str(e))
+    except OSError as e:
+        err(GUARD, fanotify.init_failure(e))
         raise typer.Exit(1) from None
     # Read the list before any mark exists: a bad file stops us here, not half-way.
     watcher = DenyFileWatcher(denyfile, parse_paths)
     first = watcher.poll()
     if first is None or first.error:
         raise cli.usage_exit(GUARD, ValueError(first.error if first else "unreadable deny-file"))
-    for bad in first.errors:
-        err(GUARD, line_error_text(watcher.path, bad))
+    for line in line_errors_text(watcher.path, first.errors):
+        err(GUARD, line)
 
     outbox = Outbox()
     group = Group(fan)

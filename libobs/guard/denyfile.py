@@ -46,6 +46,20 @@ class LineError:
     reason: str
 
 
+def line_errors_text(source: str, errors: list[LineError], limit: int = 5,
+                     shown: int = 80) -> list[str]:
+    """Stderr lines for skipped deny-file lines: the first ``limit`` (each line cut to ``shown``
+    characters and repr-quoted, so control bytes are visible), then one line counting the rest.
+    A binary file would otherwise be one diagnostic per newline byte."""
+    out = []
+    for e in errors[:limit]:
+        line = repr(e.line[:shown]) + ("..." if len(e.line) > shown else "")
+        out.append(f"{source}:{e.lineno}: {e.reason}, line skipped: {line}")
+    if len(errors) > limit:
+        out.append(f"{source}: {len(errors) - limit} more bad line(s) skipped")
+    return out
+
+
 @dataclass(frozen=True)
 class EgressRule:
     lineno: int

@@ -44,7 +44,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from libobs.events import Clock, envelope
-from libobs.guard.denyfile import DenyFileError, DenyFileWatcher, EgressRule, Update, parse_egress
+from libobs.guard.denyfile import (
+    DenyFileError,
+    DenyFileWatcher,
+    EgressRule,
+    Update,
+    line_errors_text,
+    parse_egress,
+)
 from libobs.guard.policy import DenyListPolicy, IPAddress, ProviderPolicy, ProviderRules, Resolver
 from libobs.guard.policy import resolve as resolve_host
 from libobs.identity import Identities
@@ -243,18 +250,7 @@ class Decoder:
                            provider=rule.provider)
 
 
-# ---- inputs: cgroup path, DNS servers -------------------------------------------------------
-def cgroup_dir(path: Path, root: Path | None) -> Path:
-    """A cgroup-v2 directory (absolute, or relative to the v2 root); ValueError otherwise."""
-    if root is None:
-        raise ValueError("no cgroup-v2 hierarchy is mounted")
-    full = (path if path.is_absolute() else root / path).resolve()
-    if not (full == root.resolve() or full.is_relative_to(root.resolve())) \
-            or not (full / "cgroup.procs").is_file():
-        raise ValueError(f"{path}: not a cgroup-v2 directory (under {root})")
-    return full
-
-
+# ---- inputs: DNS servers -------------------------------------------------------
 def nameservers(text: str) -> list[IPAddress]:
     """The ``nameserver`` addresses of a resolv.conf (a %zone suffix is dropped)."""
     out: list[IPAddress] = []
@@ -400,8 +396,8 @@ class Enforcer:
         if update.error:
             self.report(f"{update.error}; keeping the previous policy")
             return
-        for e in update.errors:
-            self.report(f"{self._path}:{e.lineno}: {e.reason}: {e.line!r} (skipped)")
+        for line in line_errors_text(self._path, update.errors):
+            self.report(line)
         self._egress = update.rules
         self._learned_lines.clear()  # learned for the old lines; re-learned for the new ones
         self._rebuild_denylist()

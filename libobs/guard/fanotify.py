@@ -154,6 +154,18 @@ def init(flags: int, event_f_flags: int = EVENT_F_FLAGS) -> int:
     return fd
 
 
+def init_failure(e: OSError) -> str:
+    """What a failed ``init`` means for the user, in the words the other tools use."""
+    if e.errno == errno.EPERM:
+        return "must run as root (fanotify permission events need CAP_SYS_ADMIN)"
+    if e.errno == errno.ENOSYS:
+        return "this kernel has no fanotify (CONFIG_FANOTIFY)"
+    if e.errno == errno.EINVAL:
+        return ("this kernel has no fanotify permission events "
+                "(CONFIG_FANOTIFY_ACCESS_PERMISSIONS)")
+    return f"cannot start fanotify: {e.strerror}"
+
+
 def mark(
     fd: int, flags: int, mask: int, dirfd: int = AT_FDCWD, path: str | bytes | None = None
 ) -> None:

@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from libobs import cgroup as cg
 from libobs.events import envelope
 from libobs.guard import fanotify
-from libobs.guard.denyfile import DenyFileWatcher, LineError, PathRule
+from libobs.guard.denyfile import DenyFileWatcher, PathRule, line_errors_text
 from libobs.guard.fanotify import Event
 from libobs.identity import Identities, parse_stat
 from libobs.kernel.records import Hdr
@@ -67,11 +68,6 @@ _DELETED = b" (deleted)"  # what fd_path appends for an unlinked file
 
 def action_of(mask: int) -> Action:
     return "exec" if mask & fanotify.FAN_OPEN_EXEC_PERM else "open"
-
-
-def line_error_text(source: str, e: LineError) -> str:
-    """One stderr line for a deny-file line that was skipped."""
-    return f"{source}:{e.lineno}: {e.reason}, line skipped: {e.line!r}"
 
 
 # --- rules and marks ------------------------------------------------------------------------
@@ -350,29 +346,6 @@ class Marks:
 # --- cgroup scope ---------------------------------------------------------------------------
 
 
-def cgroup_v2_path(text: str) -> str | None:
-    """The cgroup-v2 path from /proc/<pid>/cgroup (its "0::" line), else None."""
-    for line in text.split("\n"):
-        if line.startswith("0::"):
-            path = line[3:]
-            return path if path.startswith("/") else None
-    return None
-
-
-def in_cgroup(path: str, scope: str) -> bool:
-    """Is cgroup ``path`` the cgroup ``scope`` or beneath it (component-wise)?"""
-    return scope == "/" or path == scope or path.startswith(scope.rstrip("/") + "/")
-
-
-def cgroup_scope(directory: str, root: str) -> str:
-    """A cgroup directory (under the cgroup-v2 mount ``root``) as a /proc/<pid>/cgroup path;
-    ValueError when it is not beneath ``root``."""
-    d, r = os.path.normpath(directory), os.path.normpath(root)
-    if d != r and not d.startswith(r.rstrip("/") + "/"):
-        raise ValueError(f"{directory} is not under the cgroup-v2 mount {root}")
-    return "/" + d[len(r):].lstrip("/")
-
-
 def _read(path: str, size: int = 8192) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -412,11 +385,11 @@ class Scope:
             self._cache.move_to_end(pid)
             return hit[2], hit[3]
         data = _read(f"{self.proc}/{pid}/cgroup")
-        path = cgroup_v2_path(data.decode("utf-8", "replace")) if data is not None else None
+        path = cg.v2_path(data.decode("utf-8", "replace")) if data is not None else None
         if path is None:
             self._cache.pop(pid, None)
             return None
-        inside = in_cgroup(path, self.cgroup)
+        inside = cg.in_subtree(path, self.cgroup)
         self._cache[pid] = (ino, now, inside, path)
         self._cache.move_to_end(pid)
         if len(self._cache) > self.max:
@@ -466,8 +439,9 @@ class Enricher:
         uid = parse_status_uid(status) if status is not None else None
         if cgroup_path is None:
             data = _read(f"{self.proc}/{pid}/cgroup")
-            cgroup_path = cgroup_v2_path(data.decode("utf-8", "replace")) if data else None
-        cgroup_id = self._cgroup_id(cgroup_path)
+            cgroup_path = cg.v2_path(data.decode("utf-8", "replace")) if data else None
+        cgroup_id = (cg.cgroup_id(self.cgroup_root, cgroup_path)
+                     if cgroup_path is not None and self.cgroup_root is not None else None)
         if parsed is None or uid is None or cgroup_id is None:
             comm = parsed[0] if parsed else None
             identity = {"agent": comm, "task": str(pid), "session": None}
@@ -479,15 +453,6 @@ class Enricher:
                   cgroup_id=cgroup_id, start_bt=ticks * self._ns_per_tick,
                   comm=comm.encode("utf-8", "replace")[:15])
         return self.identities.of(hdr)
-
-    def _cgroup_id(self, cgroup_path: str | None) -> int | None:
-        # The kernel's cgroup id is the inode number of the cgroup's directory.
-        if cgroup_path is None or self.cgroup_root is None:
-            return None
-        try:
-            return os.stat(self.cgroup_root + cgroup_path).st_ino
-        except OSError:
-            return None
 
 
 # --- answering ------------------------------------------------------------------------------
@@ -640,8 +605,8 @@ class Reloader:
             if update.error:
                 self.report(f"{update.error}; keeping the previous list")
             else:
-                for e in update.errors:
-                    self.report(line_error_text(self.watcher.path, e))
+                for line in line_errors_text(self.watcher.path, update.errors):
+                    self.report(line)
                 self.rules = update.rules
                 self._resolved.clear()
                 changed = True

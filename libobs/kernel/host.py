@@ -103,11 +103,15 @@ def check_bcc() -> str | None:
 
 def check_headers() -> str | None:
     mods = Path("/lib/modules") / platform.release()
-    if (mods / "build" / "include" / "generated" / "autoconf.h").exists() and any(
-            (mods / d / "include" / "linux" / "kconfig.h").exists() for d in ("build", "source")):
-        return None
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
-        return None
+    try:
+        if (mods / "build" / "include" / "generated" / "autoconf.h").exists() and any(
+                (mods / d / "include" / "linux" / "kconfig.h").exists()
+                for d in ("build", "source")):
+            return None
+        if Path("/sys/kernel/kheaders.tar.xz").exists():
+            return None
+    except PermissionError:  # e.g. systemd's ProtectKernelModules= hides /lib/modules
+        return f"cannot read the kernel headers under {mods} (permission denied)"
     return f"no kernel headers for {platform.release()} (bcc cannot compile): {SETUP_HINT}"
 
 

@@ -31,6 +31,7 @@ import orjson
 
 from libobs.events import KINDS, event_kind
 from libobs.merge import shape
+from libobs.terminal import quote
 
 MAX_LINE = 64 << 20  # obs-ssl's largest capture (16 MiB), JSON-escaped, fits
 CHUNK = 64 << 10
@@ -457,7 +458,8 @@ class Reporter:
         if self.suppressed and self.tokens >= 2:
             self._flush_suppressed()
         self.tokens -= 1
-        self.write(f"{self.prog}: {problem.text()}\n")
+        # A bad line's kind or a source's name is anyone's text: escaped, like every diagnostic.
+        self.write(f"{self.prog}: {quote(problem.text(), 500)}\n")
 
     def close(self) -> None:
         if self.suppressed:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libobs.cgroup import best_path, read_proc_cgroup
 from libobs.events import NS
 from libobs.identity import read_stat
 from libobs.providers import classify
@@ -374,14 +375,10 @@ def read_proc(pid: int, root: str = "/proc") -> ProcInfo | None:
     if st is None:
         return None
     comm, ppid, _pgid, ticks = st
-    try:
-        with open(f"{root}/{pid}/cgroup", "rb") as f:
-            cgroup = f.read().decode("utf-8", "replace")
-    except OSError:
+    text = read_proc_cgroup(pid, root)
+    if text is None:
         return None
-    # cgroup v2's "0::/path" line when there is one (hybrid hosts list v1 hierarchies too).
-    lines = [line.split(":", 2) for line in cgroup.splitlines() if line.count(":") >= 2]
-    path = next((p for h, _, p in lines if h == "0"), lines[0][2] if lines else "")
+    path = best_path(text)
     start_ns = _boot_ns(root) + ticks * NS // _clock_ticks()
     return ProcInfo(pid, ppid, comm, ticks, start_ns, path)
 

@@ -34,6 +34,7 @@ from libobs.events import duration_ns, event_kind
 from libobs.export.cost import CATALOGUE, cost_usd
 from libobs.export.genai import Once, usage
 from libobs.merge.sessions import Proc, event_pid
+from libobs.terminal import safe
 from libobs.tool.sink import Sink
 
 MAX_SESSIONS = 4096
@@ -292,7 +293,8 @@ class Summary:
         if self.unattributed:
             lines += ["", "not attributed to an agent: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(self.unattributed.items()))]
-        return "\n".join(lines) + "\n"
+        # Agents, comms, models and endpoints come from watched processes: one escape for all.
+        return "\n".join(safe(line) for line in lines) + "\n"
 
 
 def _count(value: Any) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from libobs import __version__
-from libobs.events import envelope, null_identity
+from libobs.events import COLLECTOR_ENV, envelope, hostname, null_identity
 from libobs.tool.sink import dumps
 
 
@@ -20,7 +19,7 @@ def heartbeat_event(
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None,
 ) -> dict[str, Any]:
-    node = host or socket.gethostname()
+    node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
         "attached_probes": list(attached), "enabled_features": list(features),
@@ -31,8 +30,9 @@ def heartbeat_event(
                     identity=null_identity(), provider=None)
 
 
-def new_collector_id(tool: str) -> str:
-    return f"{tool}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def new_collector_id(tool: str, environ: Mapping[str, str] = os.environ) -> str:
+    """OBS_COLLECTOR_ID when the deployment pins one, else unique per process."""
+    return environ.get(COLLECTOR_ENV) or f"{tool}-{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def write_liveness(path: Path, ev: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from libobs.kernel.program import Program
+from libobs.terminal import quote
 from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
 
@@ -34,9 +35,10 @@ class LoopConfig:
     max_output_buffer: int = 16 << 20
 
 
-def err(tool: str, msg: str) -> None:
-    """One line on stderr, prefixed with the tool name."""
-    print(f"{tool}: {msg}", file=sys.stderr, flush=True)
+def err(tool: str, msg: str, limit: int = 2000) -> None:
+    """One line on stderr, prefixed with the tool name. Messages quote paths, hostnames and
+    deny-file lines: escaped for the terminal (a newline cannot fake a second line) and capped."""
+    print(f"{tool}: {quote(msg, limit)}", file=sys.stderr, flush=True)
 
 
 class Loop:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from libobs import cgroup
+from libobs.events import env_problem
 from libobs.guard.denyfile import DenyFileError, read_denyfile
 from libobs.identity import read_stat
 from libobs.kernel import host
@@ -25,7 +27,8 @@ from libobs.tool.sink import default_format
 
 FormatOpt = Annotated[str | None, typer.Option(
     "--format", "-f", envvar="OBS_FORMAT",
-    help="json (NDJSON, the contract) or human; default: human on a terminal, else json.")]
+    help="json (NDJSON, the contract, exact) or human (control characters escaped); "
+         "default: human on a terminal, else json.")]
 HeartbeatOpt = Annotated[float, typer.Option(
     "--heartbeat-interval", envvar="OBS_HEARTBEAT_INTERVAL", min=0.1,
     help="Seconds between CollectorHeartbeat events.")]
@@ -47,9 +50,10 @@ PidOpt = Annotated[int | None, typer.Option(
     help="Only this process and its descendants (filtered in the kernel).")]
 CommOpt = Annotated[str | None, typer.Option(
     "--comm", "-c", envvar="OBS_COMM", help="Only processes with this comm (filtered in the kernel).")]
-CgroupOpt = Annotated[Path | None, typer.Option(
+CgroupOpt = Annotated[str | None, typer.Option(
     "--cgroup", envvar="OBS_CGROUP",
-    help="Only processes in this cgroup-v2 directory or below it (filtered in the kernel).")]
+    help="Only processes in this cgroup-v2 directory or below it (filtered in the kernel; "
+         "absolute, or relative to the cgroup-v2 mount; not the mount itself).")]
 
 ProvidersOpt = Annotated[Path | None, typer.Option(
     "--providers", envvar="OBS_PROVIDERS",
@@ -78,7 +82,8 @@ class UsageError(Exception):
 class Filters:
     pid: int | None = None
     comm: str | None = None
-    cgroup: Path | None = None
+    cgroup: str | Path | None = None
+    root_hint: str = "omit --cgroup to watch every process"
 
     def validate(self) -> None:
         if self.comm is not None:
@@ -88,11 +93,16 @@ class Filters:
         if self.pid is not None and not Path(f"/proc/{self.pid}").exists():
             raise UsageError(f"--pid {self.pid}: no such process")
         if self.cgroup is not None:
-            root = host.cgroup2_root()
-            path = self.cgroup if self.cgroup.is_absolute() else (root or Path("/")) / self.cgroup
-            if not (path / "cgroup.procs").exists():
-                raise UsageError(f"--cgroup {self.cgroup}: not a cgroup-v2 directory")
-            self.cgroup = path
+            try:
+                self.cgroup = cgroup.resolve_dir(self.cgroup, host.cgroup2_root(),
+                                                 root_hint=self.root_hint)
+            except cgroup.CgroupError as e:
+                raise UsageError(str(e)) from None
+
+    @property
+    def cgroup_dir(self) -> Path | None:
+        """The validated --cgroup directory."""
+        return self.cgroup if isinstance(self.cgroup, Path) else None
 
     def defines(self) -> dict[str, int | bool]:
         return {"FILTER_PID": self.pid is not None, "FILTER_COMM": self.comm is not None,
@@ -155,6 +165,8 @@ def loop_config(tool: str, fmt: str | None, heartbeat_interval: float,
         fmt = default_format()
     if fmt not in ("json", "human"):
         raise UsageError(f"--format must be json or human, not {fmt!r}")
+    if problem := env_problem():
+        raise UsageError(problem)
     return LoopConfig(tool=tool, fmt=fmt, heartbeat_interval=heartbeat_interval,
                       heartbeat_file=heartbeat_file, duration=duration, features=features)
 

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from libobs.events import event_kind
+from libobs.terminal import safe
 
 DEFAULT_BUFFER = 16 << 20
 
@@ -101,7 +102,10 @@ def human(ev: dict[str, Any]) -> bytes:
         parts.append(f"{key}={_human_value(val)}")
     if ident.get("session"):
         parts.append(f"session={ident['session']}")
-    return (" ".join(parts) + "\n").encode("utf-8", errors="replace")
+    # Any value may come from a watched process (a path, argv, comm, SNI, model, ...): the
+    # whole line is escaped once here, so no field, present or future, can reach the terminal
+    # raw. The format itself adds no control characters.
+    return (safe(" ".join(parts)) + "\n").encode("utf-8", errors="replace")
 
 
 def _human_value(val: Any) -> str:

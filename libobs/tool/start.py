@@ -27,7 +27,7 @@ class Common:
     """The options every tracing tool takes, as typer parsed them."""
     pid: int | None
     comm: str | None
-    cgroup: Path | None
+    cgroup: str | None         # as given: options.Filters resolves and checks it
     fmt: str | None
     heartbeat_interval: float
     heartbeat_file: Path | None

@@ -425,6 +425,27 @@ def test_unknown_cgroup_is_one_line_and_exit_2(denyfile):
     assert p.returncode == 2 and "cgroup-v2" in p.stderr
 
 
+@pytest.mark.parametrize("arg", ["", ".", "/", "/sys/fs/cgroup/unified", "./"])
+def test_the_cgroup_v2_root_is_refused_without_whole_host(denyfile, arg):
+    """An unset variable ("$AGENT_CGROUP") must not cage every process on the host."""
+    p = run_tool(arg, str(denyfile))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("obs-enforce: CGROUP ")
+    if arg != "/":  # "/" is the host's root directory, which is no cgroup at all
+        assert "cgroup-v2 root" in p.stderr and "--whole-host" in p.stderr
+    assert attached(Path("/sys/fs/cgroup/unified")) == []
+
+
+def test_root_is_checked_before_any_hostname_is_resolved(cgroup, denyfile):
+    denyfile.write_text("resolving-would-hang.example\n")
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        *tool_cmd("obs-enforce", str(cgroup), str(denyfile))],
+                       capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 1 and p.stderr == (
+        "obs-enforce: must run as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)\n")
+
+
 def test_denyfile_writable_by_others_is_refused(cgroup, denyfile):
     denyfile.chmod(0o666)
     p = run_tool(str(cgroup), str(denyfile))

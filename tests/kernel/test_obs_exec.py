@@ -307,6 +307,7 @@ def test_filter_cgroup(tmp_path):
 def test_bad_options_one_line_exit_2():
     from tests.support.tools import tool_cmd
     for args in (["--comm", "x" * 40], ["--pid", "999999999"], ["--cgroup", "/nonexistent"],
+                 ["--cgroup", ""], ["--cgroup", "."], ["--cgroup", "/sys/fs/cgroup/unified"],
                  ["--max-argv", "100"], ["--ring-size", "3"], ["--format", "xml"],
                  ["--pid", "abc"], ["--no-such-option"]):
         p = subprocess.run(tool_cmd("obs-exec", *args), capture_output=True, text=True)
@@ -326,3 +327,72 @@ def test_head_1_exits_quietly():
     assert proc.returncode == 0
     assert err == b""
     assert out.count(b"\n") == 1
+
+
+def test_short_lived_process_in_a_pod_cgroup_has_its_pod(tool):
+    """/bin/echo is gone before its exec is decoded: container and pod come from the cgroup
+    filesystem (cgroup id = directory inode), not from /proc/<pid>/cgroup."""
+    import uuid
+
+    from tests.support.cgroups import cgroup, run_in
+    pod = str(uuid.uuid4())
+    cid = uuid.uuid4().hex * 2
+    tiers = ["kubepods.slice", "kubepods-besteffort.slice",
+             f"kubepods-besteffort-pod{pod.replace('-', '_')}.slice",
+             f"cri-containerd-{cid}.scope"]
+    with cgroup("obs-test-k8s") as top:
+        path = top.joinpath(*tiers)
+        path.mkdir(parents=True)  # made just now: the tool has never seen this cgroup id
+        try:
+            # Stopped, the tool decodes both execs only after both processes are reaped, as
+            # happens under load; the kernel side keeps the records in the ring buffer.
+            tool.proc.send_signal(signal.SIGSTOP)
+            try:
+                for word in ("first", "second"):
+                    run_in(path, ["/bin/echo", word], check=True, stdout=subprocess.DEVNULL)
+            finally:
+                tool.proc.send_signal(signal.SIGCONT)
+            execs = tool.wait_events("ToolExec", lambda f: f["argv"][:1] == ["/bin/echo"]
+                                     and f["_env"]["process"]["cgroup_id"] == path.stat().st_ino,
+                                     count=2)
+        finally:
+            for d in [path, *path.parents][:len(tiers)]:
+                d.rmdir()  # children first; `cgroup` removes the top
+    for ex in execs:
+        proc = ex["_env"]["process"]
+        assert (proc["container_id"], proc["pod_uid"]) == (cid, pod), proc
+        assert ex["_env"]["identity"]["session"] == pod
+
+
+def test_human_output_escapes_what_a_watched_process_names(tmp_path):
+    """touch $'esc\\e[1A\\e[2Kfake' must not move the operator's cursor (JSON stays exact)."""
+    from tests.support.tools import tool_cmd, wait_for
+    name = "esc\x1b[1A\x1b[2Kfake"
+    hb, out = tmp_path / "hb", tmp_path / "out"
+    with open(out, "wb") as o:
+        proc = subprocess.Popen(tool_cmd("obs-exec", "--files", "--format", "human",
+                                         "--heartbeat-file", str(hb), "--comm", "touch"),
+                                stdout=o, stderr=subprocess.PIPE)
+    try:
+        wait_for(hb.exists, 60, "obs-exec to attach")
+        subprocess.run(["touch", tmp_path / name], check=True)
+        wait_for(lambda: b"fake" in out.read_bytes(), 30, "the FileAccess line")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    text = out.read_bytes()
+    assert b"\x1b" not in text and b"\x1b" not in err
+    assert f"path={tmp_path}/esc\\x1b[1A\\x1b[2Kfake".encode() in text
+
+
+def test_node_name_and_collector_id_from_the_deployment(tmp_path):
+    prog = _copy_true(tmp_path, "zzobsnode")
+    env = {"OBS_NODE_NAME": "node-a.example", "OBS_COLLECTOR_ID": "node-a/obs-exec"}
+    with running("obs-exec", "--comm", "zzobsnode", env=env) as r:
+        subprocess.run([str(prog)], check=True)
+        [ex] = r.wait_events("ToolExec", lambda f: f["comm"] == "zzobsnode")
+    import orjson
+    hb = orjson.loads((r.out_path.parent / "heartbeat.json").read_bytes())
+    assert ex["_env"]["host"] == "node-a.example"
+    assert hb["host"] == hb["event"]["CollectorHeartbeat"]["node_name"] == "node-a.example"
+    assert hb["event"]["CollectorHeartbeat"]["collector_id"] == "node-a/obs-exec"

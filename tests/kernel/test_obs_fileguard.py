@@ -24,7 +24,7 @@ import pytest
 
 from libobs.kernel.host import cgroup2_root
 from tests.support.clients import EXECER, OPENER
-from tests.support.tools import running, tool_cmd, wait_for
+from tests.support.tools import REPO, running, tool_cmd, wait_for
 
 pytestmark = [
     pytest.mark.kernel,
@@ -272,6 +272,40 @@ def test_a_bad_denyfile_at_start_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run(tool_cmd(TOOL, str(deny), "--cgroup", "/nonexistent"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("arg", ["", ".", "/sys/fs/cgroup/unified"])
+def test_the_cgroup_v2_root_is_refused(conf, arg):
+    """--cgroup "$UNSET" must not quietly become "every process"."""
+    deny = conf / "deny"
+    deny.write_text("/nonexistent-obs\n")
+    r = subprocess.run(tool_cmd(TOOL, str(deny), "--cgroup", arg), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cgroup-v2 root" in r.stderr and "omit --cgroup" in r.stderr
+
+
+def test_without_root_it_says_what_is_missing(conf):
+    deny = conf / "deny"
+    deny.write_text("/nonexistent-obs\n")
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        *tool_cmd(TOOL, str(deny))], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1
+    assert r.stderr == ("obs-fileguard: must run as root "
+                        "(fanotify permission events need CAP_SYS_ADMIN)\n")
+
+
+def test_a_binary_denyfile_is_a_few_escaped_lines(conf):
+    deny = conf / "deny"
+    deny.write_bytes(bytes(range(256)) * 8 + b"/nonexistent-obs\n")
+    r = subprocess.run(tool_cmd(TOOL, str(deny), "--duration", "1"), capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    lines = [ln for ln in err.splitlines() if str(deny) in ln]
+    assert 1 < len(lines) <= 8 and "more bad line(s) skipped" in err
+    assert all(ln.isprintable() for ln in err.splitlines())
 
 
 def test_sigkill_lets_blocked_and_new_opens_through(conf, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from libobs import identity
+from libobs import cgroup
 from libobs.events import KINDS, NS, Clock
 from libobs.exec.decode import (
     K_EXEC,
@@ -293,11 +293,11 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
     "obs-merge --summary" its summary object."""
     tmp = tmp_path_factory.mktemp("contract")
 
-    def cgroup_path(pid: int) -> str | None:
-        return POD_CGROUP if pid == POD_TOOL else None
+    def proc_cgroup(pid: int | str, proc: str = "/proc") -> str | None:
+        return f"0::{POD_CGROUP}\n" if int(pid) == POD_TOOL else None
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(identity, "read_cgroup_path", cgroup_path)  # /proc/<pid>/cgroup of a pod
+        mp.setattr(cgroup, "read_proc_cgroup", proc_cgroup)  # /proc/<pid>/cgroup of a pod
         out = {"obs-exec --files": exec_events(), "obs-net": net_events(),
                "obs-llm": llm_events(), "obs-ssl": ssl_events(),
                "obs-llm --api": llm_api_events(), "obs-enforce": enforce_events()}

@@ -331,3 +331,14 @@ def test_watcher_honours_its_interval(safe_dir):
 def test_watcher_interval_must_meet_the_two_second_promise(safe_dir):
     with pytest.raises(ValueError, match="2 s"):
         DenyFileWatcher(safe_dir / "egress", parse_egress, interval=1.5)
+
+
+def test_binary_deny_file_reports_a_few_escaped_lines(safe_dir):
+    p = safe_dir / "deny"
+    p.write_bytes(bytes(range(256)) * 8)
+    rules, errors = denyfile.parse_paths(denyfile.read_denyfile(p))
+    assert len(errors) > 5
+    lines = denyfile.line_errors_text(str(p), errors)
+    assert len(lines) == 6 and lines[-1].endswith(f"{len(errors) - 5} more bad line(s) skipped")
+    for line in lines:
+        assert line.isprintable() and len(line) < 300

@@ -28,9 +28,6 @@ from libobs.guard.fileguard import (
     Scope,
     Seen,
     action_of,
-    cgroup_scope,
-    cgroup_v2_path,
-    in_cgroup,
     mounts_beneath,
     observe,
     parse_mountinfo,
@@ -229,33 +226,6 @@ def test_mark_failures_are_reported_once(tmp_path):
 
 
 # --- cgroup scope ---------------------------------------------------------------------------
-
-
-def test_cgroup_v2_path_takes_the_0_line_only():
-    assert cgroup_v2_path("4:memory:/x\n0::/agents/a1\n") == "/agents/a1"
-    assert cgroup_v2_path("4:memory:/x\n") is None
-    assert cgroup_v2_path("0::\n") is None
-
-
-@given(st.text(max_size=200))
-def test_cgroup_v2_path_is_total(text):
-    path = cgroup_v2_path(text)
-    assert path is None or path.startswith("/")
-
-
-def test_in_cgroup_is_component_wise():
-    assert in_cgroup("/agents/a1", "/agents/a1")
-    assert in_cgroup("/agents/a1/tool", "/agents/a1")
-    assert not in_cgroup("/agents/a10", "/agents/a1")
-    assert in_cgroup("/anything", "/")
-
-
-def test_cgroup_scope_from_a_directory():
-    root = "/sys/fs/cgroup/unified"
-    assert cgroup_scope(f"{root}/agents/a1/", root) == "/agents/a1"
-    assert cgroup_scope(root, root) == "/"
-    with pytest.raises(ValueError):
-        cgroup_scope("/sys/fs/cgroup/unifiedx/a", root)
 
 
 def fake_proc(tmp_path: Path, pid: int, cgroup: str) -> Path:

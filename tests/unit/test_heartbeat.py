@@ -23,3 +23,34 @@ def test_liveness_file_atomic(tmp_path):
     write_liveness(p, ev)
     assert orjson.loads(p.read_bytes())["event"]["CollectorHeartbeat"]["tool"] == "t"
     assert [x.name for x in tmp_path.iterdir()] == ["hb.json"]
+
+
+def test_deployment_pins_node_name_and_collector_id(monkeypatch):
+    from libobs.events import env_problem, hostname
+    monkeypatch.setenv("OBS_NODE_NAME", "node-7")
+    monkeypatch.setenv("OBS_COLLECTOR_ID", "node-7/obs-exec")
+    ev = heartbeat_event(collector_id=new_collector_id("obs-exec"), tool="obs-exec", attached=[],
+                         features=[], interval=1, counts={}, dropped=0, output_dropped=0)
+    hb = ev["event"]["CollectorHeartbeat"]
+    assert ev["host"] == hb["node_name"] == hostname() == "node-7"
+    assert hb["collector_id"] == "node-7/obs-exec"
+    assert env_problem() is None
+
+
+def test_unset_or_empty_falls_back_to_the_host(monkeypatch):
+    import socket
+
+    from libobs.events import hostname
+    monkeypatch.delenv("OBS_NODE_NAME", raising=False)
+    monkeypatch.setenv("OBS_COLLECTOR_ID", "")
+    assert hostname() == socket.gethostname()
+    a, b = new_collector_id("t"), new_collector_id("t")
+    assert a != b and a.startswith(f"t-{socket.gethostname()}-")
+
+
+def test_bad_values_are_refused():
+    from libobs.events import env_problem
+    assert env_problem({"OBS_NODE_NAME": "", "OBS_COLLECTOR_ID": ""}) is None  # unset
+    for bad in ("two words", "x" * 254, "esc\x1b[2K", "tab\there"):
+        assert "OBS_NODE_NAME" in (env_problem({"OBS_NODE_NAME": bad}) or "")
+        assert "OBS_COLLECTOR_ID" in (env_problem({"OBS_COLLECTOR_ID": bad}) or "")

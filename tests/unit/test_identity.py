@@ -8,19 +8,7 @@ CID = "3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f4e"
 POD = "8c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f"
 
 
-def test_v2_line_wins_over_v1():
-    text = f"12:pids:/docker/{CID}\n1:name=systemd:/x\n0::/system.slice/docker-{CID}.scope\n"
-    assert identity.parse_cgroup_file(text) == f"/system.slice/docker-{CID}.scope"
-
-
-def test_v1_only_takes_longest_path():
-    text = f"4:memory:/docker/{CID}\n1:name=systemd:/docker\n"
-    assert identity.parse_cgroup_file(text) == f"/docker/{CID}"
-
-
 def test_empty_and_garbage():
-    assert identity.parse_cgroup_file("") == ""
-    assert identity.parse_cgroup_file("nonsense\n") == ""
     assert identity.container_id("/user.slice/user-1000.slice/session-3.scope") is None
     assert identity.pod_uid("/user.slice") is None
 
@@ -63,8 +51,6 @@ def test_innermost_container_wins():
 
 @given(st.text())
 def test_parsers_total(text):
-    path = identity.parse_cgroup_file(text)
-    assert isinstance(path, str)
     for v in (identity.container_id(text), identity.pod_uid(text)):
         assert v is None or isinstance(v, str)
 
