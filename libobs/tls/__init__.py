@@ -1,0 +1,1 @@
+"""Finding TLS stacks other than shared OpenSSL: Go crypto/tls, GnuTLS, NSS, and those obs cannot read."""
