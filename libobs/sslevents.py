@@ -43,7 +43,10 @@ CHUNK = 16384                    # bpf/ssl.bpf.c CHUNK: data bytes per record at
 REC = struct.Struct("<QQIIHBBB3x")  # ssl, off, total, captured, chunk, fn, lib, read_failed
 DATA = HDR.size + REC.size       # 104: where a record's data starts
 _RECORD = struct.Struct(HDR.format + REC.format[1:])
-FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
+FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex",  # by FN_* number
+            "gnutls_record_recv", "gnutls_record_send", "PR_Read", "PR_Write", "PR_Recv",
+            "PR_Send", "crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write")
+READ_FNS = frozenset({0, 1, 4, 6, 8, 10})
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                 "cache_creation_tokens")
 
@@ -93,7 +96,7 @@ class SslCall:
 
     @property
     def is_read(self) -> bool:
-        return self.fn in (0, 1)
+        return self.fn in READ_FNS
 
     @property
     def truncated(self) -> bool:
