@@ -40,6 +40,14 @@ def total(fn: Callable[..., Any], default: Any) -> Callable[..., Any]:
     return wrapped
 
 
+def find(data: ElfData, needle: bytes, limit: int | None = None) -> int:
+    """data.find(needle) within the first `limit` bytes, without copying an mmap."""
+    end = len(data) if limit is None else min(limit, len(data))
+    if isinstance(data, memoryview):
+        data = bytes(data)  # (callers pass bytes or an mmap; a view is rare and small)
+    return int(data.find(needle, 0, end))  # type: ignore[union-attr]
+
+
 def view(elf: ElfData) -> memoryview | None:
     data = memoryview(elf).cast("B")
     return data if bytes(data[:6]) == b"\x7fELF\x02\x01" else None

@@ -34,14 +34,7 @@ def is_go(data: elf.ElfData) -> bool:
     names = {s.name for s in elf.sections(data)}
     if names & {".go.buildinfo", ".gopclntab", ".note.go.buildid"}:
         return True
-    return not names and elf.view(data) is not None and _find(data, BUILDINFO_MAGIC) >= 0
-
-
-def _find(data: elf.ElfData, needle: bytes) -> int:
-    try:
-        return data.find(needle)  # type: ignore[union-attr]
-    except (AttributeError, TypeError):
-        return bytes(data).find(needle)
+    return not names and elf.view(data) is not None and elf.find(data, BUILDINFO_MAGIC) >= 0
 
 
 def _go_version(data: elf.ElfData) -> str | None:
@@ -50,7 +43,7 @@ def _go_version(data: elf.ElfData) -> str | None:
     blob = bytes(elf.section_bytes(data, s)[:4096]) if s else b""
     at = blob.find(BUILDINFO_MAGIC)
     if at < 0:
-        at = _find(data, BUILDINFO_MAGIC)
+        at = elf.find(data, BUILDINFO_MAGIC)
         blob = bytes(memoryview(data)[at:at + 4096]) if at >= 0 else b""
         at = 0
     blob = blob[at:]
@@ -120,7 +113,7 @@ def _pclntab(data: elf.ElfData) -> Pclntab | None:
         view = elf.view(data)
         for magic in _MAGICS:
             needle = struct.pack("<I", magic) + b"\0\0\x01\x08"
-            at = _find(data, needle)
+            at = elf.find(data, needle)
             if view is not None and at >= 0 and _header_ok(view[at:at + 64]):
                 tab = view[at:]
                 break

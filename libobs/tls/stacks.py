@@ -90,14 +90,7 @@ def judge(data: elf.ElfData) -> Judgement:
 
 def unknown_static(data: elf.ElfData) -> Judgement:
     """A statically linked TLS stack obs has no probes for, by the strings it carries."""
-    try:
-        view = memoryview(data)[:MAX_SCAN]
-        for needle, stack in MARKERS:
-            if view.obj.find(needle, 0, MAX_SCAN) >= 0:  # type: ignore[union-attr]
-                return Judgement(stack, problem=f"{stack} linked in: obs has no probes for it")
-    except (AttributeError, TypeError, ValueError):
-        blob = bytes(data[:MAX_SCAN])
-        for needle, stack in MARKERS:
-            if needle in blob:
-                return Judgement(stack, problem=f"{stack} linked in: obs has no probes for it")
+    for needle, stack in MARKERS:
+        if elf.find(data, needle, MAX_SCAN) >= 0:
+            return Judgement(stack, problem=f"{stack} linked in: obs has no probes for it")
     return NONE

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,32 @@ def test_gnutls_and_nss(obs, server, stack, api, stream):
     content = [f for f in obs.of_kind("SslContent") if f["pid"] == pid]
     assert {Path(f["lib"]).name for f in content} == {LIB_OF[stack]}
     assert not any(f["truncated"] for f in content)
+
+
+# ---- what cannot be read is named --------------------------------------------------------------
+
+def test_unreadable_stacks_are_named_once(obs, tmp_path):
+    """A Go binary without crypto/tls and a program carrying a static TLS stack obs has no
+    probes for (rustls, by its marker) are each named once on stderr and counted in the
+    heartbeat, however many rescans see them."""
+    notls = gobuild.build("gonotls", stripped=True)
+    rusty = tmp_path / "rusty-sleep"
+    rusty.write_bytes(Path("/bin/sleep").read_bytes() + b"\0rustls-0.23.12/src/conn.rs\0")
+    rusty.chmod(0o755)
+    procs = [subprocess.Popen([str(notls), "3"]), subprocess.Popen([str(rusty), "3"])]
+    try:
+        lines = {notls: f"not read: {notls}: Go (go", rusty: f"not read: {rusty}: rustls: "}
+        for line in lines.values():
+            wait_for(lambda line=line: line in obs.stderr(), timeout=20, what=line)
+        time.sleep(1.5)  # several more rescans (every 0.2 s) while both still run
+        seen = time.time_ns()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    err = obs.stderr()
+    assert err.count(f"not read: {notls}:") == 1
+    assert "without crypto/tls" in err.split(f"not read: {notls}:")[1].splitlines()[0]
+    assert err.count(f"not read: {rusty}:") == 1
+    hb = obs.wait_events("CollectorHeartbeat", lambda f: f["_env"]["ts"] > seen)[-1]
+    assert hb["unreadable"] >= 2  # these two, and whatever else this host runs

@@ -1,0 +1,74 @@
+"""libobs.tls.stacks: which stack a file is, where its plaintext functions are, and what is
+named as unreadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from libobs import libssl
+from libobs.tls import stacks
+from tests.unit.test_libssl import nm_addresses
+
+LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
+
+
+def read(name: str) -> bytes:
+    path = LIBDIR / name
+    if not path.exists():
+        pytest.fail(f"{path} missing: deploy/setup-host.sh installs it")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("lib,stack,names", [
+    ("libgnutls.so.30", "GnuTLS", stacks.GNUTLS),
+    ("libnspr4.so", "NSS", stacks.NSPR),
+])
+def test_exported_stacks(lib, stack, names):
+    j = stacks.judge(read(lib))
+    assert j.stack == stack and j.problem is None
+    nm = nm_addresses(LIBDIR / lib)
+    assert {p.label for p in j.points} == set(names)
+    for p in j.points:
+        assert p.fn == names[p.label] and p.fn in libssl.Attacher.ENTRY
+        assert p.addr in (nm[p.label], nm[p.label] + 4)  # + endbr64
+        assert p.uretprobe and p.returns == ()
+
+
+@pytest.mark.parametrize("client", ["libcurl-gnutls.so.4", "libcurl-nss.so.4", "libcurl.so.4"])
+def test_clients_of_shared_stacks_are_not_stacks(client):
+    assert stacks.judge(read(client)) == stacks.NONE
+
+
+def test_static_stack_markers():
+    elf = Path("/bin/true").read_bytes()
+    assert stacks.judge(elf) == stacks.NONE
+    for marker, name in stacks.MARKERS:
+        j = stacks.judge(elf + b"\0" + marker + b"\0")
+        assert j.stack == name and j.points == () and "no probes" in (j.problem or "")
+
+
+def test_finder_names_each_unreadable_file_once(tmp_path):
+    rusty = tmp_path / "rusty"
+    rusty.write_bytes(Path("/bin/true").read_bytes() + b"\0rustls\0")
+    finder = libssl.Finder(proc=tmp_path)  # no pids under it
+    assert finder.new_libraries([str(rusty), str(rusty)]) == []
+    assert finder.new_libraries([str(rusty)]) == []
+    assert finder.unreadable == [f"{rusty}: rustls: rustls linked in: obs has no probes for it"]
+
+
+def test_finder_returns_gnutls_with_its_stack():
+    finder = libssl.Finder(proc=Path("/nonexistent"))
+    libs = finder.new_libraries([str(LIBDIR / "libgnutls.so.30")])
+    assert [lib.stack for lib in libs] == ["GnuTLS"]
+    assert "GnuTLS: gnutls_record_recv" in libs[0].describe()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048), st.sampled_from([b"", b"\x7fELF\x02\x01"]))
+def test_random_bytes(blob, prefix):
+    j = stacks.judge(prefix + blob)
+    assert isinstance(j, stacks.Judgement)
