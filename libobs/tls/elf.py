@@ -133,9 +133,11 @@ def _symbols(elf: ElfData, table: str, wanted: frozenset[bytes]
     if not any(w + b"\0" in strtab for w in wanted):
         return {}
     syms = section_bytes(elf, tab)
+    if tab.entsize != _SYM.size:
+        return {}
+    syms = syms[:len(syms) - len(syms) % _SYM.size]
     out: dict[str, tuple[int, int, bool]] = {}
-    for i in range(len(syms) // tab.entsize):
-        name_off, info, _other, shndx, value, size = _SYM.unpack_from(syms, i * tab.entsize)
+    for name_off, info, _other, shndx, value, size in _SYM.iter_unpack(syms):
         if info & 0xF not in (0, 2, 10):  # NOTYPE (imports), FUNC, GNU_IFUNC
             continue
         end = strtab.find(b"\0", name_off)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import gobuild
+from tests.support import fakestack, gobuild
 from tests.support import provider_server as ps
 from tests.support.tools import Running, running, wait_for
 
@@ -168,14 +168,12 @@ def test_gnutls_and_nss(obs, server, stack, api, stream):
 
 # ---- what cannot be read is named --------------------------------------------------------------
 
-def test_unreadable_stacks_are_named_once(obs, tmp_path):
+def test_unreadable_stacks_are_named_once(obs):
     """A Go binary without crypto/tls and a program carrying a static TLS stack obs has no
     probes for (rustls, by its marker) are each named once on stderr and counted in the
     heartbeat, however many rescans see them."""
     notls = gobuild.build("gonotls", stripped=True)
-    rusty = tmp_path / "rusty-sleep"
-    rusty.write_bytes(Path("/bin/sleep").read_bytes() + b"\0rustls-0.23.12/src/conn.rs\0")
-    rusty.chmod(0o755)
+    rusty = fakestack.build(b"rustls-0.23.12/src/conn.rs")
     procs = [subprocess.Popen([str(notls), "3"]), subprocess.Popen([str(rusty), "3"])]
     try:
         lines = {notls: f"not read: {notls}: Go (go", rusty: f"not read: {rusty}: rustls: "}
