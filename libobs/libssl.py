@@ -415,6 +415,18 @@ class Attacher:
         self.bpf = bpf
         self.libs: list[str] = []        # slot -> path (the `lib` of SslContent)
         self.probe_names: list[str] = []  # for the heartbeat's attached_probes
+        self._tail_ready = False
+
+    def _go_tail(self) -> None:
+        """Go's Write entries tail-call one emitting program (bpf/ssl.bpf.c go_tail)."""
+        if not self._tail_ready:
+            import ctypes
+
+            from bcc import BPF
+
+            fn = self.bpf.load_func(b"go_write_emit", BPF.KPROBE)
+            self.bpf[b"go_tail"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+            self._tail_ready = True
 
     def attach(self, lib: Library) -> str | None:
         """Attach every probe point of lib; a one-line reason on failure."""
@@ -426,6 +438,8 @@ class Attacher:
         path = lib.path.encode()
         for p in lib.probes:
             try:
+                if p.fn == "go_write":
+                    self._go_tail()
                 done.append(p.addr)
                 self.bpf.attach_uprobe(name=path, addr=p.addr,
                                        fn_name=f"{self.ENTRY[p.fn]}{slot}".encode())

@@ -259,7 +259,7 @@ def _plan(data: elf.ElfData) -> GoPlan:
         code = elf.read_vaddr(data, entry, end - entry, code_only=True)
         at = after_prologue(code, entry)
         returns: tuple[int, ...] = ()
-        if name == READ:
+        if name == READ:  # Write is captured at entry (bpf/ssl.bpf.c says why)
             found_rets = rets(code, entry)
             if not found_rets:
                 return GoPlan(version, problem=f"{name}: its RET instructions were not found")

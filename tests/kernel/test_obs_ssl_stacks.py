@@ -71,7 +71,13 @@ def strip(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_exchanges(obs: Running, pid: int, api: str, stream: bool, n: int) -> None:
-    events = obs.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2 * n)
+    try:
+        events = obs.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2 * n, timeout=15)
+    except AssertionError:
+        calls = [(f["is_read"], f["len"], f["content"][:70]) for f in obs.of_kind("SslContent")
+                 if f["pid"] == pid]
+        apis = [strip(f) for f in obs.of_kind("LlmApi") if f["pid"] == pid]
+        raise AssertionError(f"pid {pid}: LlmApi {apis}; calls {calls}") from None
     assert len(events) == 2 * n
     want_req, want_resp = expected(api, stream)
     for req, resp in zip(events[::2], events[1::2], strict=True):
