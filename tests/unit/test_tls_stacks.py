@@ -73,3 +73,22 @@ def test_finder_returns_gnutls_with_its_stack():
 def test_random_bytes(blob, prefix):
     j = stacks.judge(prefix + blob)
     assert isinstance(j, stacks.Judgement)
+
+
+def test_fn_enumeration_matches_the_c():
+    """bpf/ssl.bpf.c's FN_* numbers, the decoder's names and read set, and the C's own
+    is_read expression agree."""
+    import re
+
+    from libobs.sslevents import FN_NAMES, READ_FNS
+
+    c = (Path(__file__).resolve().parents[2] / "bpf" / "ssl.bpf.c").read_text()
+    numbers = {m.group(1): int(m.group(2))
+               for m in re.finditer(r"^#define (FN_\w+) (\d+)", c, re.M)}
+    assert sorted(numbers.values()) == list(range(len(FN_NAMES)))
+    c_reads = set(re.search(r"u32 is_read = ([^;]+);", c).group(1).replace("a->fn ==", "")
+                  .replace("||", " ").split())
+    assert {numbers[n] for n in c_reads} == READ_FNS
+    assert {FN_NAMES[i] for i in READ_FNS} == {
+        "SSL_read", "SSL_read_ex", "gnutls_record_recv", "PR_Read", "PR_Recv",
+        "crypto/tls.(*Conn).Read"}
