@@ -5,6 +5,7 @@
 // (obs-ssl decodes HTTP/1.1 here; Go would negotiate h2 by ALPN otherwise). Exits 0 when
 // every response is 200 and fully read. With GOCLIENT_STEP=1 in the environment it reads a
 // line from stdin before each request and prints "done" after it (a test can attach first).
+// With GOCLIENT_TIME=1 it prints the seconds requests 2..REPEAT took (the first one connects).
 package main
 
 import (
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 )
 
 func main() {
@@ -42,8 +44,12 @@ func main() {
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 	}}
 	step := os.Getenv("GOCLIENT_STEP") == "1"
+	var start time.Time
 	stdin := bufio.NewReader(os.Stdin)
 	for i := 0; i < repeat; i++ {
+		if i == 1 {
+			start = time.Now()
+		}
 		if step {
 			stdin.ReadString('\n')
 		}
@@ -64,6 +70,9 @@ func main() {
 		if step {
 			fmt.Println("done")
 		}
+	}
+	if os.Getenv("GOCLIENT_TIME") == "1" {
+		fmt.Println(time.Since(start).Seconds())
 	}
 }
 
