@@ -10,6 +10,7 @@ hostile or truncated file gives a `GoPlan` with a problem, never an exception.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -205,19 +206,58 @@ def rets(code: bytes, vaddr: int) -> list[int] | None:
 
 
 def after_prologue(code: bytes, vaddr: int) -> int:
-    """The first instruction past Go's stack check (`cmp ..(%r14), ..; jbe morestack`). When
-    the stack must grow, the function re-runs from its entry after runtime.morestack: a probe at
-    the entry would see that call twice, one past the check sees it once. Registers hold the
-    arguments there still. The entry itself where no check is found."""
-    seen_check = False
-    for n, (addr, size, mnemonic, ops) in enumerate(_disassembler().disasm_lite(code[:64], vaddr)):
-        if mnemonic == "cmp" and "r14" in ops:
-            seen_check = True
-        elif seen_check and mnemonic in ("jbe", "jna"):
-            return int(addr + size)
-        if n >= 4:
+    """Where the entry probe goes: past Go's stack check (`cmp ..(%r14), ..; jbe morestack`),
+    and there, if the straight-line code that follows reaches an instruction x86 uprobes
+    emulate (nop, push, call, jmp) before anything writes RAX, RBX, RCX or R14, on that one.
+
+    Past the check: when the stack must grow the function re-runs from its entry after
+    runtime.morestack, so a probe at the entry would see that call twice. An emulated
+    instruction: Go 1.17-1.20 prologues start with `sub $n, %rsp`, which a uprobe must
+    single-step, several times dearer. The entry itself where no check is found."""
+    import capstone
+    from capstone import x86
+
+    cs = _disassembler()
+    cs.detail = True
+    at, seen_check, past = vaddr, False, None
+    for n, insn in enumerate(cs.disasm(code[:256], vaddr)):
+        if past is None:
+            if insn.mnemonic == "cmp" and "r14" in insn.op_str:
+                seen_check = True
+            elif seen_check and insn.mnemonic in ("jbe", "jna"):
+                past = insn.address + insn.size
+                at = past
+            elif n >= 4:
+                return vaddr
+            continue
+        if _emulated(bytes(insn.bytes)):
+            return int(insn.address)
+        _read, written = insn.regs_access()
+        if set(written) & _arg_regs() or insn.group(capstone.CS_GRP_JUMP) or \
+                insn.group(capstone.CS_GRP_RET) or insn.group(capstone.CS_GRP_INT) or \
+                insn.id == x86.X86_INS_INVALID or n > 48:
             break
-    return vaddr
+    return at
+
+
+def _emulated(b: bytes) -> bool:
+    """nop, push, call and relative jumps: what x86 uprobes emulate instead of single-step."""
+    if not b:
+        return False
+    if b[0] in (0x90, 0xE8, 0xE9, 0xEB) or 0x50 <= b[0] <= 0x57 or 0x70 <= b[0] <= 0x7F:
+        return True
+    return len(b) > 1 and ((b[0] == 0x41 and 0x50 <= b[1] <= 0x57)
+                           or (b[0] == 0x0F and 0x80 <= b[1] <= 0x8F))
+
+
+@functools.cache
+def _arg_regs() -> frozenset[int]:
+    """RAX, RBX, RCX, R14 and their parts, as capstone numbers them."""
+    from capstone import x86
+
+    names = ["RAX", "EAX", "AX", "AL", "AH", "RBX", "EBX", "BX", "BL", "BH",
+             "RCX", "ECX", "CX", "CL", "CH", "R14", "R14D", "R14W", "R14B"]
+    return frozenset(getattr(x86, f"X86_REG_{n}") for n in names)
 
 
 @dataclass(frozen=True)
