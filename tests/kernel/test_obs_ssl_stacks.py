@@ -5,11 +5,7 @@ are named, once."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,26 +14,12 @@ import pytest
 
 from tests.support import fakestack, gobuild
 from tests.support import provider_server as ps
+from tests.support.stack_clients import COMM, LIBCURL, run_curl, run_go
 from tests.support.tools import Running, running, wait_for
 
 pytestmark = pytest.mark.kernel
 TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens")
-COMM = "obs-stack-cli"  # every client runs under this comm; obs-ssl filters on it
-_LINKS = Path(tempfile.mkdtemp(prefix="obs-stack-clients-"))
-CURL_CLIENT = Path(__file__).resolve().parents[1] / "support" / "curl_ctypes.py"
-LIBCURL = {"gnutls": "/usr/lib/x86_64-linux-gnu/libcurl-gnutls.so.4",
-           "nss": "/usr/lib/x86_64-linux-gnu/libcurl-nss.so.4"}
 LIB_OF = {"gnutls": "libgnutls.so.30", "nss": "libnspr4.so"}
-FNS = {"gnutls": {"gnutls_record_send", "gnutls_record_recv"},
-       "nss": {"PR_Write", "PR_Read", "PR_Send", "PR_Recv"}}
-
-
-def as_client(target: Path, name: str = COMM) -> str:
-    link = _LINKS / target.name / name
-    if not link.exists():
-        link.parent.mkdir(exist_ok=True)
-        link.symlink_to(target)
-    return str(link)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +34,6 @@ def obs(server):
                  "--comm", COMM) as r:
         yield r
     assert r.status == 0, r.stderr()
-
-
-def headers_for(api: str) -> dict[str, str]:
-    return {**ps.request_headers(api), "Content-Type": "application/json",
-            "Accept-Encoding": "gzip"}
 
 
 def expected(api: str, stream: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -93,33 +70,6 @@ def goclient(request) -> Path:
     return gobuild.build("goclient", stripped=request.param)
 
 
-def run_go(obs: Running, server: ps.Server, binary: Path, api: str, stream: bool,
-           repeat: int) -> int:
-    """Start the Go client, let obs-ssl find it in /proc, then let it make `repeat` requests
-    on one connection. Its pid."""
-    host = ps.HOST_OF[api]
-    proc = subprocess.Popen(
-        [as_client(binary), str(server.ca), server.url(host, ps.request_path(api, stream)),
-         json.dumps(headers_for(api)), ps.request_body(api, stream).decode(), str(repeat)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "GOCLIENT_STEP": "1"})
-    assert proc.stdin and proc.stdout
-    try:
-        wait_for(lambda: f"attached to {binary} " in obs.stderr(), timeout=20,
-                 what=f"obs-ssl to attach to {binary}")
-        for _ in range(repeat):
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline() == "done\n", proc.stderr.read() if proc.stderr else ""
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.pid
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize("api", ps.APIS)
 def test_go_crypto_tls(obs, server, goclient, api, stream):
@@ -145,19 +95,6 @@ def test_go_probes_in_heartbeat(obs, server, goclient):
 
 
 # ---- GnuTLS and NSS ----------------------------------------------------------------------------
-
-def run_curl(server: ps.Server, stack: str, api: str, stream: bool, repeat: int) -> int:
-    """libcurl-<stack> (through ctypes) makes `repeat` requests on one connection. Its pid."""
-    host = ps.HOST_OF[api]
-    proc = subprocess.Popen(
-        [as_client(Path(sys.executable).resolve()), str(CURL_CLIENT), LIBCURL[stack],
-         str(server.ca), server.url(host, ps.request_path(api, stream)),
-         json.dumps(headers_for(api)), ps.request_body(api, stream).decode(), str(repeat)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return proc.pid
-
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize("api", ps.APIS)
