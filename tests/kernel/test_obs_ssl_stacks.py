@@ -1,6 +1,7 @@
 """obs-ssl on the TLS stacks besides OpenSSL, against the real kernel: a Go client built here
-(Go's crypto/tls, unstripped and stripped), libcurl built with GnuTLS and with NSS, each talking
-to the local provider stand-in; exact models and token counts. And the stacks obs cannot read
+(Go's crypto/tls: unstripped, stripped, position-independent), libcurl built with GnuTLS and
+with NSS, each talking to the local provider stand-in; exact models and token counts. And the
+stacks obs cannot read
 are named, once."""
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def check_exchanges(obs: Running, pid: int, api: str, stream: bool, n: int) -> N
 
 # ---- Go crypto/tls -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=[False, True], ids=["unstripped", "stripped"])
+@pytest.fixture(scope="module", params=[(False, False), (True, False), (False, True)],
+                ids=["unstripped", "stripped", "pie"])
 def goclient(request) -> Path:
-    return gobuild.build("goclient", stripped=request.param)
+    stripped, pie = request.param
+    return gobuild.build("goclient", stripped=stripped, pie=pie)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])

@@ -24,20 +24,23 @@ def go() -> str:
     return found
 
 
-def build(program: str, stripped: bool = False) -> Path:
-    """tests/support/<program>/main.go built (with -ldflags='-s -w' when stripped)."""
+def build(program: str, stripped: bool = False, pie: bool = False) -> Path:
+    """tests/support/<program>/main.go built (with -ldflags='-s -w' when stripped; as a
+    position-independent executable with pie, whose function table sits in .data.rel.ro)."""
     src = SUPPORT / program / "main.go"
     version = subprocess.run([go(), "version"], capture_output=True, text=True,
                              check=True).stdout
     key = hashlib.sha256(src.read_bytes() + version.encode()).hexdigest()[:16]
-    out = CACHE / f"{program}-{key}" / (f"{program}.stripped" if stripped else program)
+    name = program + (".stripped" if stripped else "") + (".pie" if pie else "")
+    out = CACHE / f"{program}-{key}" / name
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOCACHE": str(CACHE / "gocache"), "GOPATH": str(CACHE / "gopath"),
            "GO111MODULE": "off", "CGO_ENABLED": "0", "GOFLAGS": ""}
     tmp = out.with_suffix(".tmp")
-    cmd = [go(), "build", "-o", str(tmp)] + (["-ldflags=-s -w"] if stripped else []) + [str(src)]
+    cmd = [go(), "build", "-o", str(tmp), *(["-ldflags=-s -w"] if stripped else []),
+           *(["-buildmode=pie"] if pie else []), str(src)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     tmp.replace(out)  # atomic: a concurrent run sees a whole binary or none
     return out

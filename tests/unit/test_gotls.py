@@ -82,6 +82,19 @@ def test_plan_unstripped_equals_stripped(binaries):
         assert all(entry < r < end for r in p.returns)
 
 
+def test_pie_table_found_by_its_magic():
+    """-buildmode=pie: no .gopclntab section (the table is in .data.rel.ro)."""
+    path = gobuild.build("goclient", pie=True)
+    data = path.read_bytes()
+    assert elf.section(data, ".gopclntab") is None
+    tab = gotls.pclntab(data)
+    assert tab is not None
+    symbols = nm(path)
+    found = gotls.functions(tab, (gotls.READ, gotls.WRITE))
+    assert {n: e for n, (e, _end) in found.items()} == {n: symbols[n] for n in found}
+    assert len(found) == 2 and gotls.plan(data).problem is None
+
+
 def test_go_without_crypto_tls_is_a_named_problem(binaries):
     plan = gotls.plan(binaries["notls"])
     assert plan.points == () and "crypto/tls" in (plan.problem or "")
