@@ -1,8 +1,7 @@
 """obs-ssl on the TLS stacks besides OpenSSL, against the real kernel: a Go client built here
 (Go's crypto/tls: unstripped, stripped, position-independent), libcurl built with GnuTLS and
 with NSS, each talking to the local provider stand-in; exact models and token counts. And the
-stacks obs cannot read
-are named, once."""
+stacks obs cannot read are named, once."""
 
 from __future__ import annotations
 
