@@ -172,3 +172,23 @@ def test_truncated_real_tables_never_raise(binaries, cut_bytes):
     cut = len(cut_bytes) * 997 % tab.size
     t = gotls.Pclntab(gotls.MAGIC_118, memoryview(real)[tab.offset:tab.offset + cut], 0x401000)
     assert isinstance(gotls.functions(t, (gotls.READ, gotls.WRITE)), dict)
+
+
+def test_old_go_is_named_not_probed(binaries):
+    """Go 1.16 shares its table's magic with 1.17 but passes arguments on the stack: the build
+    info's version decides; Go <= 1.15 is known by its magic alone."""
+    real = binaries["stripped"]
+    version = gotls.go_version(real)
+    assert version is not None
+    tab = elf.section(real, ".gopclntab")
+    assert tab is not None
+    old = bytearray(real)
+    at = old.find(version.encode(), elf.section(real, ".go.buildinfo").offset)
+    old[at:at + len(version)] = b"go1.16" + version[6:].encode()
+    assert gotls.go_version(bytes(old)).startswith("go1.16")
+    plan = gotls.plan(bytes(old))
+    assert plan.points == () and "stack" in (plan.problem or "")
+    ancient = bytearray(real)
+    ancient[tab.offset:tab.offset + 4] = gotls.MAGIC_12.to_bytes(4, "little")
+    plan = gotls.plan(bytes(ancient))
+    assert plan.points == () and "stack" in (plan.problem or "")
