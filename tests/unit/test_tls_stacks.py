@@ -92,3 +92,14 @@ def test_fn_enumeration_matches_the_c():
     assert {FN_NAMES[i] for i in READ_FNS} == {
         "SSL_read", "SSL_read_ex", "gnutls_record_recv", "PR_Read", "PR_Recv",
         "crypto/tls.(*Conn).Read"}
+
+
+def test_lib_option_accepts_every_stack_obs_reads():
+    """obs-ssl --lib: libssl, libgnutls, libnspr4 and Go binaries with crypto/tls, not others."""
+    from tests.support import gobuild
+
+    for path in (LIBDIR / "libssl.so.3", LIBDIR / "libgnutls.so.30", LIBDIR / "libnspr4.so",
+                 gobuild.build("goclient", stripped=True)):
+        assert libssl.file_readable(path), path
+    for path in (gobuild.build("gonotls"), LIBDIR / "libcurl-gnutls.so.4", Path("/etc/hostname")):
+        assert not libssl.file_readable(path), path
