@@ -1,4 +1,4 @@
-"""Sessions: setup, run, tests, unit, lint, bench, soak.
+"""Sessions: setup, run, tests, unit, lint, bench, soak, tls_matrix.
 
 bcc comes from Debian (python3-bpfcc) and only Debian's /usr/bin/python3 sees it, so the project
 venv is made by deploy/setup-host.sh from that interpreter with --system-site-packages, and every
@@ -100,3 +100,10 @@ def bench(session: nox.Session) -> None:
         if session.posargs and not any(a in script.name for a in session.posargs):
             continue
         session.run(PY, str(script), external=True, env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session(venv_backend="none")
+def tls_matrix(session: nox.Session) -> None:
+    """Which TLS clients obs-ssl reads, measured: prints the README's table of stacks."""
+    _setup(session)
+    session.run(PY, "-m", "tests.support.tls_matrix", external=True, env={"PYTHONPATH": str(ROOT)})

@@ -9,11 +9,19 @@
 #endif
 #define CHUNK 16384
 
-/* ssl_rec.fn: which function moved the bytes */
+/* ssl_rec.fn: which function moved the bytes, and so which stack */
 #define FN_READ 0
 #define FN_READ_EX 1
 #define FN_WRITE 2
 #define FN_WRITE_EX 3
+#define FN_GNUTLS_RECV 4   /* gnutls_record_recv: returns the count, like SSL_read */
+#define FN_GNUTLS_SEND 5
+#define FN_PR_READ 6       /* NSPR: returns the count */
+#define FN_PR_WRITE 7
+#define FN_PR_RECV 8
+#define FN_PR_SEND 9
+#define FN_GO_READ 10      /* crypto/tls.(*Conn).Read */
+#define FN_GO_WRITE 11     /* crypto/tls.(*Conn).Write */
 
 struct ssl_rec {
     struct obs_hdr h;  /* h.len: bytes of data following this struct */

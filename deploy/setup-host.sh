@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this host for obs, idempotently:
-#   1. Debian packages: bcc (python3-bpfcc), bpftool, bpftrace, venv, mandoc, iproute2.
+#   1. Debian packages: bcc (python3-bpfcc), bpftool, bpftrace, venv, mandoc, iproute2; for the
+#      tests also golang-go (a Go TLS client is built) and libcurl built with GnuTLS and NSS.
 #   2. Kernel headers for bcc: nothing when the running kernel already has them; otherwise the
 #      nearest linux-headers-* Debian offers, linked where bcc looks (/lib/modules/$(uname -r)).
 #   3. tracefs mounted (bcc's TRACEPOINT_PROBE reads formats from it); bpffs for --pin.
@@ -41,6 +42,9 @@ apt_install() {
 
 apt_install python3-bpfcc python3-venv python3-pip bpftool bpftrace iproute2 mandoc man-db curl \
     nodejs systemd procps util-linux python3-yaml gcc
+if [ -n "$extras" ]; then
+    apt_install golang-go libcurl3-gnutls libcurl3-nss
+fi
 
 # --- kernel headers -------------------------------------------------------------------------
 krel=$(uname -r)

@@ -81,7 +81,8 @@ def main(
         return joined.tick(now)
 
     raise typer.Exit(Loop(job.cfg, [prog, ssl.program], joined, tick=tick,
-                          attached=prog.attached() + ssl.probe_names).run())
+                          attached=prog.attached() + ssl.probe_names,
+                          unreadable=lambda: ssl.unreadable).run())
 
 
 def run() -> None:

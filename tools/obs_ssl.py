@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""obs-ssl: TLS plaintext (SslContent) and LLM API facts (LlmApi) from OpenSSL uprobes."""
+"""obs-ssl: TLS plaintext (SslContent) and LLM API facts (LlmApi) from uprobes on OpenSSL,
+GnuTLS, NSS and Go's crypto/tls."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ TOOL = "obs-ssl"
 EXAMPLES = """Examples:
 
 \b
-  sudo obs-ssl                          # plaintext and LLM API facts of every OpenSSL user
+  sudo obs-ssl                          # plaintext and LLM API facts of every TLS user
   sudo obs-ssl --api-only | jq -c 'select(.event.LlmApi)'   # model and tokens only
   sudo obs-ssl --comm python3 --no-redact                   # keep credentials (careful)
   sudo obs-ssl --lib /opt/app/lib/libssl.so.3               # a private OpenSSL build too
+  sudo obs-ssl --lib ./my-go-agent --rescan 0               # a Go program, before it starts
   sudo obs-ssl --pid 1841 --duration 60 > agent.ndjson
 """
 
@@ -53,7 +55,8 @@ def main(
     ring_size: options.RingOpt = 64,
 ) -> None:
     """Trace the plaintext of TLS connections made through OpenSSL (SSL_read/SSL_write and
-    their _ex forms) and report LLM API requests and responses (LlmApi) with model and
+    their _ex forms), GnuTLS, NSS (NSPR's PR_Read/PR_Write/PR_Recv/PR_Send) and Go's
+    crypto/tls, and report LLM API requests and responses (LlmApi) with model and
     token counts, as NDJSON events."""
     content = content and not api_only
     options.checked(TOOL, lambda: options.power_of_two(max_capture, "--max-capture", "KiB"))
@@ -73,7 +76,7 @@ def main(
         return decoder.tick(now)
 
     raise typer.Exit(Loop(job.cfg, [ssl.program], decoder, tick=tick,
-                          attached=ssl.probe_names).run())
+                          attached=ssl.probe_names, unreadable=lambda: ssl.unreadable).run())
 
 
 def run() -> None:

@@ -98,11 +98,11 @@ class SslApi:
 
 
 def check_libs(libs: Sequence[Path]) -> None:
-    """--lib values: each must be an ELF file that exports the TLS API (else a UsageError)."""
+    """--lib values: each must hold a TLS stack obs reads (else a UsageError)."""
     for path in libs:
-        if not libraries.file_exports(path):
-            raise UsageError(f"--lib {path}: not an ELF file exporting any of "
-                             f"{', '.join(libraries.SSL_FUNCTIONS)}")
+        if not libraries.file_readable(path):
+            raise UsageError(f"--lib {path}: no TLS stack obs reads (OpenSSL, GnuTLS, NSPR, "
+                             "Go crypto/tls) in it")
 
 
 def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: bool = False,
@@ -121,12 +121,12 @@ def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: boo
         err(tool, line)
     n = len(ssl.libs)
     if not n:
-        err(tool, "found no OpenSSL to attach to")
+        err(tool, "found no TLS library to attach to")
         if required:
             ssl.program.close()
             raise typer.Exit(1)
     else:
-        err(tool, f"attached to {n} OpenSSL cop{'y' if n == 1 else 'ies'}: {ssl.describe()}")
+        err(tool, f"attached to {n} TLS librar{'y' if n == 1 else 'ies'}: {ssl.describe()}")
     return ssl
 
 

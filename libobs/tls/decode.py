@@ -49,7 +49,15 @@ _FIXED = ("ssl", "off", "total", "captured", "chunk", "fn", "lib", "read_failed"
 REC = _H["ssl_rec"].unpacker(*_FIXED, upto=layout.END)
 DATA = _H["ssl_rec"].size        # where a record's data starts
 _RECORD = _H["ssl_rec"].unpacker("h", *_FIXED, upto=layout.END)
-FN_NAMES = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")  # by FN_* number
+# FN_* of bpf/ssl.h: which function moved a record's bytes
+_FN = {"FN_READ": "SSL_read", "FN_READ_EX": "SSL_read_ex", "FN_WRITE": "SSL_write",
+       "FN_WRITE_EX": "SSL_write_ex", "FN_GNUTLS_RECV": "gnutls_record_recv",
+       "FN_GNUTLS_SEND": "gnutls_record_send", "FN_PR_READ": "PR_Read", "FN_PR_WRITE": "PR_Write",
+       "FN_PR_RECV": "PR_Recv", "FN_PR_SEND": "PR_Send", "FN_GO_READ": "crypto/tls.(*Conn).Read",
+       "FN_GO_WRITE": "crypto/tls.(*Conn).Write"}
+FN_NAMES = tuple(name for _, name in sorted((_H.constants[k], v) for k, v in _FN.items()))
+READ_FNS = frozenset(_H.constants[k] for k in ("FN_READ", "FN_READ_EX", "FN_GNUTLS_RECV",
+                                                "FN_PR_READ", "FN_PR_RECV", "FN_GO_READ"))
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cache_read_tokens",
                 "cache_creation_tokens")
 
@@ -99,7 +107,7 @@ class SslCall:
 
     @property
     def is_read(self) -> bool:
-        return self.fn in (0, 1)
+        return self.fn in READ_FNS
 
     @property
     def truncated(self) -> bool:

@@ -1,5 +1,6 @@
-"""Which files to put OpenSSL uprobes on: shared libssl builds and binaries with OpenSSL linked
-in statically that export its API (nodesource's node does).
+"""Which files to put TLS uprobes on: shared libssl builds and binaries with OpenSSL linked
+in statically that export its API (nodesource's node does); GnuTLS, NSS (NSPR) and Go binaries
+through libobs.tls.stacks, which also names the stacks obs cannot read.
 
 A uprobe belongs to a file (an inode), not to a process, so one attachment covers every
 process that maps the file, including those started later. Candidates are the system libssl,
@@ -24,6 +25,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from libobs.tls import stacks
+from libobs.tls.points import ProbePoint
+
+__all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
 
 SSL_FUNCTIONS = ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
 SYSTEM_LIBSSL = (
@@ -128,17 +134,6 @@ def code_at(elf: ElfData, vaddr: int, size: int) -> bytes:
 # probes go on the internal function: one probe pair sees all four entry points, cheaply. The
 # internal functions take (SSL *, buf, num, size_t *count) and return > 0 on success: the _ex
 # calling convention. Anything else keeps the probes on the exported functions.
-
-@dataclass(frozen=True)
-class ProbePoint:
-    """One entry + return probe pair. `fn` gives its calling convention (one of
-    SSL_FUNCTIONS); `covers` the exported functions whose calls it sees."""
-
-    fn: str
-    addr: int        # virtual address in the file
-    label: str       # for humans and attached_probes
-    covers: tuple[str, ...]
-
 
 def _emulated(code: bytes) -> bool:
     """Whether x86 uprobes emulate the first instruction (no single-step)."""
@@ -251,6 +246,14 @@ def file_probe_points(path: str | Path, exported_only: bool = False) -> tuple[Pr
     return result
 
 
+def file_readable(path: str | Path) -> bool:
+    """Whether obs has probes for a TLS stack in this file (any of those it reads)."""
+    if file_probe_points(path):
+        return True
+    found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
+    return bool(found.points)
+
+
 @dataclass(frozen=True)
 class Mapping:
     """An executable file mapping from /proc/<pid>/maps."""
@@ -289,11 +292,12 @@ class Library:
     path: str
     probes: tuple[ProbePoint, ...]
     key: tuple[int, int]  # (st_dev, st_ino): one uprobe per inode, however many paths lead to it
+    stack: str = "OpenSSL"
 
     def describe(self) -> str:
         parts = [p.label if p.covers == (p.label,) else f"{'+'.join(p.covers)} via {p.label}"
                  for p in self.probes]
-        return f"{self.path} ({', '.join(parts)})"
+        return f"{self.path} ({self.stack}: {', '.join(parts)})"
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -311,20 +315,32 @@ class Finder:
         self.proc = proc
         self.exported_only = exported_only
         self._judged: dict[tuple[int, int], Library | None] = {}
+        self.unreadable: list[str] = []  # one line per file whose TLS stack obs cannot read
 
     def check(self, path: str) -> Library | None:
-        """The Library at `path` if it exports any SSL function, else None (cached per inode)."""
+        """The Library at `path` if it holds a TLS stack obs reads, else None (cached per
+        inode). A stack it cannot read is added to `unreadable`, once."""
         key = _identity(path)
         if key is None:
             return None
         if key not in self._judged:
-            points = file_probe_points(path, self.exported_only)
-            self._judged[key] = Library(path, points, key) if points else None
+            self._judged[key] = self._judge(path, key)
         return self._judged[key]
+
+    def _judge(self, path: str, key: tuple[int, int]) -> Library | None:
+        points = file_probe_points(path, self.exported_only)
+        if points:
+            return Library(path, points, key)
+        found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
+        if found.problem:
+            self.unreadable.append(f"{path}: {found.stack}: {found.problem}")
+        if found.points and found.stack:
+            return Library(path, found.points, key, found.stack)
+        return None
 
     def defaults(self) -> list[str]:
         """Paths worth checking even when no running process maps them yet."""
-        paths = list(SYSTEM_LIBSSL)
+        paths = [*SYSTEM_LIBSSL, *stacks.SYSTEM_LIBRARIES]
         for name in RUNTIME_EXECUTABLES:
             found = shutil.which(name)
             if found:
@@ -390,33 +406,58 @@ class Attacher:
     """Puts the entry/return probes of bpf/ssl.bpf.c on libraries, one slot each."""
 
     ENTRY = {"SSL_read": "ssl_read_enter_", "SSL_read_ex": "ssl_read_ex_enter_",
-             "SSL_write": "ssl_write_enter_", "SSL_write_ex": "ssl_write_ex_enter_"}
+             "SSL_write": "ssl_write_enter_", "SSL_write_ex": "ssl_write_ex_enter_",
+             **{fn: f"{fn}_enter_" for fn in (*stacks.GNUTLS.values(), *stacks.NSPR.values(),
+                                              "go_read", "go_write")}}
+    RETURN = {"go_read": "go_read_return"}  # programs for uprobes on RET instructions
 
     def __init__(self, bpf: Any):
         self.bpf = bpf
         self.libs: list[str] = []        # slot -> path (the `lib` of SslContent)
         self.probe_names: list[str] = []  # for the heartbeat's attached_probes
+        self._tail_ready = False
+
+    def _go_tail(self) -> None:
+        """Go's Write entries tail-call one emitting program (bpf/ssl.bpf.c go_tail)."""
+        if not self._tail_ready:
+            import ctypes
+
+            from bcc import BPF
+
+            fn = self.bpf.load_func(b"go_write_emit", BPF.KPROBE)
+            self.bpf[b"go_tail"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+            self._tail_ready = True
 
     def attach(self, lib: Library) -> str | None:
         """Attach every probe point of lib; a one-line reason on failure."""
         if len(self.libs) >= MAX_SLOTS:
             return f"{lib.path}: not attached, all {MAX_SLOTS} library slots are in use"
         slot = len(self.libs)
-        done: list[ProbePoint] = []
+        done: list[int] = []  # addresses with a uprobe or uretprobe
+        names: list[str] = []
+        path = lib.path.encode()
         for p in lib.probes:
             try:
-                self.bpf.attach_uprobe(name=lib.path.encode(), addr=p.addr,
+                if p.fn == "go_write":
+                    self._go_tail()
+                done.append(p.addr)
+                self.bpf.attach_uprobe(name=path, addr=p.addr,
                                        fn_name=f"{self.ENTRY[p.fn]}{slot}".encode())
-                done.append(p)
-                self.bpf.attach_uretprobe(name=lib.path.encode(), addr=p.addr,
-                                          fn_name=b"ssl_return")
+                names.append(f"uprobe:{lib.path}:{p.label}")
+                if p.uretprobe:
+                    self.bpf.attach_uretprobe(name=path, addr=p.addr, fn_name=b"ssl_return")
+                    names.append(f"uretprobe:{lib.path}:{p.label}")
+                for at in p.returns:
+                    done.append(at)
+                    self.bpf.attach_uprobe(name=path, addr=at,
+                                           fn_name=self.RETURN[p.fn].encode())
+                    names.append(f"uprobe:{lib.path}:{p.label}:ret@{at:#x}")
             except Exception as e:
-                for q in done:  # leave nothing half-attached
-                    self._detach(lib.path, q.addr)
+                for addr in done:  # leave nothing half-attached
+                    self._detach(lib.path, addr)
                 return f"{lib.path}: cannot attach at {p.label}: {e}"
         self.libs.append(lib.path)
-        for p in done:
-            self.probe_names += [f"uprobe:{lib.path}:{p.label}", f"uretprobe:{lib.path}:{p.label}"]
+        self.probe_names += names
         return None
 
     def _detach(self, path: str, addr: int) -> None:
@@ -428,7 +469,8 @@ class Attacher:
 class SslProbes:
     """bpf/ssl.bpf.c compiled and attached to every library found now (and, on `rescan`,
     later): what obs-ssl and obs-llm --api load. `problems` holds one line per library that
-    could not be attached, for the tool to print."""
+    could not be attached and per file whose TLS stack cannot be read, for the tool to print;
+    `unreadable` counts the latter (for the heartbeat)."""
 
     def __init__(self, defines: dict[str, int | bool], extra: Iterable[str | Path] = (),
                  exported_only: bool = False):
@@ -441,7 +483,12 @@ class SslProbes:
         self.attacher = Attacher(self.program.bpf)
         self.problems: list[str] = []
         self.attached: list[Library] = []
+        self._named = 0  # finder.unreadable lines already passed on
         self._attach(self.finder.initial(str(p) for p in extra))
+
+    @property
+    def unreadable(self) -> int:
+        return len(self.finder.unreadable)
 
     @property
     def libs(self) -> list[str]:
@@ -469,4 +516,7 @@ class SslProbes:
             else:
                 self.attached.append(lib)
             notes.append(problem or f"attached to {lib.describe()}")
-        return notes
+        fresh = [f"not read: {line}" for line in self.finder.unreadable[self._named:]]
+        self._named = len(self.finder.unreadable)
+        self.problems += fresh
+        return notes + fresh

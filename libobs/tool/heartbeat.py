@@ -17,8 +17,9 @@ from libobs.tool.sink import dumps
 def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
-    host: str | None = None,
+    host: str | None = None, unreadable: int | None = None,
 ) -> dict[str, Any]:
+    """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl)."""
     node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
@@ -26,6 +27,8 @@ def heartbeat_event(
         "interval_secs": interval, "counts": dict(counts), "dropped": int(dropped),
         "output_dropped": int(output_dropped),
     }
+    if unreadable is not None:
+        fields["unreadable"] = int(unreadable)
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)
 

@@ -45,7 +45,8 @@ class Loop:
     def __init__(self, cfg: LoopConfig, programs: list[Program],
                  decode: Callable[[bytes], Iterable[Event]],
                  tick: Callable[[float], Iterable[Event]] | None = None,
-                 lost: Callable[[], int] | None = None, attached: list[str] | None = None):
+                 lost: Callable[[], int] | None = None, attached: list[str] | None = None,
+                 unreadable: Callable[[], int] | None = None):
         self.cfg = cfg
         self.programs = programs
         self.decode = decode
@@ -57,6 +58,7 @@ class Loop:
         self.collector_id = new_collector_id(cfg.tool)
         self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer, autoflush=False)
         self._attached = attached
+        self.unreadable = unreadable  # the heartbeat's count of TLS stacks found but not read
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:
         self.stop = True
@@ -74,7 +76,8 @@ class Loop:
         ev = heartbeat_event(
             collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached(),
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,
-            counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped)
+            counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped,
+            unreadable=self.unreadable() if self.unreadable else None)
         if self.cfg.heartbeat_file:
             try:
                 write_liveness(self.cfg.heartbeat_file, ev)

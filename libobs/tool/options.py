@@ -67,11 +67,13 @@ T = TypeVar("T")
 
 TlsLibOpt = Annotated[list[Path] | None, typer.Option(
     "--lib", metavar="PATH", envvar="OBS_LIB",
-    help="Also attach to this libssl or binary with OpenSSL built in (repeatable). System "
-         "libssl, node and libraries of running processes are found without it.")]
+    help="Also attach to this TLS library or binary: libssl, libgnutls, libnspr4, a binary with "
+         "OpenSSL built in, a Go binary (repeatable). System libraries, node and the libraries "
+         "and Go binaries of running processes are found without it.")]
 RescanOpt = Annotated[float, typer.Option(
     "--rescan", envvar="OBS_RESCAN", min=0,
-    help="Seconds between looks at /proc for newly loaded OpenSSL copies (0: never).")]
+    help="Seconds between looks at /proc for TLS libraries and Go programs loaded since "
+         "(0: never).")]
 
 
 class UsageError(Exception):

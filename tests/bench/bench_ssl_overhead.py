@@ -13,6 +13,11 @@ attached (--rescan 0), so only the client is traced, as with a remote API. `--bo
 traces the server too (twice the records, on the same two cores).
 
     sudo .venv/bin/python tests/bench/bench_ssl_overhead.py [--requests N] [--rounds R]
+        [--client python|go|gnutls|nss]
+
+`--client` picks the TLS stack: go is tests/support/goclient (Go's crypto/tls, named with
+--lib), gnutls and nss are libcurl-gnutls/-nss through tests/support/curl_ctypes.py; each
+makes SSE chat completions on one connection.
 
 Prints one line per variant, then `ratio <traced/untraced>` for the default mode.
 """
@@ -57,7 +62,25 @@ print(time.perf_counter() - t0)
 """
 
 
-def client_seconds(server: ps.Server, n: int) -> float:
+def stack_client_seconds(server: ps.Server, n: int, client: str) -> float:
+    from tests.support import gobuild
+
+    headers = {**ps.request_headers("openai-chat"), "Content-Type": "application/json"}
+    args = [str(server.ca), server.url("api.openai.com", ps.request_path("openai-chat", True)),
+            json.dumps(headers), ps.request_body("openai-chat", True).decode(), str(n + 1)]
+    if client == "go":
+        cmd = [str(gobuild.build("goclient")), *args]
+    else:
+        cmd = [sys.executable, str(REPO / "tests" / "support" / "curl_ctypes.py"),
+               f"/usr/lib/x86_64-linux-gnu/libcurl-{client}.so.4", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env={**os.environ, "GOCLIENT_TIME": "1", "CURL_CTYPES_TIME": "1"})
+    return float(out.stdout.strip())
+
+
+def client_seconds(server: ps.Server, n: int, client: str = "python") -> float:
+    if client != "python":
+        return stack_client_seconds(server, n, client)
     requests = []
     for stream in (False, True):
         headers = {**ps.request_headers("openai-chat"), "Content-Type": "application/json"}
@@ -75,8 +98,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int, nice: int = 0
-              ) -> tuple[float, float]:
+def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int, nice: int = 0,
+              client: str = "python") -> tuple[float, float]:
     """(client seconds, obs-ssl CPU seconds) with obs-ssl (args) or without (None); the
     server starts after obs-ssl, so obs-ssl never sees its libssl copy."""
     cpu = 0.0
@@ -86,9 +109,9 @@ def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int, nice: 
             tool = stack.enter_context(running("obs-ssl", "--rescan", "0", *args))
             os.setpriority(os.PRIO_PROCESS, tool.proc.pid, nice)
         server = stack.enter_context(ps.serving(lib_dir))
-        client_seconds(server, 20)  # warm up
+        client_seconds(server, 20, client)  # warm up
         before = cpu_seconds(tool.proc.pid) if tool else 0.0
-        seconds = client_seconds(server, n)
+        seconds = client_seconds(server, n, client)
         if tool:
             time.sleep(0.25)  # its poll timeout: let it take the last records
             cpu = cpu_seconds(tool.proc.pid) - before
@@ -103,11 +126,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--both-traced", action="store_true",
                     help="let the server use the probed system libssl too")
+    ap.add_argument("--client", choices=["python", "go", "gnutls", "nss"], default="python")
     a = ap.parse_args()
+    extra: tuple[str, ...] = ()
+    if a.client == "go":  # --rescan 0: named up front
+        from tests.support import gobuild
+
+        extra = ("--lib", str(gobuild.build("goclient")))
     # name: (obs-ssl arguments or None for untraced, nice value as the systemd unit sets it)
     variants: dict[str, tuple[tuple[str, ...] | None, int]] = {
-        "untraced": (None, 0), "content": ((), 0), "api-only": (("--api-only",), 0),
-        "nice10": ((), 10)}
+        "untraced": (None, 0), "content": (extra, 0), "api-only": ((*extra, "--api-only"), 0),
+        "nice10": (extra, 10)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-ssl-") as tmp:
@@ -117,12 +146,12 @@ def main() -> None:
             shutil.copy2(SYSTEM_LIBSSL, lib_dir / SYSTEM_LIBSSL.name)
         for _ in range(a.rounds):
             for name, (args, nice) in variants.items():
-                seconds, tool_cpu = one_round(args, lib_dir, a.requests, nice)
+                seconds, tool_cpu = one_round(args, lib_dir, a.requests, nice, a.client)
                 times[name].append(seconds)
                 cpu[name].append(tool_cpu)
     base = statistics.median(times["untraced"])
     traced = "client and server" if a.both_traced else "client only"
-    print(f"{a.rounds} rounds of {a.requests} requests, {traced} traced")
+    print(f"{a.rounds} rounds of {a.requests} requests ({a.client}), {traced} traced")
     for name, values in times.items():
         med = statistics.median(values)
         tool = statistics.median(cpu[name]) / a.requests * 1e6

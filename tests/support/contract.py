@@ -23,6 +23,10 @@ _BASE = re.compile(r"^(int|number|str|bool|duration|object|\[(?:str|int|object)\
 _NS = 1_000_000_000
 
 
+class ContractError(AssertionError):
+    """An event that docs/events.md does not allow."""
+
+
 @dataclass(frozen=True)
 class Spec:
     type: str         # the type without "?": int, str, [str], {str: int}, duration, object, ...
@@ -106,17 +110,17 @@ class Contract:
     def check_event(self, ev: Any, seen: Seen | None = None) -> None:
         """An event object as a tool writes it (parsed JSON)."""
         if not isinstance(ev, dict):
-            raise AssertionError(f"an event is a JSON object, not {type(ev).__name__}")
+            raise ContractError(f"an event is a JSON object, not {type(ev).__name__}")
         inner = ev.get("event")
         if not isinstance(inner, dict) or len(inner) != 1:
-            raise AssertionError(f"event: has not exactly one kind under `event`: {inner!r}")
+            raise ContractError(f"event: has not exactly one kind under `event`: {inner!r}")
         kind = next(iter(inner))
         self._object("Envelope", "", ev, seen, kind)
         if kind not in self.kinds:
-            raise AssertionError(f"{kind}: a kind not documented in docs/events.md "
+            raise ContractError(f"{kind}: a kind not documented in docs/events.md "
                                  f"(add a `### {kind}` table)")
         if ("process" in ev) == (kind == "CollectorHeartbeat"):
-            raise AssertionError(f"{kind}: `process` is present on every kind but "
+            raise ContractError(f"{kind}: `process` is present on every kind but "
                                  f"CollectorHeartbeat (docs/events.md, `### Envelope`)")
         self._object(kind, "", inner[kind], seen, kind)
 
@@ -127,21 +131,21 @@ class Contract:
     # -- the walk ---------------------------------------------------------------------------
     def _object(self, section: str, at: str, value: Any, seen: Seen | None, where: str) -> None:
         if not isinstance(value, dict):
-            raise AssertionError(f"{where}: {at or 'the body'} is not an object: {value!r}")
+            raise ContractError(f"{where}: {at or 'the body'} is not an object: {value!r}")
         table = self.tables[section]
         kids = self._children[section].get(at, [])
         names = {p.rsplit(".", 1)[-1]: p for p in kids}
         for key in value:
             if key not in names:
                 path = f"{at}.{key}" if at else key
-                raise AssertionError(
+                raise ContractError(
                     f"{where}: field `{path}` is emitted but not documented in "
                     f"docs/events.md (add a row to its `### {section}` table)")
         for key, path in names.items():
             spec = table[path]
             if key not in value:
                 if not spec.optional:
-                    raise AssertionError(f"{where}: documented field `{path}` is missing "
+                    raise ContractError(f"{where}: documented field `{path}` is missing "
                                          f"(docs/events.md, `### {section}`)")
                 if seen is not None:
                     seen.absent[(section, path)] += 1
@@ -151,7 +155,7 @@ class Contract:
             v = value[key]
             if v is None:
                 if not spec.nullable:
-                    raise AssertionError(f"{where}: `{path}` is null but documented as "
+                    raise ContractError(f"{where}: `{path}` is null but documented as "
                                          f"`{spec.type}`")
                 if seen is not None:
                     seen.null[(section, path)] += 1
@@ -170,12 +174,12 @@ class Contract:
             return
         if t == "[object]":
             if not isinstance(v, list):
-                raise AssertionError(f"{where}: `{path}` is not a list: {v!r}")
+                raise ContractError(f"{where}: `{path}` is not a list: {v!r}")
             for item in v:
                 self._object(section, path + "[]", item, seen, where)
             return
         if not _is(t, v):
-            raise AssertionError(f"{where}: `{path}` is {_json_type(v)} {v!r}, documented "
+            raise ContractError(f"{where}: `{path}` is {_json_type(v)} {v!r}, documented "
                                  f"as `{t}{'?' if spec.nullable else ''}` in docs/events.md")
 
 
@@ -201,7 +205,7 @@ def _is(t: str, v: Any) -> bool:
         return isinstance(v, list) and all(_is_int(x) for x in v)
     if t == "{str: int}":
         return isinstance(v, dict) and all(isinstance(k, str) and _is_int(x) for k, x in v.items())
-    raise AssertionError(f"docs/events.md: no check for type {t!r}")
+    raise ContractError(f"docs/events.md: no check for type {t!r}")
 
 
 def _json_type(v: Any) -> str:

@@ -282,7 +282,11 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
     return [heartbeat_event(collector_id="obs-exec-host-1-1-abcdef01", tool="obs-exec",
                             attached=["tracepoint:sched:sched_process_exec"],
                             features=["exec", "files"], interval=60.0, counts=counts,
-                            dropped=0, output_dropped=0, host="host-1")]
+                            dropped=0, output_dropped=0, host="host-1"),
+            heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
+                            attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
+                            features=["llm-api"], interval=60.0, counts=Counter(),
+                            dropped=0, output_dropped=0, host="host-1", unreadable=1)]
 
 
 # ---- everything the code emits ---------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_library_description():
         libraries.ProbePoint("SSL_read_ex", 0x10, "ssl_read_internal@0x10",
                           ("SSL_read", "SSL_read_ex")),
         libraries.ProbePoint("SSL_write", 0x20, "SSL_write", ("SSL_write",))), (1, 2))
-    assert lib.describe() == ("/x/libssl.so.3 (SSL_read+SSL_read_ex via "
+    assert lib.describe() == ("/x/libssl.so.3 (OpenSSL: SSL_read+SSL_read_ex via "
                               "ssl_read_internal@0x10, SSL_write)")
 
 
@@ -191,7 +191,7 @@ def test_uprobes_missing_is_none_or_a_reason():
 # ---- the tool's option checks (no root needed: they come first) --------------------------------
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--lib", "/etc/hostname"], "--lib /etc/hostname: not an ELF file exporting"),
+    (["--lib", "/etc/hostname"], "--lib /etc/hostname: no TLS stack obs reads"),
     (["--max-capture", "96"], "--max-capture must be a power of two"),
     (["--comm", "a-very-long-command-name"], "--comm must be 1-15 bytes"),
     (["--max-capture", "16"], "Invalid value for '--max-capture'"),

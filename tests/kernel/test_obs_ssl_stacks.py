@@ -1,0 +1,138 @@
+"""obs-ssl on the TLS stacks besides OpenSSL, against the real kernel: a Go client built here
+(Go's crypto/tls: unstripped, stripped, position-independent), libcurl built with GnuTLS and
+with NSS, each talking to the local provider stand-in; exact models and token counts. And the
+stacks obs cannot read are named, once."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import fakestack, gobuild
+from tests.support import provider_server as ps
+from tests.support.stack_clients import COMM, LIBCURL, run_curl, run_go
+from tests.support.tools import Running, running, wait_for
+
+pytestmark = pytest.mark.kernel
+TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_creation_tokens")
+LIB_OF = {"gnutls": "libgnutls.so.30", "nss": "libnspr4.so"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ps.serving() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def obs(server):
+    with running("obs-ssl", "--heartbeat-interval", "1", "--rescan", "0.2",
+                 "--comm", COMM) as r:
+        yield r
+    assert r.status == 0, r.stderr()
+
+
+def expected(api: str, stream: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = ps.request_path(api, stream).split("?")[0]
+    return ({"is_request": True, "model": ps.REQUEST_MODEL[api], "stream": stream,
+             "path": path, **dict.fromkeys(TOKENS)},
+            {"is_request": False, "stream": stream, "path": path, **ps.EXPECTED[(api, stream)]})
+
+
+def strip(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("pid", "_env")}
+
+
+def check_exchanges(obs: Running, pid: int, api: str, stream: bool, n: int) -> None:
+    try:
+        events = obs.wait_events("LlmApi", lambda f: f["pid"] == pid, count=2 * n, timeout=15)
+    except AssertionError:
+        calls = [(f["is_read"], f["len"], f["content"][:70]) for f in obs.of_kind("SslContent")
+                 if f["pid"] == pid]
+        apis = [strip(f) for f in obs.of_kind("LlmApi") if f["pid"] == pid]
+        raise AssertionError(f"pid {pid}: LlmApi {apis}; calls {calls}") from None
+    assert len(events) == 2 * n
+    want_req, want_resp = expected(api, stream)
+    for req, resp in zip(events[::2], events[1::2], strict=True):
+        assert strip(req) == want_req
+        assert strip(resp) == want_resp
+        assert resp["_env"]["provider"] == ps.PROVIDER_OF[api]
+
+
+# ---- Go crypto/tls -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=[(False, False), (True, False), (False, True)],
+                ids=["unstripped", "stripped", "pie"])
+def goclient(request) -> Path:
+    stripped, pie = request.param
+    return gobuild.build("goclient", stripped=stripped, pie=pie)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("api", ps.APIS)
+def test_go_crypto_tls(obs, server, goclient, api, stream):
+    pid = run_go(obs, server, goclient, api, stream, repeat=2)  # two on one keep-alive conn
+    check_exchanges(obs, pid, api, stream, 2)
+    content = [f for f in obs.of_kind("SslContent") if f["pid"] == pid]
+    assert {f["lib"] for f in content} == {str(goclient)}
+    assert not any(f["truncated"] for f in content)
+    writes = "".join(f["content"] for f in content if not f["is_read"])
+    assert writes.count(f"POST {ps.request_path(api, stream)} HTTP/1.1") == 2
+
+
+def test_go_probes_in_heartbeat(obs, server, goclient):
+    run_go(obs, server, goclient, "anthropic", False, repeat=1)
+    hb = obs.wait_events("CollectorHeartbeat",
+                         lambda f: any(str(goclient) in p for p in f["attached_probes"]))[-1]
+    mine = [p for p in hb["attached_probes"] if f":{goclient}:" in p]
+    assert f"uprobe:{goclient}:(*Conn).Write" in mine
+    assert f"uprobe:{goclient}:(*Conn).Read" in mine
+    assert any(p.startswith(f"uprobe:{goclient}:(*Conn).Read:ret@") for p in mine)
+    assert not any(p.startswith("uretprobe:") for p in mine)  # never on Go
+    assert hb["dropped"] == 0
+
+
+# ---- GnuTLS and NSS ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("api", ps.APIS)
+@pytest.mark.parametrize("stack", ["gnutls", "nss"])
+def test_gnutls_and_nss(obs, server, stack, api, stream):
+    if not Path(LIBCURL[stack]).exists():
+        pytest.fail(f"{LIBCURL[stack]} missing: deploy/setup-host.sh installs it")
+    pid = run_curl(server, stack, api, stream, repeat=2)
+    check_exchanges(obs, pid, api, stream, 2)
+    content = [f for f in obs.of_kind("SslContent") if f["pid"] == pid]
+    assert {Path(f["lib"]).name for f in content} == {LIB_OF[stack]}
+    assert not any(f["truncated"] for f in content)
+
+
+# ---- what cannot be read is named --------------------------------------------------------------
+
+def test_unreadable_stacks_are_named_once(obs):
+    """A Go binary without crypto/tls and a program carrying a static TLS stack obs has no
+    probes for (rustls, by its marker) are each named once on stderr and counted in the
+    heartbeat, however many rescans see them."""
+    notls = gobuild.build("gonotls", stripped=True)
+    rusty = fakestack.build(b"rustls-0.23.12/src/conn.rs")
+    procs = [subprocess.Popen([str(notls), "3"]), subprocess.Popen([str(rusty), "3"])]
+    try:
+        lines = {notls: f"not read: {notls}: Go (go", rusty: f"not read: {rusty}: rustls: "}
+        for line in lines.values():
+            wait_for(lambda line=line: line in obs.stderr(), timeout=20, what=line)
+        time.sleep(1.5)  # several more rescans (every 0.2 s) while both still run
+        seen = time.time_ns()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    err = obs.stderr()
+    assert err.count(f"not read: {notls}:") == 1
+    assert "without crypto/tls" in err.split(f"not read: {notls}:")[1].splitlines()[0]
+    assert err.count(f"not read: {rusty}:") == 1
+    hb = obs.wait_events("CollectorHeartbeat", lambda f: f["_env"]["ts"] > seen)[-1]
+    assert hb["unreadable"] >= 2  # these two, and whatever else this host runs
