@@ -9,8 +9,15 @@
 /* One slot per possible CPU: too large for the stack or a per-CPU map (32 KiB limit). */
 BPF_ARRAY(exec_scratch, struct exec_rec, NCPU);
 
+#if defined(FILES) && FOLD_NS
+static __always_inline void fold_end(void);
+#endif
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+#if defined(FILES) && FOLD_NS
+    fold_end();
+#endif
     if (obs_filtered_out())
         return 0;
     u32 cpu = bpf_get_smp_processor_id();
@@ -53,6 +60,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
+#if defined(FILES) && FOLD_NS
+    fold_end(); /* every thread's exit */
+#endif
     if (!args->group_dead)
         return 0;
     if (obs_filtered_out())
@@ -177,8 +187,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_listen) { return sec_exit(args->ret); }
 #define WRITE_INTENT (01 | 02 | 0100 | 01000) /* O_WRONLY | O_RDWR | O_CREAT | O_TRUNC */
 
 BPF_ARRAY(file_scratch, struct file_rec, NCPU);
+BPF_ARRAY(open_scratch, struct open_rec, NCPU);
 
-/* The CPU's scratch record with its header filled, or 0. */
+/* The CPU's FileDelete scratch record with its header filled, or 0. */
 static __always_inline struct file_rec *file_rec_begin(u32 kind)
 {
     u32 cpu = bpf_get_smp_processor_id();
@@ -196,6 +207,56 @@ static __always_inline void file_rec_emit(struct file_rec *r)
         size = sizeof(*r);
     obs_output(r, size);
 }
+
+/* A FileAccess record: the walk of the opened file's path, and its fold slot's count. */
+static __always_inline void open_rec_emit(void *file, u32 flags, u32 opens, u64 gen)
+{
+    u32 cpu = bpf_get_smp_processor_id();
+    struct open_rec *r = open_scratch.lookup(&cpu);
+    if (!r)
+        return;
+    obs_fill_hdr(&r->h, K_FILE_OPEN);
+    r->flags = flags;
+    r->opens = opens;
+    r->gen = gen;
+    r->slots = obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete);
+    u64 size = offsetof(struct open_rec, path) + (u64)r->slots * PATH_SLOT;
+    if (size > sizeof(*r))
+        size = sizeof(*r);
+    obs_output(r, size);
+}
+
+#if FOLD_NS
+/* One fold slot per thread, keyed by tid: only that thread writes it (user space only reads),
+ * so no locks. When the map is full an open is simply not folded. */
+BPF_HASH(fold, u32, struct fold_slot, 65536);
+
+/* The slot's count since its latest open_rec, as a fold_rec (user space subtracts what it
+ * already read from the slot). */
+static __always_inline void fold_tail(struct fold_slot *s)
+{
+    if (s->opens == s->sent)
+        return;
+    struct fold_rec r = {};
+    obs_fill_hdr(&r.h, K_FILE_FOLD);
+    r.flags = s->flags;
+    r.opens = s->opens;
+    r.gen = s->gen;
+    r.last_ts = s->last_ts;
+    obs_output(&r, sizeof(r));
+}
+
+/* The thread execs or exits: its slot's rest goes out now. */
+static __always_inline void fold_end(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct fold_slot *s = fold.lookup(&tid);
+    if (!s)
+        return;
+    fold_tail(s);
+    fold.delete(&tid);
+}
+#endif
 
 struct open_args { u32 flags; };
 BPF_HASH(open_pending, u32, struct open_args, 16384);
@@ -222,16 +283,38 @@ static __always_inline int open_exit(long ret)
     open_pending.delete(&tid);
     if (ret < 0)
         return 0;
-    struct file_rec *r = file_rec_begin(K_FILE_OPEN);
-    if (!r)
-        return 0;
-    r->flags = flags;
-    r->dfd = 0;
-    r->name_len = 0;
-    r->name[0] = 0;
     void *file = obs_fd_file((void *)bpf_get_current_task(), (int)ret);
-    r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete) : 0;
-    file_rec_emit(r);
+    u32 opens = 1;
+    u64 gen = 0;
+#if FOLD_NS
+    /* Same file (dentry, inode, mount) and flags as this thread's slot: count it, and send a
+     * record only once per FOLD_NS. The dentry walk and the record are the expensive part. */
+    u64 mnt = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
+    u64 dentry = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+    u64 inode = dentry ? (u64)obs_read_ptr((void *)dentry, OFF_DENTRY_D_INODE) : 0;
+    u64 now = bpf_ktime_get_ns();
+    struct fold_slot *s = file ? fold.lookup(&tid) : 0;
+    if (s && s->dentry == dentry && s->inode == inode && s->mnt == mnt && s->flags == flags) {
+        s->opens++;
+        s->last_ts = now;
+        if (now - s->emit_ts < FOLD_NS)
+            return 0;
+        s->emit_ts = now;
+        s->sent = s->opens;
+        opens = s->opens;
+        gen = s->gen;
+    } else {
+        if (s)
+            fold_tail(s);
+        struct fold_slot n = {.dentry = dentry, .inode = inode, .mnt = mnt, .gen = now,
+                              .last_ts = now, .emit_ts = now, .flags = flags, .opens = 1,
+                              .sent = 1};
+        /* replaces the old slot whole, so a reader never sees half of each */
+        if (file && fold.update(&tid, &n) == 0)
+            gen = now;
+    }
+#endif
+    open_rec_emit(file, flags, opens, gen);
     return 0;
 }
 

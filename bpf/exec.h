@@ -7,6 +7,9 @@
 #define MAX_ARGV 131072 /* power of two, set by --max-argv */
 #endif
 #define FNAME_BUF 4096
+#ifndef FOLD_NS
+#define FOLD_NS 0       /* ns of the FileAccess fold window, set by --fold-window; 0: no folding */
+#endif
 
 /* ToolExec */
 struct exec_rec {
@@ -48,15 +51,54 @@ struct sec_rec {
     u32 pad;
 };
 
-/* FileAccess (K_FILE_OPEN) and FileDelete */
+/* FileAccess (K_FILE_OPEN): only the path follows the fixed part, so a record is as long as
+ * its path (a FileDelete record carries a 4 KiB name before it). */
+struct open_rec {
+    struct obs_hdr h;
+    u32 flags;
+    u32 slots;        /* path slots used */
+    u32 opens;        /* opens of this file by this thread counted in fold slot `gen`, so far */
+    u8 complete;
+    u8 pad[3];
+    u64 gen;          /* the fold slot (its first open's ts), 0 when this open was not folded */
+    char path[PATH_BYTES];
+};
+
+/* Folding (FOLD_NS > 0): a thread's repeated write-opens of one file count in a slot; the first
+ * open of a slot and the first after each FOLD_NS window send an open_rec, user space reads the
+ * slots for the opens in between, and a slot's rest goes out as a fold_rec when the thread opens
+ * another file, execs or exits. Every open is counted in exactly one record or slot read. */
+struct fold_slot {
+    u64 dentry;       /* which file: dentry, inode and mount of the opened struct path */
+    u64 inode;
+    u64 mnt;
+    u64 gen;          /* ts of the slot's first open: names the slot across records */
+    u64 last_ts;      /* ts of its latest open */
+    u64 emit_ts;      /* ts of its latest open_rec */
+    u32 flags;
+    u32 opens;        /* opens counted in the slot, cumulative (only the owning thread writes) */
+    u32 sent;         /* opens at its latest open_rec */
+    u32 pad;
+};
+
+/* K_FILE_FOLD: a slot's final count, when its thread moves on (another file, exec, exit). */
+struct fold_rec {
+    struct obs_hdr h;
+    u32 flags;
+    u32 opens;        /* the slot's cumulative opens */
+    u64 gen;
+    u64 last_ts;      /* ts of the slot's latest open: the event's ts */
+};
+
+/* FileDelete */
 struct file_rec {
     struct obs_hdr h;
     u32 flags;
-    s32 dfd;          /* FileDelete: the dirfd the name is relative to (-100 = cwd) */
-    u32 slots;        /* path slots used (FileAccess: the opened file; FileDelete: base dir) */
-    u32 name_len;     /* FileDelete: bytes of the raw pathname in name[] */
+    s32 dfd;          /* the dirfd the name is relative to (-100 = cwd) */
+    u32 slots;        /* path slots used (the base dir) */
+    u32 name_len;     /* bytes of the raw pathname in name[] */
     u8 complete;
-    u8 op;            /* FileDelete: 0 unlink(at), 1 rmdir, 2 unlinkat(AT_REMOVEDIR) */
+    u8 op;            /* 0 unlink(at), 1 rmdir, 2 unlinkat(AT_REMOVEDIR) */
     u8 pad[6];
     char name[4096];
     char path[PATH_BYTES];

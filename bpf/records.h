@@ -15,6 +15,7 @@ enum obs_kind {
     K_SECURITY = 3,
     K_FILE_OPEN = 4,
     K_FILE_DELETE = 5,
+    K_FILE_FOLD = 6,    /* the rest of a FileAccess fold slot's count (exec.h) */
     K_CONNECT = 8,      /* net.h */
     K_HELLO = 9,
     K_DNS = 10,

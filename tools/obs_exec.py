@@ -9,6 +9,7 @@ import typer
 
 from libobs.events import Clock, hostname
 from libobs.exec.decode import ExecDecoder
+from libobs.exec.fold import kernel_slots
 from libobs.tool import options, start
 from libobs.tool.loop import Loop
 
@@ -40,6 +41,10 @@ def main(
     max_argv: Annotated[int, typer.Option("--max-argv", envvar="OBS_MAX_ARGV", min=4, max=1024,
                         help="KiB of argv captured per exec (power of two); "
                              "longer argv sets argv_truncated.")] = 128,
+    fold_window: Annotated[float, typer.Option(
+        "--fold-window", envvar="OBS_FOLD_WINDOW", min=0, max=60,
+        help="Seconds over which a thread's repeated write-opens of one file fold into one "
+             "FileAccess with a count (0: one event per open).")] = 1.0,
     pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,
     fmt: options.FormatOpt = None, heartbeat_interval: options.HeartbeatOpt = 60.0,
     heartbeat_file: options.HeartbeatFileOpt = None, duration: options.DurationOpt = None,
@@ -53,8 +58,20 @@ def main(
     features = ["exec", "exit", "security"] + (["files"] if files else [])
     job = start.prepare(TOOL, common, features,
                         TRACEPOINTS + (FILE_TRACEPOINTS if files else []))
-    prog = job.program("exec.bpf.c", {"MAX_ARGV": max_argv * 1024, "FILES": files})
-    raise typer.Exit(Loop(job.cfg, [prog], ExecDecoder(Clock.now(), hostname())).run())
+    fold_ns = int(fold_window * 1e9) if files else 0
+    prog = job.program("exec.bpf.c", {"MAX_ARGV": max_argv * 1024, "FILES": files,
+                                      "FOLD_NS": fold_ns})
+    decoder = ExecDecoder(Clock.now(), hostname())
+    due = [0.0]
+
+    def fold_tick(now: float) -> list[dict]:
+        """Every fold window (and at exit), the opens counted in the kernel's slots."""
+        if not fold_ns or now < due[0]:
+            return []
+        due[0] = now + fold_window
+        return decoder.fold_events(kernel_slots(prog.table("fold")))
+
+    raise typer.Exit(Loop(job.cfg, [prog], decoder, tick=fold_tick).run())
 
 
 

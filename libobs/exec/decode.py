@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 from libobs.events import Clock, duration, text
+from libobs.exec.fold import FoldLedger
 from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import (
@@ -27,14 +28,18 @@ from libobs.kernel.records import (
 )
 
 _H = layout.read("exec.h")
-K_EXEC, K_EXIT, K_SECURITY, K_FILE_OPEN, K_FILE_DELETE = (
-    KIND[k] for k in ("K_EXEC", "K_EXIT", "K_SECURITY", "K_FILE_OPEN", "K_FILE_DELETE"))
+K_EXEC, K_EXIT, K_SECURITY, K_FILE_OPEN, K_FILE_DELETE, K_FILE_FOLD = (
+    KIND[k] for k in ("K_EXEC", "K_EXIT", "K_SECURITY", "K_FILE_OPEN", "K_FILE_DELETE",
+                      "K_FILE_FOLD"))
 FNAME_BUF = _H.constants["FNAME_BUF"]
 EXEC_FIXED = _H["exec_rec"].unpacker("filename_len", "cwd_slots", "argv_len", "argv_truncated",
                                      "cwd_complete")
 EXEC_FILENAME, EXEC_CWD, EXEC_ARGV = (_H["exec_rec"].offset(f) for f in ("filename", "cwd", "argv"))
 EXIT = _H["exit_rec"].unpacker("exit_code", "pad", "start_ns")
 SEC = _H["sec_rec"].unpacker("action", "ret", "a0", "a1", "a2", "family", "port", "addr", "pad")
+OPEN_FIXED = _H["open_rec"].unpacker("flags", "slots", "opens", "complete", "gen")
+OPEN_PATH = _H["open_rec"].offset("path")
+FOLD = _H["fold_rec"].unpacker("flags", "opens", "gen", "last_ts")
 FILE_FIXED = _H["file_rec"].unpacker("flags", "dfd", "slots", "name_len", "complete", "op")
 FILE_NAME, FILE_PATH = (_H["file_rec"].offset(f) for f in ("name", "path"))
 SEC_SETUID, SEC_SETREUID, SEC_SETRESUID, SEC_PTRACE, SEC_LISTEN = (
@@ -76,11 +81,14 @@ class ExecDecoder:
         self._recent_sec: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self.offset = clock.offset_ns
         self._paths: dict[bytes, str] = {}
+        self.folds = FoldLedger()
         self._dispatch = {K_EXEC: self._exec, K_EXIT: self._exit, K_SECURITY: self._security,
                           K_FILE_OPEN: self._file_open, K_FILE_DELETE: self._file_delete}
 
     def __call__(self, raw: bytes) -> list[dict[str, Any]]:
         h = hdr(raw)
+        if h.kind == K_FILE_FOLD:
+            return self._file_fold(h, raw)
         fn = self._dispatch.get(h.kind)
         fields = fn(h, raw) if fn else None
         if fields is None:
@@ -136,17 +144,44 @@ class ExecDecoder:
                                       "detail": f"listen {where} = {_errno_text(ret)}"}
         return None
 
-    def _file_open(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
-        flags, _dfd, slots, _nlen, complete, _op = FILE_FIXED.at(raw)
+    def _file_open(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]] | None:
+        flags, slots, opens, complete, gen = OPEN_FIXED.at(raw)
         # Agents write the same files again and again: decode each distinct path once.
-        key = raw[FILE_PATH - 8:FILE_PATH + min(slots, PATH_DEPTH) * PATH_SLOT]
+        key = raw[OPEN_PATH - 8:OPEN_PATH + min(slots, PATH_DEPTH) * PATH_SLOT]
         path = self._paths.get(key)
         if path is None:
-            path = text(join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete)))
+            path = text(join_slots(raw, OPEN_PATH, min(slots, PATH_DEPTH), bool(complete)))
             if len(self._paths) >= 1024:  # keys are raw slots (~1 KiB): keep this small
                 self._paths.clear()
             self._paths[key] = path
-        return "FileAccess", {"pid": h.pid, "path": path, "write": True, "flags": flags}
+        if gen:
+            identity, process = self.ids.of(h)
+            count = self.folds.opened(h.tid, gen, opens, path, flags, h.pid, identity, process)
+            if not count:
+                return None  # a read of the fold slot already reported these opens
+        else:
+            count = opens
+        return "FileAccess", {"pid": h.pid, "path": path, "write": True, "flags": flags,
+                              "count": count}
+
+    def _file_fold(self, h: Hdr, raw: bytes) -> list[dict[str, Any]]:
+        _flags, opens, gen, last_ts = FOLD.at(raw)
+        hit = self.folds.ended(h.tid, gen, opens)
+        if hit is None:
+            return []
+        slot, count = hit
+        return [self._folded(slot, count, last_ts)]
+
+    def fold_events(self, entries: list[tuple[int, int, int, int]]) -> list[dict[str, Any]]:
+        """FileAccess events for opens counted in the kernel's fold slots (tid, gen, opens,
+        last_ts) and not reported yet."""
+        return [self._folded(slot, count, ts) for slot, count, ts in self.folds.read(entries)]
+
+    def _folded(self, slot: Any, count: int, ts: int) -> dict[str, Any]:
+        return {"ts": ts + self.offset, "host": self.host, "identity": slot.identity,
+                "provider": None, "process": slot.process,
+                "event": {"FileAccess": {"pid": slot.pid, "path": slot.path, "write": True,
+                                         "flags": slot.flags, "count": count}}}
 
     def _file_delete(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
         _flags, _dfd, slots, name_len, complete, _op = FILE_FIXED.at(raw)

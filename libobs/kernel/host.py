@@ -11,7 +11,7 @@ import os
 import platform
 from pathlib import Path
 
-from libobs.kernel import btf
+from libobs.kernel import btf, cache
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 CGROUP2_CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
@@ -39,6 +39,7 @@ STRUCT_FIELDS = {
     "OFF_PATH_DENTRY": "path.dentry",
     "OFF_DENTRY_D_PARENT": "dentry.d_parent",
     "OFF_DENTRY_D_NAME": "dentry.d_name",
+    "OFF_DENTRY_D_INODE": "dentry.d_inode",
     "OFF_QSTR_NAME": "qstr.name",
     "OFF_VFSMOUNT_MNT_ROOT": "vfsmount.mnt_root",
     "OFF_MOUNT_MNT": "mount.mnt",
@@ -141,7 +142,15 @@ def preflight(tracepoints: list[str] = ()) -> str | None:  # type: ignore[assign
 
 @functools.cache
 def struct_offsets() -> dict[str, int]:
-    return btf.offsets(btf.VMLINUX.read_bytes(), STRUCT_FIELDS)
+    """STRUCT_FIELDS' offsets in the running kernel. Parsing BTF took 0.2 s of every start: the
+    result is cached, named by the BTF blob's hash (libobs/kernel/cache.py)."""
+    blob = btf.VMLINUX.read_bytes()
+    name = cache.key("btf-offsets", blob, STRUCT_FIELDS)
+    value = cache.cached_json("btf", name, lambda: btf.offsets(blob, STRUCT_FIELDS))
+    if not isinstance(value, dict) or set(value) != set(STRUCT_FIELDS) or not all(
+            isinstance(v, int) for v in value.values()):
+        value = btf.offsets(blob, STRUCT_FIELDS)  # a malformed entry is recomputed
+    return value
 
 
 def possible_cpus() -> int:

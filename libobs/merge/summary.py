@@ -84,9 +84,9 @@ class Capped:
         self.counts: Counter[Any] = Counter()
         self.more = 0
 
-    def add(self, key: Any) -> None:
+    def add(self, key: Any, n: int = 1) -> None:
         if key in self.counts or len(self.counts) < self.cap:
-            self.counts[key] += 1
+            self.counts[key] += n
         else:
             self.more += 1
 
@@ -191,7 +191,8 @@ class Summary:
             host = fields.get("hostname") or fields.get("sni") or fields.get("peer")
             s.endpoints.add(f"{_host_port(host, fields.get('port'))}")
         elif kind == "FileAccess" and fields.get("write", True):
-            s.written.add(str(fields.get("path")))
+            count = fields.get("count")  # opens folded into this event (obs-exec --fold-window)
+            s.written.add(str(fields.get("path")), count if type(count) is int and count > 0 else 1)
         elif kind == "FileDelete":
             s.deleted.add(str(fields.get("path")))
         elif kind == "SecurityAction":

@@ -42,7 +42,8 @@ def test_restart_8_times_leaves_nothing_attached():
 
 
 def test_sigterm_mid_burst_exits_cleanly_with_whole_lines(openloop, tmp_path):
-    with running("obs-exec", "--files", "--comm", "openloop") as r:
+    # --fold-window 0: one line per open, so the burst is a burst of lines
+    with running("obs-exec", "--files", "--fold-window", "0", "--comm", "openloop") as r:
         gen = subprocess.Popen([str(openloop), str(tmp_path / "f"), "0", "3"],
                                stdout=subprocess.DEVNULL)
         time.sleep(1.0)
@@ -70,8 +71,9 @@ def test_stalled_reader_never_stalls_the_kernel_side(openloop, tmp_path):
     hb = tmp_path / "hb.json"
     r_fd, w_fd = os.pipe()  # nobody reads r_fd until the end
     proc = subprocess.Popen(
-        tool_cmd("obs-exec", "--files", "--comm", "openloop", "--format", "json",
-                 "--heartbeat-file", str(hb), "--heartbeat-interval", "0.5"),
+        # --fold-window 0: one line per open, so there are lines enough to stall the reader
+        tool_cmd("obs-exec", "--files", "--fold-window", "0", "--comm", "openloop",
+                 "--format", "json", "--heartbeat-file", str(hb), "--heartbeat-interval", "0.5"),
         stdout=w_fd, stderr=subprocess.PIPE)
     os.close(w_fd)
     try:

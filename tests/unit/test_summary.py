@@ -237,3 +237,17 @@ def test_unknown_model_is_unpriced_not_free() -> None:
     assert s["cost"] == {"usd": None, "priced_requests": 0, "unpriced_requests": 1}
     text = Summary().table()
     assert "COST" not in text
+
+
+def test_folded_file_writes_count_every_open() -> None:
+    """obs-exec folds a thread's repeated opens of one file into one FileAccess with a count:
+    the summary counts the opens, not the events (a missing or bad count is one open)."""
+    root = Proc(1, 0, agent="LlmCall", session="1@0")
+    s = Summary()
+    for count in (5, 2, None, "x"):
+        fields = {"pid": 1, "path": "/w", "write": True, "flags": 577}
+        if count is not None:
+            fields["count"] = count
+        s.add(envelope("FileAccess", fields, ts=1, host="h"), root)
+    items = s.to_json()["summary"]["sessions"][0]["files_written"]["items"]
+    assert items == [{"path": "/w", "count": 9}]
