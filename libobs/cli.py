@@ -83,9 +83,15 @@ class Filters:
     def apply(self, bpf: Any) -> None:
         """Fill the filter maps of a loaded program."""
         if self.pid is not None:
+            # The fork hook is live already: a child forked after its parent entered the map
+            # is tracked by the kernel, one forked before is in /proc. Scan again after each
+            # update until nothing is new, so a fork between a scan and its update is not lost.
             tracked = bpf["tracked"]
-            for pid in descendants(self.pid):
-                tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+            seen: set[int] = set()
+            while new := [p for p in descendants(self.pid) if p not in seen]:
+                for pid in new:
+                    tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+                seen.update(new)
         if self.comm is not None:
             table = bpf["filter_comm"]
             leaf = table.Leaf()

@@ -283,10 +283,12 @@ def test_filter_comm(tmp_path):
 
 
 def test_filter_pid_with_descendants():
-    agent = subprocess.Popen(["sh", "-c", "sleep 1.5; /bin/true child; sh -c '/bin/true grandchild'"])
+    # The agent waits (read) until the tool is attached, however long start-up takes.
+    agent = subprocess.Popen(["sh", "-c", "read go; /bin/true child; sh -c '/bin/true grandchild'"],
+                             stdin=subprocess.PIPE)
     with running("obs-exec", "--pid", str(agent.pid)) as r:
         subprocess.run(["/bin/true", "outsider"], check=True)
-        agent.wait()
+        agent.communicate(b"go\n")
         r.wait_events("ProcessExit", lambda f: f["pid"] == agent.pid)
     argvs = [e["event"]["ToolExec"]["argv"] for e in r.events() if "ToolExec" in e["event"]]
     assert ["/bin/true", "child"] in argvs and ["/bin/true", "grandchild"] in argvs
