@@ -316,14 +316,18 @@ def test_bad_options_one_line_exit_2():
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("obs-exec: "), (args, p.stderr)
 
 
-def test_head_1_exits_quietly():
-    from tests.support.tools import tool_cmd
-    cmd = " ".join(tool_cmd("obs-exec", "--format", "json")) + " | head -1"
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            executable="/bin/bash")
-    time.sleep(2)
-    for _ in range(20):
+def test_head_1_exits_quietly(tmp_path):
+    from tests.support.tools import tool_cmd, wait_for
+    hb = tmp_path / "hb.json"
+    cmd = " ".join(tool_cmd("obs-exec", "--format", "json", "--heartbeat-file", str(hb)))
+    proc = subprocess.Popen(cmd + " | head -1", shell=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, executable="/bin/bash")
+    wait_for(hb.exists, 60, "attach")  # execs before that would not be seen
+
+    def ended() -> bool:  # a line for head, then lines that find the pipe closed
         subprocess.run(["/bin/true"])
+        return proc.poll() is not None
+    wait_for(ended, 30, "the pipeline to end")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert err == b""
