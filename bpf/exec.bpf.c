@@ -224,12 +224,15 @@ struct file_rec {
     u32 flags;
     s32 dfd;          /* FileDelete: the dirfd the name is relative to (-100 = cwd) */
     u32 slots;        /* path slots used (FileAccess: the opened file; FileDelete: base dir) */
-    u32 name_len;     /* FileDelete: bytes of the raw pathname in name[] */
+    u32 name_len;     /* FileDelete: bytes of the raw pathname at the start of buf */
     u8 complete;
     u8 op;            /* FileDelete: 0 unlink(at), 1 rmdir, 2 unlinkat(AT_REMOVEDIR) */
     u8 pad[6];
-    char name[4096];
-    char path[PATH_BYTES];
+    /* FileAccess: the path slots from buf[0]. FileDelete: the raw name in the first FNAME_BUF
+     * bytes, the base directory's slots after them. Opens carry no name: a FileAccess record
+     * of a 6-component path is 1.6 KiB in the ring instead of 5.6, so a burst of them fills
+     * the ring 3x later. */
+    char buf[FNAME_BUF + PATH_BYTES];
 };
 BPF_ARRAY(file_scratch, struct file_rec, NCPU);
 
@@ -243,10 +246,10 @@ static __always_inline struct file_rec *file_rec_begin(u32 kind)
     return r;
 }
 
-/* Output up to the last path slot used. */
-static __always_inline void file_rec_emit(struct file_rec *r)
+/* Output up to the last path slot used; the slots start at buf + slots_at. */
+static __always_inline void file_rec_emit(struct file_rec *r, u64 slots_at)
 {
-    u64 size = offsetof(struct file_rec, path) + (u64)r->slots * PATH_SLOT;
+    u64 size = offsetof(struct file_rec, buf) + slots_at + (u64)r->slots * PATH_SLOT;
     if (size > sizeof(*r))
         size = sizeof(*r);
     obs_output(r, size);
@@ -283,10 +286,9 @@ static __always_inline int open_exit(long ret)
     r->flags = flags;
     r->dfd = 0;
     r->name_len = 0;
-    r->name[0] = 0;
     void *file = obs_fd_file((void *)bpf_get_current_task(), (int)ret);
-    r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete) : 0;
-    file_rec_emit(r);
+    r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->buf, &r->complete) : 0;
+    file_rec_emit(r, 0);
     return 0;
 }
 
@@ -333,20 +335,21 @@ static __always_inline int del_exit(long ret)
     r->flags = 0;
     r->dfd = a.dfd;
     r->op = a.op;
-    int n = bpf_probe_read_user_str(r->name, sizeof(r->name), (void *)a.name);
+    int n = bpf_probe_read_user_str(r->buf, FNAME_BUF, (void *)a.name);
     r->name_len = n > 0 ? n - 1 : 0;
     r->slots = 0;
     r->complete = 1;
-    if (n > 0 && r->name[0] != '/') {
+    if (n > 0 && r->buf[0] != '/') {
         void *task = (void *)bpf_get_current_task();
+        char *base = r->buf + FNAME_BUF;
         if (a.dfd == -100) {
-            r->slots = obs_cwd(task, r->path, &r->complete);
+            r->slots = obs_cwd(task, base, &r->complete);
         } else {
             void *file = obs_fd_file(task, a.dfd);
-            r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, r->path, &r->complete) : 0;
+            r->slots = file ? obs_walk_struct_path(file, OFF_FILE_F_PATH, base, &r->complete) : 0;
         }
     }
-    file_rec_emit(r);
+    file_rec_emit(r, FNAME_BUF);
     return 0;
 }
 

@@ -28,8 +28,9 @@ EXEC_ARGV = EXEC_CWD + PATH_BYTES
 EXIT = struct.Struct("<IIQ")                      # exit_code, pad, start_ns
 SEC = struct.Struct("<Iiqqq HH16s I")             # action, ret, a0-a2, family, port, addr, pad
 FILE_FIXED = struct.Struct("<IiII BB6x")          # flags, dfd, slots, name_len, complete, op
-FILE_NAME = 72 + FILE_FIXED.size                  # 96
-FILE_PATH = FILE_NAME + FNAME_BUF
+FILE_BUF = 72 + FILE_FIXED.size                   # 96: FileAccess path slots start here;
+FILE_NAME = FILE_BUF                              # FileDelete: the name here,
+FILE_BASE = FILE_BUF + FNAME_BUF                  # then its base directory's slots
 
 SEC_SETUID, SEC_SETREUID, SEC_SETRESUID, SEC_PTRACE, SEC_LISTEN = 1, 2, 3, 4, 5
 _SETUID_NAMES = {SEC_SETUID: "setuid", SEC_SETREUID: "setreuid", SEC_SETRESUID: "setresuid"}
@@ -131,10 +132,10 @@ class ExecDecoder:
     def _file_open(self, h: Hdr, raw: bytes) -> tuple[str, dict[str, Any]]:
         flags, _dfd, slots, _nlen, complete, _op = FILE_FIXED.unpack_from(raw, 72)
         # Agents write the same files again and again: decode each distinct path once.
-        key = raw[FILE_PATH - 8:FILE_PATH + min(slots, PATH_DEPTH) * PATH_SLOT]
+        key = raw[FILE_BUF - 8:FILE_BUF + min(slots, PATH_DEPTH) * PATH_SLOT]
         path = self._paths.get(key)
         if path is None:
-            path = text(join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete)))
+            path = text(join_slots(raw, FILE_BUF, min(slots, PATH_DEPTH), bool(complete)))
             if len(self._paths) >= 1024:  # keys are raw slots (~1 KiB): keep this small
                 self._paths.clear()
             self._paths[key] = path
@@ -146,6 +147,6 @@ class ExecDecoder:
         if name.startswith(b"/"):
             path = name
         else:
-            base = join_slots(raw, FILE_PATH, min(slots, PATH_DEPTH), bool(complete))
+            base = join_slots(raw, FILE_BASE, min(slots, PATH_DEPTH), bool(complete))
             path = os.path.join(base, name)
         return "FileDelete", {"pid": h.pid, "path": text(os.path.normpath(path))}

@@ -91,11 +91,11 @@ def test_stalled_reader_never_stalls_the_kernel_side(openloop, tmp_path):
             return b["counts"].get("FileAccess", 0) + b["output_dropped"] >= n
 
         # A closed loop, so that the result does not depend on how fast this machine is: each
-        # chunk fits in the default 64 MiB ring (a FileAccess record: a 4200-byte head and a
-        # 256-byte slot per path component, one more for a mount), and the next one starts once
-        # the tool has taken it — which it can only do if the stalled stdout holds nothing up.
-        # How fast it drains is a rate: bench_throughput's business.
-        chunk = (64 << 20) // (4200 + 256 * (len(target.parts) + 1))
+        # chunk fills at most half the default 64 MiB ring (a FileAccess record: a 104-byte head
+        # and a 256-byte slot per path component, one more for a mount), and the next one starts
+        # once the tool has taken it — which it can only do if the stalled stdout holds nothing
+        # up. How fast it drains is a rate: bench_throughput's business.
+        chunk = (32 << 20) // (104 + 256 * (len(target.parts) + 1))
         total = 0
         while total < 200_000:
             subprocess.run([str(openloop), str(target), "0", "600", str(chunk)], check=True,
