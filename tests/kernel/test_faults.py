@@ -19,9 +19,14 @@ from tests.support.tools import REPO, running, tool_cmd, wait_for
 pytestmark = pytest.mark.kernel
 
 
+# The tools under test filter on this comm: unique per test run, so that another run of this
+# suite on the same machine (shared CI hosts, other worktrees) cannot add to their counts.
+COMM = f"ol-{os.getpid()}"
+
+
 @pytest.fixture(scope="module")
 def openloop() -> Path:
-    out = Path(tempfile.mkdtemp(prefix="obs-faults-")) / "openloop"
+    out = Path(tempfile.mkdtemp(prefix="obs-faults-")) / COMM
     subprocess.run(["gcc", "-O2", "-o", str(out), str(REPO / "tests/bench/openloop.c")],
                    check=True)
     return out
@@ -43,7 +48,7 @@ def test_restart_8_times_leaves_nothing_attached():
 
 
 def test_sigterm_mid_burst_exits_cleanly_with_whole_lines(openloop, tmp_path):
-    with running("obs-exec", "--files", "--comm", "openloop") as r:
+    with running("obs-exec", "--files", "--comm", COMM) as r:
         # The burst lasts until the tool is stopped: SIGTERM lands mid-burst on any machine.
         gen = subprocess.Popen([str(openloop), str(tmp_path / "f"), "0", "600"],
                                stdout=subprocess.DEVNULL)
@@ -76,7 +81,7 @@ def test_stalled_reader_never_stalls_the_kernel_side(openloop, tmp_path):
     target = tmp_path / "f"
     r_fd, w_fd = os.pipe()  # nobody reads r_fd until the end
     proc = subprocess.Popen(
-        tool_cmd("obs-exec", "--files", "--comm", "openloop", "--format", "json",
+        tool_cmd("obs-exec", "--files", "--comm", COMM, "--format", "json",
                  "--heartbeat-file", str(hb), "--heartbeat-interval", "0.2"),
         stdout=w_fd, stderr=subprocess.PIPE)
     os.close(w_fd)

@@ -235,11 +235,11 @@ def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
 
 def test_heartbeat_counts(tmp_path):
     from tests.support.tools import wait_for
-    prog = _copy_true(tmp_path, "zzobshb")
-    with running("obs-exec", "--comm", "zzobshb", "--heartbeat-interval", "0.3") as r:
+    prog = _copy_true(tmp_path, "zzhb")
+    with running("obs-exec", "--comm", prog.name, "--heartbeat-interval", "0.3") as r:
         for i in range(5):
             subprocess.run([str(prog), str(i)], check=True)
-        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobshb", count=5)
+        r.wait_events("ProcessExit", lambda f: f["comm"] == prog.name, count=5)
 
         def settled():
             beats = [e for e in r.events() if "CollectorHeartbeat" in e["event"]]
@@ -262,22 +262,24 @@ def test_sigint_detaches_and_exits_zero():
     assert f"pids python3({r.proc.pid})" not in out and f"({r.proc.pid})" not in out
 
 
-def _copy_true(tmp_path, name):
+def _copy_true(tmp_path, prefix):
+    """/bin/true under a comm unique to this test run: another run of the suite on the same
+    machine cannot add to what a --comm filter sees."""
     import shutil
-    dst = tmp_path / name
+    dst = tmp_path / f"{prefix}{os.getpid()}"[:15]
     shutil.copy("/bin/true", dst)
     return dst
 
 
 def test_filter_comm(tmp_path):
-    prog = _copy_true(tmp_path, "zzobscomm")
-    with running("obs-exec", "--comm", "zzobscomm") as r:
+    prog = _copy_true(tmp_path, "zzcomm")
+    with running("obs-exec", "--comm", prog.name) as r:
         subprocess.run(["/bin/true", "other"], check=True)
         p = subprocess.run([str(prog), "mine"], check=True)
         assert p.returncode == 0
-        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobscomm")
+        r.wait_events("ProcessExit", lambda f: f["comm"] == prog.name)
     kinds = [e for e in r.events() if "CollectorHeartbeat" not in e["event"]]
-    assert kinds and all(e["process"]["comm"] == "zzobscomm" for e in kinds)
+    assert kinds and all(e["process"]["comm"] == prog.name for e in kinds)
     assert [e["event"]["ToolExec"]["argv"] for e in kinds if "ToolExec" in e["event"]] == [
         [str(prog), "mine"]]
 
