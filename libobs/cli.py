@@ -85,13 +85,14 @@ class Filters:
         if self.pid is not None:
             # The fork hook is live already: a child forked after its parent entered the map
             # is tracked by the kernel, one forked before is in /proc. Scan again after each
-            # update until nothing is new, so a fork between a scan and its update is not lost.
+            # update until every descendant is in the map, so that a fork between a scan and
+            # its parent's update is not lost (forks the hook caught end the loop, however busy
+            # the tree is).
             tracked = bpf["tracked"]
-            seen: set[int] = set()
-            while new := [p for p in descendants(self.pid) if p not in seen]:
-                for pid in new:
+            while missing := [p for p in descendants(self.pid)
+                              if ctypes.c_uint32(p) not in tracked]:
+                for pid in missing:
                     tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
-                seen.update(new)
         if self.comm is not None:
             table = bpf["filter_comm"]
             leaf = table.Leaf()
