@@ -50,7 +50,7 @@ def test_restart_8_times_leaves_nothing_attached():
 def test_sigterm_mid_burst_exits_cleanly_with_whole_lines(openloop, tmp_path):
     with running("obs-exec", "--files", "--comm", COMM) as r:
         # The burst lasts until the tool is stopped: SIGTERM lands mid-burst on any machine.
-        gen = subprocess.Popen([str(openloop), str(tmp_path / "f"), "0", "600"],
+        gen = subprocess.Popen([str(openloop), str(tmp_path / "f"), "0", "60"],
                                stdout=subprocess.DEVNULL)
         try:
             wait_for(lambda: len(r.stdout_lines()) > 1000, 60, "a burst under way")
