@@ -41,7 +41,7 @@ apt_install() {
 }
 
 apt_install python3-bpfcc python3-venv python3-pip bpftool bpftrace iproute2 mandoc man-db curl \
-    nodejs systemd procps util-linux python3-yaml gcc
+    nodejs systemd procps util-linux python3-yaml gcc stress-ng
 if [ -n "$extras" ]; then
     apt_install golang-go libcurl3-gnutls libcurl3-nss
 fi

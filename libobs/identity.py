@@ -84,6 +84,7 @@ class Identities:
         self.paths = paths if paths is not None else cgroup.CgroupPaths(host.cgroup2_root())
         self._cgroups: OrderedDict[int, tuple[str | None, str | None]] = OrderedDict()
         self._roots: OrderedDict[int, tuple[int, str]] = OrderedDict()  # pgid -> (ticks, comm)
+        self._exited: OrderedDict[int, tuple[int, str]] = OrderedDict()  # leaders seen exit
         self._recent: dict[tuple[Any, ...], tuple[dict[str, str | None], dict[str, Any]]] = {}
         self._recent_groups: set[int] = set()
 
@@ -116,13 +117,17 @@ class Identities:
         if h.pid == h.pgid:
             value = (h.start_bt // _NS_PER_TICK, comm(h))
             self._lru_put(self._roots, h.pgid, value)
+            self._exited.pop(h.pgid, None)
             return value
         hit = self._roots.get(h.pgid)
         if hit is not None:
             return hit
         ticks = proc_start_ticks(h.pgid)
         if ticks is None:
-            return None
+            # The leader is gone from /proc. Its pid stays allocated while its group lives, so
+            # what the leader's own records told us still names this group.
+            return self._exited.get(h.pgid)
+        self._exited.pop(h.pgid, None)  # a live leader: the pid was reused
         try:
             with open(f"/proc/{h.pgid}/comm") as f:
                 name = f.read().strip()
@@ -133,8 +138,11 @@ class Identities:
         return value
 
     def forget(self, pid: int) -> None:
-        """A process-group leader exited: a new process may reuse its pid."""
-        self._roots.pop(pid, None)
+        """A process-group leader exited: a new process may reuse its pid once the group is
+        gone, so its entry only answers while /proc has no live process of that pid."""
+        gone = self._roots.pop(pid, None)
+        if gone is not None:
+            self._lru_put(self._exited, pid, gone)
         if pid in self._recent_groups:  # rare: a group whose members are cached ended
             self._recent.clear()
             self._recent_groups.clear()

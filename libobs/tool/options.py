@@ -113,9 +113,16 @@ class Filters:
     def apply(self, bpf: Any) -> None:
         """Fill the filter maps of a loaded program."""
         if self.pid is not None:
+            # The fork hook is live already: a child forked after its parent entered the map
+            # is tracked by the kernel, one forked before is in /proc. Scan again after each
+            # update until every descendant is in the map, so that a fork between a scan and
+            # its parent's update is not lost (forks the hook caught end the loop, however busy
+            # the tree is).
             tracked = bpf["tracked"]
-            for pid in descendants(self.pid):
-                tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+            while missing := [p for p in descendants(self.pid)
+                              if ctypes.c_uint32(p) not in tracked]:
+                for pid in missing:
+                    tracked[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
         if self.comm is not None:
             table = bpf["filter_comm"]
             leaf = table.Leaf()

@@ -1,5 +1,6 @@
 /* Load generator for the bench session: open(O_WRONLY|O_CREAT)+close at a target rate.
- * usage: openloop PATH RATE_PER_SEC SECONDS   (RATE 0 = as fast as possible)
+ * usage: openloop PATH RATE_PER_SEC SECONDS [COUNT]   (RATE 0 = as fast as possible;
+ *        COUNT: stop after exactly that many opens)
  * Prints the number of opens done and the achieved rate. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,24 +17,25 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: openloop PATH RATE SECONDS\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: openloop PATH RATE SECONDS [COUNT]\n");
         return 2;
     }
     const char *path = argv[1];
     double rate = atof(argv[2]), secs = atof(argv[3]);
+    long count = argc == 5 ? atol(argv[4]) : 0;
     double start = now(), end = start + secs;
     long n = 0;
     for (;;) {
         /* batches of 64 between clock reads keep the loop tight */
-        for (int i = 0; i < 64; i++) {
+        for (int i = 0; i < 64 && (!count || n < count); i++) {
             int fd = open(path, O_WRONLY | O_CREAT, 0600);
             if (fd >= 0)
                 close(fd);
             n++;
         }
         double t = now();
-        if (t >= end)
+        if (t >= end || (count && n >= count))
             break;
         if (rate > 0) {
             double due = start + n / rate;

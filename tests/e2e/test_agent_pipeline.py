@@ -23,16 +23,18 @@ from tests.support.tls_server import tls_server
 from tests.support.tools import tool_cmd, wait_for
 
 pytestmark = pytest.mark.kernel
-HOST, ADDR = "api.openai.com", "127.0.0.94"
+# A name of our own under api.openai.com: /etc/hosts is shared with any other run of the suite
+# on this machine, and a second mapping of one name gives getaddrinfo() two answers.
+HOST, ADDR = f"obs-e2e-{os.getpid()}.api.openai.com", "127.0.0.94"
 
 AGENT = textwrap.dedent("""
     import http.client, os, ssl, subprocess, sys, time
-    port, cafile, work, go = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    port, cafile, work, go, host = int(sys.argv[1]), *sys.argv[2:6]
     while not os.path.exists(go):          # wait until every observer is attached
         time.sleep(0.02)
     ctx = ssl.create_default_context(cafile=cafile)
     def llm():
-        c = http.client.HTTPSConnection("api.openai.com", port, context=ctx)
+        c = http.client.HTTPSConnection(host, port, context=ctx)
         c.request("POST", "/v1/chat/completions?delay=80&chunks=3&interval=10&size=2000",
                   body=b'{"model": "gpt-4o"}', headers={"content-type": "application/json"})
         c.getresponse().read()
@@ -52,7 +54,7 @@ def test_tool_events_carry_the_agent_session(tmp_path: Path) -> None:
     go = tmp_path / "go"
     with mapped({HOST: ADDR}), tls_server([HOST], addr=ADDR) as srv:
         agent = subprocess.Popen([sys.executable, "-c", AGENT, str(srv.port), str(srv.cafile),
-                                  str(work), str(go)])
+                                  str(work), str(go), HOST])
         fifos = {t: tmp_path / f"{t}.fifo" for t in ("obs-exec", "obs-net", "obs-llm")}
         for f in fifos.values():
             os.mkfifo(f)

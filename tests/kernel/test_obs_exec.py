@@ -235,11 +235,11 @@ def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
 
 def test_heartbeat_counts(tmp_path):
     from tests.support.tools import wait_for
-    prog = _copy_true(tmp_path, "zzobshb")
-    with running("obs-exec", "--comm", "zzobshb", "--heartbeat-interval", "0.3") as r:
+    prog = _copy_true(tmp_path, "zzhb")
+    with running("obs-exec", "--comm", prog.name, "--heartbeat-interval", "0.3") as r:
         for i in range(5):
             subprocess.run([str(prog), str(i)], check=True)
-        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobshb", count=5)
+        r.wait_events("ProcessExit", lambda f: f["comm"] == prog.name, count=5)
 
         def settled():
             beats = [e for e in r.events() if "CollectorHeartbeat" in e["event"]]
@@ -262,31 +262,35 @@ def test_sigint_detaches_and_exits_zero():
     assert f"pids python3({r.proc.pid})" not in out and f"({r.proc.pid})" not in out
 
 
-def _copy_true(tmp_path, name):
+def _copy_true(tmp_path, prefix):
+    """/bin/true under a comm unique to this test run: another run of the suite on the same
+    machine cannot add to what a --comm filter sees."""
     import shutil
-    dst = tmp_path / name
+    dst = tmp_path / f"{prefix}{os.getpid()}"[:15]
     shutil.copy("/bin/true", dst)
     return dst
 
 
 def test_filter_comm(tmp_path):
-    prog = _copy_true(tmp_path, "zzobscomm")
-    with running("obs-exec", "--comm", "zzobscomm") as r:
+    prog = _copy_true(tmp_path, "zzcomm")
+    with running("obs-exec", "--comm", prog.name) as r:
         subprocess.run(["/bin/true", "other"], check=True)
         p = subprocess.run([str(prog), "mine"], check=True)
         assert p.returncode == 0
-        r.wait_events("ProcessExit", lambda f: f["comm"] == "zzobscomm")
+        r.wait_events("ProcessExit", lambda f: f["comm"] == prog.name)
     kinds = [e for e in r.events() if "CollectorHeartbeat" not in e["event"]]
-    assert kinds and all(e["process"]["comm"] == "zzobscomm" for e in kinds)
+    assert kinds and all(e["process"]["comm"] == prog.name for e in kinds)
     assert [e["event"]["ToolExec"]["argv"] for e in kinds if "ToolExec" in e["event"]] == [
         [str(prog), "mine"]]
 
 
 def test_filter_pid_with_descendants():
-    agent = subprocess.Popen(["sh", "-c", "sleep 1.5; /bin/true child; sh -c '/bin/true grandchild'"])
+    # The agent waits (read) until the tool is attached, however long start-up takes.
+    agent = subprocess.Popen(["sh", "-c", "read go; /bin/true child; sh -c '/bin/true grandchild'"],
+                             stdin=subprocess.PIPE)
     with running("obs-exec", "--pid", str(agent.pid)) as r:
         subprocess.run(["/bin/true", "outsider"], check=True)
-        agent.wait()
+        agent.communicate(b"go\n")
         r.wait_events("ProcessExit", lambda f: f["pid"] == agent.pid)
     argvs = [e["event"]["ToolExec"]["argv"] for e in r.events() if "ToolExec" in e["event"]]
     assert ["/bin/true", "child"] in argvs and ["/bin/true", "grandchild"] in argvs
@@ -315,14 +319,18 @@ def test_bad_options_one_line_exit_2():
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("obs-exec: "), (args, p.stderr)
 
 
-def test_head_1_exits_quietly():
-    from tests.support.tools import tool_cmd
-    cmd = " ".join(tool_cmd("obs-exec", "--format", "json")) + " | head -1"
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            executable="/bin/bash")
-    time.sleep(2)
-    for _ in range(20):
+def test_head_1_exits_quietly(tmp_path):
+    from tests.support.tools import tool_cmd, wait_for
+    hb = tmp_path / "hb.json"
+    cmd = " ".join(tool_cmd("obs-exec", "--format", "json", "--heartbeat-file", str(hb)))
+    proc = subprocess.Popen(cmd + " | head -1", shell=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, executable="/bin/bash")
+    wait_for(hb.exists, 60, "attach")  # execs before that would not be seen
+
+    def ended() -> bool:  # a line for head, then lines that find the pipe closed
         subprocess.run(["/bin/true"])
+        return proc.poll() is not None
+    wait_for(ended, 30, "the pipeline to end")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert err == b""

@@ -48,8 +48,11 @@ def child(script: str, *args: str, cgroup: Path | None = None) -> subprocess.Pop
         assert cgroup is not None
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
+    # A process group of its own, as a shell gives each command line: its session is then the
+    # test's own, not that of whatever launched pytest (a group whose leader may be long gone).
     return subprocess.Popen([sys.executable, "-I", "-c", script, *args], stdout=subprocess.PIPE,
-                            text=True, preexec_fn=join if cgroup else None)
+                            text=True, preexec_fn=join if cgroup else None,
+                            start_new_session=True)
 
 
 def open_in_child(*paths: str | Path, cgroup: Path | None = None) -> tuple[int, list[str]]:
@@ -130,7 +133,9 @@ def test_denied_open_is_eperm_and_a_denied_event(conf, tmp_path):
         env = ev["_env"]
         assert env["process"]["pid"] == pid and env["process"]["ppid"] == os.getpid()
         assert env["process"]["comm"].startswith("python")
-        assert env["identity"]["task"] == str(pid) and env["identity"]["session"]
+        assert env["identity"]["task"] == str(pid)
+        leader, _, ticks = env["identity"]["session"].partition("@")
+        assert leader == str(pid) and ticks.isdigit()
         [ev2] = tool.wait_events("Denied", by_pid(pid2))
         assert ev2["target"] == str(link) and ev2["rule"] == str(secret)
         os.unlink(link)

@@ -19,8 +19,9 @@ from tests.support.tools import running, tool_cmd
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
-HOST = "obs-llm-test.anthropic.com"
-OTHER = "obs-llm-test.example.org"
+# Names of our own: /etc/hosts is shared with any other run of the suite on this machine.
+HOST = f"obs-llm-{os.getpid()}.anthropic.com"
+OTHER = f"obs-llm-{os.getpid()}.example.org"
 ADDR = "127.0.0.1"
 
 

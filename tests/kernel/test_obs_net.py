@@ -23,7 +23,9 @@ from tests.unit.test_parse_tls import big_hello, records
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
-HOST = "obs-net-test.openai.com"
+# /etc/hosts is shared with any other run of the suite on this machine: a name of our own, or
+# two runs map it twice and getaddrinfo() sorts the two answers with UDP connect()s.
+HOST = f"obs-net-{uuid.uuid4().hex[:8]}.openai.com"
 ADDR = "127.0.0.1"
 
 

@@ -81,3 +81,23 @@ def test_caches_are_bounded():
     for i in range(100):
         ids.of(_hdr(5_000_000 + i, 5_000_000 + i))
     assert len(ids._roots) <= 10
+
+
+def test_members_keep_the_session_after_their_leader_exited():
+    # `sh -c 'tool &'`: the shell (the group leader) exits first and is gone from /proc; its
+    # tools' later records still carry its session, learnt from its own records.
+    ids = identity.Identities()
+    ticks = 123 * 10**7 // (10**9 // identity.CLK_TCK)
+    ids.of(_hdr(4_000_011, 4_000_011))
+    ids.forget(4_000_011)
+    late, _ = ids.of(_hdr(4_000_012, 4_000_011, comm=b"git"))
+    assert late["session"] == f"4000011@{ticks}" and late["agent"] == "agent"
+
+
+def test_a_reused_leader_pid_gets_its_own_session():
+    ids = identity.Identities()
+    ids.of(_hdr(4_000_021, 4_000_021, start_bt=10**9))
+    ids.forget(4_000_021)
+    ids.of(_hdr(4_000_021, 4_000_021, start_bt=5 * 10**9))  # a new leader with that pid
+    member, _ = ids.of(_hdr(4_000_022, 4_000_021))
+    assert member["session"] == f"4000021@{5 * identity.CLK_TCK}"

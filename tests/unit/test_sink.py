@@ -65,6 +65,24 @@ def test_stalled_reader_drops_and_counts_never_blocks():
     os.close(w)
 
 
+def test_stalled_reader_costs_no_write_per_dropped_line(monkeypatch):
+    r, w = os.pipe()
+    s = Sink("json", fd=w, max_buffer=64 * 1024)
+    for i in range(5_000):  # the pipe and the buffer are full
+        s.emit(ev(i))
+    assert s.output_dropped > 0
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, b: writes.append(fd) or real_write(fd, b))
+    for i in range(1_000):
+        s.emit(ev(i))
+    assert writes == []  # dropped without asking the fd each time
+    s.flush()  # the run loop's flush per batch still tries
+    assert writes == [w]
+    os.close(r)
+    os.close(w)
+
+
 def test_head_1_exits_quietly():
     code = textwrap.dedent("""
         import sys
