@@ -396,9 +396,9 @@ def test_human_output_escapes_what_a_watched_process_names(tmp_path):
 def test_node_name_and_collector_id_from_the_deployment(tmp_path):
     prog = _copy_true(tmp_path, "zzobsnode")
     env = {"OBS_NODE_NAME": "node-a.example", "OBS_COLLECTOR_ID": "node-a/obs-exec"}
-    with running("obs-exec", "--comm", "zzobsnode", env=env) as r:
+    with running("obs-exec", "--comm", prog.name, env=env) as r:
         subprocess.run([str(prog)], check=True)
-        [ex] = r.wait_events("ToolExec", lambda f: f["comm"] == "zzobsnode")
+        [ex] = r.wait_events("ToolExec", lambda f: f["comm"] == prog.name)
     import orjson
     hb = orjson.loads((r.out_path.parent / "heartbeat.json").read_bytes())
     assert ex["_env"]["host"] == "node-a.example"

@@ -64,7 +64,7 @@ def observe(agent: str, exe: Path, **kw: Any) -> Observed:
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with cgroup("obs-agent") as cg, \
             running("obs-exec", "--cgroup", str(cg), env=env) as ex, \
-            running("obs-llm", "--api", "--cgroup", str(cg), env=env) as llm, \
+            running("obs-llm", "--api", "--rescan", "0.2", "--cgroup", str(cg), env=env) as llm, \
             running("obs-ssl", "--api-only", "--cgroup", str(cg), env=env) as ssl_:
         clock = Clock.now()
         run = run_agent(agent, exe, cgroup=cg, **kw)
