@@ -11,7 +11,7 @@ import typer
 
 from libobs import cgroup as cgroups
 from libobs.events import Clock, hostname
-from libobs.guard import enforce
+from libobs.guard import egress, enforce
 from libobs.guard.denyfile import DenyFileError
 from libobs.guard.policy import ProviderPolicy
 from libobs.kernel import bpflink, host, program
@@ -124,7 +124,7 @@ def main(
         enforcer.sync(maps)
         return []
 
-    decoder = enforce.Decoder(Clock.now(), hostname(), enforcer.ids, enforcer.on_dns)
+    decoder = egress.Decoder(Clock.now(), hostname(), enforcer.ids, enforcer.on_dns)
     attached = [f"cgroup:{link.name}:{target}" for link in links]
     try:
         status = Loop(cfg, [prog], decoder, tick=tick, attached=attached).run()

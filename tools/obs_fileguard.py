@@ -20,11 +20,11 @@ from libobs.guard.fileguard import (
     INIT_FLAGS,
     Enricher,
     Guard,
-    Marks,
     Reloader,
     Scope,
 )
 from libobs.guard.loop import Group, GuardLoop, Outbox
+from libobs.guard.marks import Marks
 from libobs.kernel import host
 from libobs.tool import options as cli
 from libobs.tool.loop import err

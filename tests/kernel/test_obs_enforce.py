@@ -455,7 +455,7 @@ def test_denyfile_writable_by_others_is_refused(cgroup, denyfile):
 
 
 def test_map_layouts_match_the_c():
-    from libobs.guard import enforce
+    from libobs.guard import egress
     from libobs.kernel import program as probes
 
     prog = probes.Program("enforce.bpf.c", probes.base_defines(1 << 20))
@@ -464,10 +464,10 @@ def test_map_layouts_match_the_c():
 
         b = prog.bpf
         for table in (b"deny", b"allow"):
-            assert ctypes.sizeof(b[table].Key) == enforce.KEY.size
-            assert ctypes.sizeof(b[table].Leaf) == enforce.VAL.size
-        assert ctypes.sizeof(b[b"names"].Key) == enforce.NAME_LEN
-        assert ctypes.sizeof(b[b"names"].Leaf) == enforce.NAME_VAL.size
-        assert ctypes.sizeof(b[b"servers"].Key) == enforce.KEY.size
+            assert ctypes.sizeof(b[table].Key) == egress.KEY.size
+            assert ctypes.sizeof(b[table].Leaf) == egress.VAL.size
+        assert ctypes.sizeof(b[b"names"].Key) == egress.NAME_LEN
+        assert ctypes.sizeof(b[b"names"].Leaf) == egress.NAME_VAL.size
+        assert ctypes.sizeof(b[b"servers"].Key) == egress.KEY.size
     finally:
         prog.close()

@@ -35,10 +35,11 @@ from libobs.exec.decode import (
     SEC_SETUID,
     ExecDecoder,
 )
-from libobs.guard import enforce
+from libobs.guard import egress
 from libobs.guard.denyfile import parse_paths
 from libobs.guard.fanotify import FAN_OPEN_EXEC_PERM, Event
-from libobs.guard.fileguard import Enricher, Guard, observe, plan
+from libobs.guard.fileguard import Enricher, Guard
+from libobs.guard.marks import observe, plan
 from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import HDR, PATH_SLOT
@@ -231,15 +232,15 @@ def llm_api_events() -> list[dict[str, Any]]:
 
 
 def enforce_events() -> list[dict[str, Any]]:
-    ids = enforce.RuleIds()
-    dec = enforce.Decoder(CLOCK, "host-1", ids, lambda reply: None, Identities())
+    ids = egress.RuleIds()
+    dec = egress.Decoder(CLOCK, "host-1", ids, lambda reply: None, Identities())
     out: list[dict[str, Any]] = []
     for family, addr, rule, port, proto in (
-            (4, bytes([203, 0, 113, 5]), enforce.Rule("203.0.113.5"), 443, 6),
-            (6, bytes(15) + b"\1", enforce.Rule("provider:OpenAi not allowed", "OpenAi"), 53, 17)):
-        head = HDR.pack(enforce.K_DENIED, TOOL, TOOL, AGENT, 1000, 0, TOOL, 0, 40 * MS, 7, 0,
+            (4, bytes([203, 0, 113, 5]), egress.Rule("203.0.113.5"), 443, 6),
+            (6, bytes(15) + b"\1", egress.Rule("provider:OpenAi not allowed", "OpenAi"), 53, 17)):
+        head = HDR.pack(egress.K_DENIED, TOOL, TOOL, AGENT, 1000, 0, TOOL, 0, 40 * MS, 7, 0,
                         b"curl")
-        out += dec(head + enforce.DENIED.pack(family, addr.ljust(16, b"\0"),
+        out += dec(head + egress.DENIED.pack(family, addr.ljust(16, b"\0"),
                                                      ids.id(rule), port, 2, proto) + bytes(4))
     return out
 

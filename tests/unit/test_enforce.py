@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libobs.events import Clock
-from libobs.guard import enforce
+from libobs.guard import egress, enforce
 from libobs.guard.denyfile import DenyFileError, DenyFileWatcher, parse_egress
 from libobs.guard.policy import ProviderPolicy
 from libobs.kernel import bpflink
@@ -23,81 +23,81 @@ from libobs.net.dns import DnsAnswer
 from tests.support.providers import small_rules
 
 ip = ipaddress.ip_address
-R = enforce.Rule
+R = egress.Rule
 
 
 # ---- keys and names ------------------------------------------------------------------------
 def test_keys_v4_v6_and_v4_mapped():
-    assert enforce.key_of(ip("127.0.0.61")) == (4, bytes([127, 0, 0, 61]) + bytes(12))
-    assert enforce.key_of(ip("::ffff:127.0.0.61")) == enforce.key_of(ip("127.0.0.61"))
-    assert enforce.key_of(ip("::1")) == (6, bytes(15) + b"\x01")
-    assert len(enforce.key_bytes(enforce.key_of(ip("::1")))) == enforce.KEY.size == 20
+    assert egress.key_of(ip("127.0.0.61")) == (4, bytes([127, 0, 0, 61]) + bytes(12))
+    assert egress.key_of(ip("::ffff:127.0.0.61")) == egress.key_of(ip("127.0.0.61"))
+    assert egress.key_of(ip("::1")) == (6, bytes(15) + b"\x01")
+    assert len(egress.key_bytes(egress.key_of(ip("::1")))) == egress.KEY.size == 20
     for a in ("10.1.2.3", "2001:db8::7"):
-        assert enforce.key_ip(enforce.key_of(ip(a))) == ip(a)
+        assert egress.key_ip(egress.key_of(ip(a))) == ip(a)
 
 
 def test_target_text():
-    assert enforce.target(enforce.key_of(ip("127.0.0.1")), 443) == "127.0.0.1:443"
-    assert enforce.target(enforce.key_of(ip("::1")), 53) == "[::1]:53"
+    assert egress.target(egress.key_of(ip("127.0.0.1")), 443) == "127.0.0.1:443"
+    assert egress.target(egress.key_of(ip("::1")), 53) == "[::1]:53"
 
 
 def test_wire_name():
-    key = enforce.wire_name("api.openai.com")
+    key = egress.wire_name("api.openai.com")
     assert key == b"\x03api\x06openai\x03com\x00".ljust(128, b"\0")
-    assert enforce.wire_name("a" * 64 + ".com") is None
-    assert enforce.wire_name(".".join(["abcdefghi"] * 13)) is None  # 130 bytes on the wire
-    assert enforce.wire_name(".".join(["abcdefghi"] * 12)) is not None
+    assert egress.wire_name("a" * 64 + ".com") is None
+    assert egress.wire_name(".".join(["abcdefghi"] * 13)) is None  # 130 bytes on the wire
+    assert egress.wire_name(".".join(["abcdefghi"] * 12)) is not None
 
 
 @given(st.text(max_size=300))
 def test_wire_name_and_nameservers_are_total(text):
-    key = enforce.wire_name(text)
-    assert key is None or len(key) == enforce.NAME_LEN
+    key = egress.wire_name(text)
+    assert key is None or len(key) == egress.NAME_LEN
     assert all(ip(str(a)) == a for a in enforce.nameservers(text))
 
 
 def test_rule_ids_are_stable_and_never_reused():
-    ids = enforce.RuleIds()
+    ids = egress.RuleIds()
     a, b = ids.id(R("10.0.0.1")), ids.id(R("provider:OpenAi not allowed", "OpenAi"))
-    assert ids.id(R("10.0.0.1")) == a and a != b and enforce.RULE_UNCLASSIFIED not in (a, b)
+    assert ids.id(R("10.0.0.1")) == a and a != b and egress.RULE_UNCLASSIFIED not in (a, b)
     assert ids.rule(b) == R("provider:OpenAi not allowed", "OpenAi")
-    assert ids.rule(enforce.RULE_UNCLASSIFIED).text == "policy:deny-unclassified"
+    assert ids.rule(egress.RULE_UNCLASSIFIED).text == "policy:deny-unclassified"
     assert ids.rule(999).text == "rule #999 (unknown)"
 
 
 # ---- plans ---------------------------------------------------------------------------------
 def test_plan_precedence():
-    k = enforce.key_of
-    deny, allow = enforce.plan_maps(
+    k = egress.key_of
+    deny, allow = egress.plan_maps(
         lines=[(ip("1.1.1.1"), R("1.1.1.1")), (ip("1.1.1.1"), R("dup"))],
         unapproved=[(ip("1.1.1.1"), R("p:X")), (ip("2.2.2.2"), R("p:X")),
                     (ip("3.3.3.3"), R("p:X"))],
         approved=[(ip("3.3.3.3"), R("p:A"))],  # shared with an unapproved one: not denied
         servers=[(ip("9.9.9.9"), R("dns"))], allow_mode=False)
-    assert deny == {k(ip("1.1.1.1")): enforce.Entry(R("1.1.1.1")),
-                    k(ip("2.2.2.2")): enforce.Entry(R("p:X"))}
-    assert allow == {k(ip("3.3.3.3")): enforce.Entry(R("p:A"))}
-    _, allow = enforce.plan_maps([], [], [(ip("3.3.3.3"), R("p:A"))],
+    assert deny == {k(ip("1.1.1.1")): egress.Entry(R("1.1.1.1")),
+                    k(ip("2.2.2.2")): egress.Entry(R("p:X"))}
+    assert allow == {k(ip("3.3.3.3")): egress.Entry(R("p:A"))}
+    _, allow = egress.plan_maps([], [], [(ip("3.3.3.3"), R("p:A"))],
                                  [(ip("9.9.9.9"), R("dns"))], allow_mode=True)
-    assert allow[k(ip("9.9.9.9"))] == enforce.Entry(R("dns"), 53)
+    assert allow[k(ip("9.9.9.9"))] == egress.Entry(R("dns"), 53)
 
 
 def test_plan_names():
-    w = enforce.wire_name
-    names = enforce.plan_names([("api.openai.com", R("line"))],
+    w = egress.wire_name
+    names = egress.plan_names([("api.openai.com", R("line"))],
                                [("api.openai.com", R("p:O"), False),
                                 ("api.mistral.ai", R("p:M"), False),
                                 ("api.anthropic.com", R("p:A"), True)], allow_mode=False)
     assert names == {w("api.openai.com"): (R("line"), False),
                      w("api.mistral.ai"): (R("p:M"), False)}
-    names = enforce.plan_names([], [("api.anthropic.com", R("p:A"), True)], allow_mode=True)
+    names = egress.plan_names([], [("api.anthropic.com", R("p:A"), True)], allow_mode=True)
     assert names == {w("api.anthropic.com"): (R("p:A"), True)}
 
 
 def test_diff():
-    up, dele = enforce.diff({b"a": b"1", b"b": b"2"}, {b"a": b"1", b"b": b"3", b"c": b"4"})
+    up, dele = egress.diff({b"a": b"1", b"b": b"2"}, {b"a": b"1", b"b": b"3", b"c": b"4"})
     assert up == {b"b": b"3", b"c": b"4"} and dele == []
-    assert enforce.diff({b"a": b"1"}, {}) == ({}, [b"a"])
+    assert egress.diff({b"a": b"1"}, {}) == ({}, [b"a"])
 
 
 # ---- records -------------------------------------------------------------------------------
@@ -111,15 +111,15 @@ def header(kind: int, pid: int = 0, length: int = 0) -> bytes:
 
 
 def decoder(ids=None, seen=None):
-    return enforce.Decoder(Clock(0), "h", ids or enforce.RuleIds(),
+    return egress.Decoder(Clock(0), "h", ids or egress.RuleIds(),
                            (seen if seen is not None else []).append,
                            NoIdentities())  # type: ignore[arg-type]
 
 
 def test_denied_record_to_event():
-    ids = enforce.RuleIds()
+    ids = egress.RuleIds()
     rid = ids.id(R("provider:OpenAi not allowed", "OpenAi"))
-    raw = header(enforce.K_DENIED, 1841) + enforce.DENIED.pack(
+    raw = header(egress.K_DENIED, 1841) + egress.DENIED.pack(
         6, ip("::1").packed, rid, 443, 2, 6) + bytes(4)
     [ev] = decoder(ids)(raw)
     assert ev["provider"] == "OpenAi" and ev["ts"] == 1000
@@ -135,16 +135,16 @@ def test_dns_record_goes_to_on_dns():
     reply = q.reply()
     reply.add_answer(dnslib.RR("api.mistral.ai", dnslib.QTYPE.A, rdata=dnslib.A("10.0.0.7")))
     payload = reply.pack()
-    raw = header(enforce.K_GUARD_DNS, length=len(payload)) + enforce.DNS_HEAD.pack(
+    raw = header(egress.K_GUARD_DNS, length=len(payload)) + egress.DNS_HEAD.pack(
         4, ip("127.0.0.53").packed + bytes(12), 0) + payload
-    seen: list[enforce.DnsReply] = []
+    seen: list[egress.DnsReply] = []
     assert list(decoder(seen=seen)(raw)) == []
-    assert seen == [enforce.DnsReply(ip("127.0.0.53"),
+    assert seen == [egress.DnsReply(ip("127.0.0.53"),
                                      DnsAnswer(reply.header.id, "api.mistral.ai", "A",
                                                ["10.0.0.7"]))]
 
 
-@given(st.binary(max_size=400), st.sampled_from([enforce.K_DENIED, enforce.K_GUARD_DNS, 7]))
+@given(st.binary(max_size=400), st.sampled_from([egress.K_DENIED, egress.K_GUARD_DNS, 7]))
 def test_decoder_is_total(body, kind):
     for raw in (body, header(kind, 1, len(body)) + body):
         list(decoder()(raw))
@@ -188,7 +188,7 @@ class Maps:
     """MapWriter into dicts; ``insert`` plays the kernel adding an entry on its own."""
 
     def __init__(self):
-        self.t: dict[str, dict[bytes, bytes]] = {t: {} for t in enforce.TABLES}
+        self.t: dict[str, dict[bytes, bytes]] = {t: {} for t in egress.TABLES}
 
     def update(self, table, key, value):
         self.t[table][key] = value
@@ -199,9 +199,9 @@ class Maps:
     def rules(self, ids, table="deny") -> dict[str, str]:
         out = {}
         for k, v in self.t[table].items():
-            family, addr = enforce.KEY.unpack(k)
-            rid, port, _ = enforce.VAL.unpack(v)
-            out[str(enforce.key_ip((family, addr)))] = ids.rule(rid).text + (
+            family, addr = egress.KEY.unpack(k)
+            rid, port, _ = egress.VAL.unpack(v)
+            out[str(egress.key_ip((family, addr)))] = ids.rule(rid).text + (
                 f" :{port}" if port else "")
         return out
 
@@ -234,7 +234,7 @@ def test_denyfile_lines_and_hostnames_become_rules(tmp_path):
                                  "::2": "blocked.test  # why", "::1": "::1"}
     assert reports == [f"{tmp_path}/deny.txt:2: expected one address or hostname per line, "
                        "line skipped: 'bad line'"]
-    assert maps.t["names"] == {enforce.wire_name("blocked.test"): enforce.NAME_VAL.pack(
+    assert maps.t["names"] == {egress.wire_name("blocked.test"): egress.NAME_VAL.pack(
         e.ids.id(R("blocked.test  # why")), False)}
     assert maps.t["allow"] == {}
 
@@ -291,8 +291,8 @@ def test_unapproved_providers_resolved_up_front(tmp_path):
     assert reports == ["resolved 4 of 5 provider hostnames up front; the rest are learned "
                        "from DNS answers read in the cgroup"]
     rid = e.ids.id(R("provider:OpenAi not allowed", "OpenAi"))
-    assert maps.t["names"][enforce.wire_name("api.openai.com")] == enforce.NAME_VAL.pack(rid, 0)
-    assert enforce.wire_name("api.anthropic.com") not in maps.t["names"]
+    assert maps.t["names"][egress.wire_name("api.openai.com")] == egress.NAME_VAL.pack(rid, 0)
+    assert egress.wire_name("api.anthropic.com") not in maps.t["names"]
 
 
 def test_deny_unclassified_allow_map(tmp_path):
@@ -303,14 +303,14 @@ def test_deny_unclassified_allow_map(tmp_path):
     assert maps.rules(e.ids, "allow") == {"10.2.0.1": "provider:Anthropic allowed",
                                           "10.9.9.9": "provider:Anthropic allowed",
                                           "10.53.0.1": "policy:dns-server :53"}
-    assert maps.t["servers"] == {enforce.key_bytes(enforce.key_of(ip("10.53.0.1"))): b"\x01"}
+    assert maps.t["servers"] == {egress.key_bytes(egress.key_of(ip("10.53.0.1"))): b"\x01"}
     rid = e.ids.id(R("provider:Anthropic allowed", "Anthropic"))
-    assert maps.t["names"][enforce.wire_name("api.anthropic.com")] == \
-        enforce.NAME_VAL.pack(rid, 1)
+    assert maps.t["names"][egress.wire_name("api.anthropic.com")] == \
+        egress.NAME_VAL.pack(rid, 1)
 
 
-def answer(server: str, query: str, *answers: str) -> enforce.DnsReply:
-    return enforce.DnsReply(ip(server), DnsAnswer(1, query, "A", list(answers)))
+def answer(server: str, query: str, *answers: str) -> egress.DnsReply:
+    return egress.DnsReply(ip(server), DnsAnswer(1, query, "A", list(answers)))
 
 
 def test_dns_answers_learned(tmp_path):
@@ -338,8 +338,8 @@ def test_kernel_learned_entries_are_reconciled(tmp_path):
     e.sync(maps)
     # The kernel denied an answer for an unapproved name that user space knows is approved
     # (a forged answer naming Anthropic's address): the next sync removes it.
-    rogue = enforce.key_bytes(enforce.key_of(ip("10.2.0.1")))
-    maps.t["deny"][rogue] = enforce.VAL.pack(7, 0, 0)
+    rogue = egress.key_bytes(egress.key_of(ip("10.2.0.1")))
+    maps.t["deny"][rogue] = egress.VAL.pack(7, 0, 0)
     e.on_dns(answer("10.99.0.1", "api.openai.com", "10.2.0.1"))
     e.sync(maps)
     assert rogue not in maps.t["deny"]
@@ -370,7 +370,7 @@ def test_sync_writes_only_changes():
     e.dirty = True
     e.sync(maps)
     assert Counting.writes == 0
-    assert struct.calcsize("<IHH") == enforce.VAL.size
+    assert struct.calcsize("<IHH") == egress.VAL.size
 
 
 def test_example_controller_appends_unapproved_peers(tmp_path):

@@ -17,22 +17,24 @@ from libobs.guard import fanotify
 from libobs.guard.denyfile import DenyFileWatcher, PathRule, parse_paths
 from libobs.guard.fanotify import FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, Event
 from libobs.guard.fileguard import (
-    FS_MASK,
-    MASK,
     Enricher,
     Guard,
+    Reloader,
+    Scope,
+    action_of,
+    parse_stat,
+    parse_status_uid,
+)
+from libobs.guard.marks import (
+    FS_MASK,
+    MASK,
     Marks,
     Mount,
-    Reloader,
     Rules,
-    Scope,
     Seen,
-    action_of,
     mounts_beneath,
     observe,
     parse_mountinfo,
-    parse_stat,
-    parse_status_uid,
     plan,
 )
 
