@@ -53,8 +53,11 @@ def observed(agent: str, nagle: bool = False) -> Observed:
 
 
 def ttft_right(r: dict[str, Any]) -> bool:
-    """obs's TTFT within the server's bracket (agent_obs), 1 ms of transit either side."""
-    return r["server_ttft_ms"] - 1.0 <= r["obs_ttft_ms"] <= r["server_ttft_max_ms"] + 1.0
+    """obs's TTFT within TOLERANCE_MS (the issue's 10 ms) of the server's bracket (agent_obs):
+    on a loaded machine the client's last send returns, and the server reads, late by a few ms;
+    the 1 ms accuracy seen on a quiet one is the bench's to measure."""
+    return (r["server_ttft_ms"] - TOLERANCE_MS <= r["obs_ttft_ms"]
+            <= r["server_ttft_max_ms"] + TOLERANCE_MS)
 
 
 def model_rows(o: Observed) -> list[dict[str, Any]]:

@@ -51,7 +51,10 @@ class Running:
         return self.status
 
     def stdout_lines(self) -> list[bytes]:
-        return [ln for ln in self.out_path.read_bytes().splitlines() if ln.strip()]
+        """Whole lines only: the tool may be mid-write of the last one."""
+        data = self.out_path.read_bytes()
+        data = data[:data.rfind(b"\n") + 1]
+        return [ln for ln in data.splitlines() if ln.strip()]
 
     def events(self) -> list[dict[str, Any]]:
         """Every NDJSON line; each must parse and match docs/events.md."""
