@@ -46,6 +46,7 @@ struct ssl_args {
     u64 ssl;
     u64 buf;
     u64 count_ptr;     /* _ex: size_t *readbytes / *written, read at return */
+    u64 ts;            /* entry: a write's bytes are handed over then */
     u32 lib;
     u32 fn;
 };
@@ -81,6 +82,7 @@ static __always_inline int ssl_enter(struct pt_regs *ctx, u32 lib, u32 fn)
     a.ssl = PT_REGS_PARM1(ctx);
     a.buf = PT_REGS_PARM2(ctx);
     a.count_ptr = (fn == FN_READ_EX || fn == FN_WRITE_EX) ? PT_REGS_PARM4(ctx) : 0;
+    a.ts = bpf_ktime_get_ns();
     a.lib = lib;
     a.fn = fn;
     u64 id = bpf_get_current_pid_tgid();
@@ -168,6 +170,11 @@ static __always_inline void ssl_emit(struct ssl_args *a, u64 total, u32 tgid)
 
     struct ssl_rec t = {};
     obs_fill_hdr(&t.h, K_SSL);
+    /* A write is stamped when it was entered, not when it returned: another thread can read
+     * the reply, and return, before a preempted writer's return probe runs (seen under load
+     * with a client whose reads run in a thread of their own), and decoders order by time. */
+    if (!is_read && a->ts)
+        t.h.ts = a->ts;
     t.ssl = a->ssl;
     t.total = total;
     t.captured = total > MAX_CAPTURE ? MAX_CAPTURE : total;
@@ -237,7 +244,8 @@ static __always_inline int go_read_enter(struct pt_regs *ctx, u32 lib)
     if (obs_filtered_out())
         return 0;
     struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
-    struct ssl_args a = {.ssl = ctx->ax, .buf = ctx->bx, .lib = lib, .fn = FN_GO_READ};
+    struct ssl_args a = {.ssl = ctx->ax, .buf = ctx->bx, .lib = lib, .fn = FN_GO_READ,
+                         .ts = bpf_ktime_get_ns()};
     go_pending.update(&k, &a);
     return 0;
 }
@@ -269,7 +277,8 @@ static __always_inline int go_write_enter(struct pt_regs *ctx, u32 lib)
     if (obs_filtered_out())
         return 0;
     struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
-    struct ssl_args a = {.ssl = ctx->ax, .buf = ctx->bx, .lib = lib, .fn = FN_GO_WRITE};
+    struct ssl_args a = {.ssl = ctx->ax, .buf = ctx->bx, .lib = lib, .fn = FN_GO_WRITE,
+                         .ts = bpf_ktime_get_ns()};
     go_pending.update(&k, &a);
     go_tail.call(ctx, 0);
     go_pending.delete(&k); /* the tail call failed (not set up): nothing is emitted */

@@ -41,6 +41,27 @@ def hdr(raw: bytes) -> Hdr:
     return _new_hdr(Hdr, HDR.unpack_from(raw, 0))
 
 
+_TS = _HDR.offset("ts")
+_TCP_KINDS = frozenset(KIND[k] for k in ("K_SEND", "K_DATA", "K_STATE"))
+_TCP_TS = layout.read("net.h")["tcp_rec"].offset("ts")  # the one record without an obs_hdr
+
+
+def record_ts(raw: bytes) -> int:
+    """The kernel timestamp of any ring record (0 when it is too short to hold one)."""
+    off = _TCP_TS if int.from_bytes(raw[:4], "little") in _TCP_KINDS else _TS
+    return int.from_bytes(raw[off:off + 8], "little") if len(raw) >= off + 8 else 0
+
+
+def in_time_order(main: list[bytes], spilled: list[bytes]) -> list[bytes]:
+    """Records of the main ring and of the spill ring (where a record goes when the main
+    ring's reservation fails for a moment) as one batch in kernel time order: a request
+    written to the spill ring must not reach a decoder after the response that followed it.
+    The main ring is in order already, so the sort is close to linear."""
+    if not spilled:
+        return main
+    return sorted(main + spilled, key=record_ts)
+
+
 def comm(h: Hdr) -> str:
     return h.comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 

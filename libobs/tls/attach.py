@@ -15,7 +15,7 @@ Each HTTP exchange with an LLM API yields two facts: the request's (is_request=T
 and stream as asked) once its last byte is written, and the response's (is_request=False:
 model as served, token counts) once its last byte is read. Both carry the same
 `request_ts`: the wall-clock ns at which the request's first byte was written (taken when the
-SSL_write call carrying it returned), so `(pid, request_ts)` names the exchange. To join
+SSL_write call carrying it was entered), so `(pid, request_ts)` names the exchange. To join
 onto an event measured elsewhere (the socket layer), match on pid and take the fact whose
 request_ts is nearest the event's request start.
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from libobs.kernel.program import Program
+from libobs.kernel.records import in_time_order
 from libobs.terminal import quote
 from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
@@ -53,6 +54,7 @@ class Loop:
         self.tick = tick
         self.extra_lost = lost
         self.queue: list[bytes] = []
+        self.spilled: list[bytes] = []  # the spill ring's records, merged in by time
         self.stop = False
         self.decode_errors = 0
         self.collector_id = new_collector_id(cfg.tool)
@@ -93,8 +95,9 @@ class Loop:
 
     def _drain(self) -> None:
         # The ring callbacks hold a reference to this very list: empty it in place.
-        batch = self.queue.copy()
+        batch = in_time_order(self.queue.copy(), self.spilled.copy())
         self.queue.clear()
+        self.spilled.clear()
         for raw in batch:
             try:
                 events = list(self.decode(raw))
@@ -112,7 +115,7 @@ class Loop:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         for p in self.programs:
             p.open_ring("events", self.queue.append)
-            p.open_ring("spill", self.queue.append)
+            p.open_ring("spill", self.spilled.append)
         if self.cfg.heartbeat_file:
             self.heartbeat()  # liveness from the moment every probe is attached
         start = time.monotonic()

@@ -108,3 +108,22 @@ def test_unknown_c_is_an_error_not_a_guess(text: str) -> None:
 def test_parser_fails_only_with_layout_error(text: str) -> None:
     with contextlib.suppress(layout.LayoutError):
         layout.parse(text)
+
+
+def test_spilled_records_rejoin_the_batch_in_kernel_time_order() -> None:
+    """A record that took the spill ring (the main ring's reservation failed for a moment) is
+    put back where its timestamp says: a request must not reach the decoder after its reply."""
+    from libobs.kernel.records import in_time_order, record_ts
+
+    def rec(kind: str, ts: int) -> bytes:
+        return HDR.pack(KIND[kind], 1, 1, 0, 0, 0, 1, 0, ts, 0, 0, b"c")
+
+    tcp = layout.read("net.h")["tcp_rec"]
+    send = bytearray(tcp.size)
+    send[:4] = KIND["K_SEND"].to_bytes(4, "little")
+    send[tcp.offset("ts"):tcp.offset("ts") + 8] = (15).to_bytes(8, "little")
+    main = [rec("K_SSL", 10), rec("K_SSL", 30), bytes(send)]
+    spilled = [rec("K_SSL", 20)]
+    assert [record_ts(r) for r in in_time_order(main, spilled)] == [10, 15, 20, 30]
+    assert in_time_order(main, []) is main  # nothing spilled: the batch as it came
+    assert record_ts(b"\x01") == 0
