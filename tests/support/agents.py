@@ -116,21 +116,9 @@ def stand_in(ns: str, tmp: Path, delay_ms: int = 250, nagle: bool = False,
             str(key), "--log", str(log), "--delay", str(delay_ms), "--command", command]
     args += ["--nagle"] if nagle else []
     args += ["--capture", str(capture)] if capture else []
-    proc = subprocess.Popen(in_netns(ns, args), cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError(f"agent stand-in did not start (exit {proc.wait()})")
+    with ps.server_process(in_netns(ns, args), "agent stand-in", cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}):
         yield ca, log
-    finally:
-        if proc.stdin:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_agent(agent: str, exe: Path, *, delay_ms: int = 250, nagle: bool = False,

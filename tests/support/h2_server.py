@@ -17,13 +17,11 @@ Runs in its own process (`serving()`): its SSL calls are not the test's.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -230,33 +228,11 @@ def serving() -> Iterator[Server]:
                 "--key", str(key)]
         for addr in dict.fromkeys(ps.HOSTS.values()):
             args += ["--addr", addr]
-        proc = subprocess.Popen(args, cwd=ps.REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": str(ps.REPO)})
-        try:
-            assert proc.stdout is not None
-            word, _, ports = proc.stdout.readline().partition(b" ")
-            if word != b"ready":
-                raise RuntimeError(f"h2 server did not start (exit {proc.wait()})")
-            with mapped(ps.HOSTS):
-                yield Server(ca, proc.pid, json.loads(ports))
-        finally:
-            if proc.stdin:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cert", type=Path, required=True)
-    ap.add_argument("--key", type=Path, required=True)
-    ap.add_argument("--addr", action="append", required=True)
-    a = ap.parse_args()
-    serve(a.cert, a.key, a.addr)
+        env = {**os.environ, "PYTHONPATH": str(ps.REPO)}
+        with ps.server_process(args, "h2 server", cwd=ps.REPO, env=env) as (pid, ports), \
+                mapped(ps.HOSTS):
+            yield Server(ca, pid, json.loads(ports))
 
 
 if __name__ == "__main__":
-    main()
+    ps.serve_main(serve, __doc__)

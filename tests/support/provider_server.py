@@ -392,27 +392,35 @@ def serving(lib_dir: Path | None = None) -> Iterator[Server]:
                 "--key", str(key)]
         for addr in dict.fromkeys(HOSTS.values()):
             args += ["--addr", addr]
-        proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env=env)
+        with server_process(args, "provider server", cwd=REPO, env=env) as (pid, ports), \
+                mapped(HOSTS):
+            yield Server(ca, pid, json.loads(ports))
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], what: str, **popen: Any) -> Iterator[tuple[int, bytes]]:
+    """A stand-in server process that prints `ready [info]` once it listens and exits when
+    its stdin closes: yields (pid, info), then closes stdin and reaps it (killed after 5 s)."""
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen)
+    try:
+        assert proc.stdout is not None
+        word, _, info = proc.stdout.readline().strip().partition(b" ")
+        if word != b"ready":
+            raise RuntimeError(f"{what} did not start (exit {proc.wait()})")
+        yield proc.pid, info
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
         try:
-            assert proc.stdout is not None
-            word, _, ports = proc.stdout.readline().partition(b" ")
-            if word != b"ready":
-                raise RuntimeError(f"provider server did not start (exit {proc.wait()})")
-            with mapped(HOSTS):
-                yield Server(ca, proc.pid, json.loads(ports))
-        finally:
-            if proc.stdin:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def serve_main(serve: Any, doc: str) -> None:
+    """The command line of a stand-in server module: certificate, key, addresses."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--cert", type=Path, required=True)
     ap.add_argument("--key", type=Path, required=True)
     ap.add_argument("--addr", action="append", required=True)
@@ -421,4 +429,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve_main(serve, __doc__)
