@@ -250,8 +250,8 @@ static __always_inline int go_read_enter(struct pt_regs *ctx, u32 lib)
     return 0;
 }
 
-/* At every RET of (*Conn).Read: n in RAX. */
-int go_read_return(struct pt_regs *ctx)
+/* The call this goroutine entered, emitted with its byte count n (nothing when n <= 0). */
+static __always_inline int go_emit(struct pt_regs *ctx, s64 n)
 {
     struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
     struct ssl_args *p = go_pending.lookup(&k);
@@ -259,10 +259,15 @@ int go_read_return(struct pt_regs *ctx)
         return 0;
     struct ssl_args a = *p;
     go_pending.delete(&k);
-    s64 n = (s64)ctx->ax;
     if (n > 0)
         ssl_emit(&a, n, k.tgid);
     return 0;
+}
+
+/* At every RET of (*Conn).Read: n in RAX. */
+int go_read_return(struct pt_regs *ctx)
+{
+    return go_emit(ctx, (s64)ctx->ax);
 }
 
 /* Write(b) writes all of b or fails: its bytes are taken at entry, before they can be on the
@@ -287,16 +292,7 @@ static __always_inline int go_write_enter(struct pt_regs *ctx, u32 lib)
 
 int go_write_emit(struct pt_regs *ctx)
 {
-    struct go_key k = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
-    struct ssl_args *p = go_pending.lookup(&k);
-    if (!p)
-        return 0;
-    struct ssl_args a = *p;
-    go_pending.delete(&k);
-    s64 n = (s64)ctx->cx;
-    if (n > 0)
-        ssl_emit(&a, n, k.tgid);
-    return 0;
+    return go_emit(ctx, (s64)ctx->cx); /* len(b), the register ABI's third word */
 }
 
 /* Entry probes, one set per library slot: the slot is the `lib` of every record. */
