@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,21 @@ RUN = ["agent_exec", "agent_net", "agent_llm", "agent_ssl", "agent_enforce"]
 SESSION = "4100@8123456"
 
 
-def replay(names: list[str]) -> Summary:
+def merged(names: list[str]) -> Iterator[tuple[dict[str, Any], Proc | None]]:
+    """The fixtures `names` through obs-merge's Merge, as (event, agent root) pairs."""
     m = Merge(Sessions(), range(len(names)))
-    summary = Summary()
     for sid, name in enumerate(names):
         for line in (FIXTURES / f"{name}.ndjson").read_bytes().splitlines():
             ev, problem = decode(line)
             assert problem is None and ev is not None
-            for e, root in m.push(ev, sid, 0):
-                summary.add(e, root)
+            yield from m.push(ev, sid, 0)
         m.close(sid)
-    for e, root in m.drain():
+    yield from m.drain()
+
+
+def replay(names: list[str]) -> Summary:
+    summary = Summary()
+    for e, root in merged(names):
         summary.add(e, root)
     return summary
 

@@ -13,13 +13,11 @@ import pytest
 
 from libobs.events import envelope
 from libobs.export.trace import Timeline
-from libobs.merge.input import decode
-from libobs.merge.merger import Merge
-from libobs.merge.sessions import Proc, Sessions
+from libobs.merge.sessions import Proc
 from tests.support.tools import tool_cmd
+from tests.unit.test_summary import RUN, merged
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-RUN = ["agent_exec", "agent_net", "agent_llm", "agent_ssl", "agent_enforce"]
 SESSION = "4100@8123456"
 START_NS = 1764100000100000000  # the run's first event
 META = {"process_name", "process_sort_index", "thread_name", "thread_sort_index"}
@@ -65,16 +63,8 @@ def check_trace_format(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def timeline(names: list[str]) -> Timeline:
-    m = Merge(Sessions(), range(len(names)))
     t = Timeline()
-    for sid, name in enumerate(names):
-        for line in (FIXTURES / f"{name}.ndjson").read_bytes().splitlines():
-            ev, _ = decode(line)
-            assert ev is not None
-            for e, root in m.push(ev, sid, 0):
-                t.add(e, root)
-        m.close(sid)
-    for e, root in m.drain():
+    for e, root in merged(names):
         t.add(e, root)
     return t
 
