@@ -42,6 +42,17 @@ starred points):
   airtight denies plain opens of the listed binaries too.
 - (*) If the group fd is closed with events still unanswered, the kernel allows them: a guard
   that dies fails open, it never wedges the machine.
+- (*) Ignore masks (``FAN_MARK_IGNORED_MASK``) are per group: an inode mark whose ignore mask
+  holds ``FAN_OPEN_PERM`` silences that inode's events from the *same* group's filesystem mark
+  (``ignore`` on the event fd: no second event for the inode), and also that group's own
+  inode mark on it -- but not another group's marks. A directory's ignore mark silences the
+  directory's own opens only, not those of the files in it. ``FAN_MARK_FLUSH`` without a
+  mark-type flag removes a group's inode marks (ignore marks included) and keeps its
+  filesystem marks. Without ``FAN_MARK_IGNORED_SURV_MODIFY`` the kernel quietly adds *no*
+  ignore mask while the inode is open for writing (the answered opener's own ``O_WRONLY``
+  open included) and clears it at the next write.
+- (*) With two groups, a permission event goes to one group after the other, and a denial by
+  the first ends the open: the second group gets no event for it.
 - The event's ``pid`` is the thread-group id of the opener (no ``FAN_REPORT_TID``), and
   ``fd_path`` gives the resolved path (symlinks followed, " (deleted)" appended when the file
   was unlinked), so deny rules should be compared against resolved paths.
@@ -85,6 +96,8 @@ FAN_MARK_ADD = 0x00000001
 FAN_MARK_REMOVE = 0x00000002
 FAN_MARK_DONT_FOLLOW = 0x00000004
 FAN_MARK_ONLYDIR = 0x00000008
+FAN_MARK_IGNORED_MASK = 0x00000020
+FAN_MARK_IGNORED_SURV_MODIFY = 0x00000040
 FAN_MARK_FLUSH = 0x00000080
 FAN_MARK_INODE = 0x00000000
 FAN_MARK_MOUNT = 0x00000010
@@ -189,6 +202,20 @@ def mark_inode(fd: int, path: str | bytes, mask: int, *, children: bool = False)
 def mark_filesystem(fd: int, path: str | bytes, mask: int) -> None:
     """Mark the whole filesystem holding ``path``: every open on it becomes an event."""
     mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, AT_FDCWD, path)
+
+
+def ignore(fd: int, event_fd: int, mask: int, *, survive_modify: bool = True) -> None:
+    """Add ``mask`` to the ignore mask of the inode behind ``event_fd`` (an event's fd): the
+    group's marks then send no such event for that inode (see the module docstring)."""
+    flags = (FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORED_MASK
+             | (FAN_MARK_IGNORED_SURV_MODIFY if survive_modify else 0))
+    mark(fd, flags, mask, event_fd, None)
+
+
+def flush_inode_marks(fd: int) -> None:
+    """Remove every inode mark of the group (ignore marks included); filesystem and mount
+    marks stay."""
+    mark(fd, FAN_MARK_FLUSH | FAN_MARK_INODE, 0)
 
 
 def parse_events(buf: bytes) -> list[Event]:

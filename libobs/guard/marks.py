@@ -198,11 +198,13 @@ class Marks:
     names the file has by then, and tells whether the file still has any (``kept``). It holds
     no data open, but like any open fd it keeps that filesystem from being unmounted (lazy
     unmounts work). Filesystem marks hold nothing; they are removed through any path on that
-    filesystem, and vanish with it when it is unmounted.
+    filesystem, and vanish with it when it is unmounted. They go to ``fs_group`` when given
+    (obs-fileguard's *dirs* group, the one with the cache), else to ``group``.
     """
 
-    def __init__(self, group: MarkTarget) -> None:
+    def __init__(self, group: MarkTarget, fs_group: MarkTarget | None = None) -> None:
         self.group = group
+        self.fs_group = group if fs_group is None else fs_group
         self.inodes: dict[Key, tuple[int, bytes]] = {}  # → (O_PATH fd, listed path)
         self.filesystems: dict[int, bytes] = {}
         self._reported: set[str] = set()
@@ -280,7 +282,8 @@ class Marks:
     def _mark(self, errors: list[str], flags: int, fd: int, path: bytes) -> bool:
         on_fs = bool(flags & fanotify.FAN_MARK_FILESYSTEM)
         try:
-            self.group.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
+            target = self.fs_group if on_fs else self.group
+            target.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
         except OSError as e:
             if flags & fanotify.FAN_MARK_REMOVE:
                 return True  # nothing to remove: either way it is not ours any more

@@ -36,10 +36,11 @@ from libobs.exec.decode import (
     ExecDecoder,
 )
 from libobs.guard import egress
+from libobs.guard.cache import Cache
 from libobs.guard.denyfile import parse_paths
 from libobs.guard.fanotify import FAN_OPEN_EXEC_PERM, Event
 from libobs.guard.fileguard import Enricher, Guard
-from libobs.guard.marks import observe, plan
+from libobs.guard.marks import MASK, observe, plan
 from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import HDR, PATH_SLOT
@@ -256,20 +257,42 @@ class Outbox:
         raise AssertionError(msg)
 
 
+class DirsGroup:
+    """The cache's fanotify group, without a kernel: the contract only needs its counters."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def ignore(self, event_fd: int, mask: int) -> None:
+        pass
+
+    def flush_inode_marks(self) -> None:
+        pass
+
+
+FILEGUARD_STATS: dict[str, int] = {}
+
+
 def fileguard_events(tmp: Path) -> list[dict[str, Any]]:
     """A real denial through Guard.answer (the opener: this test's parent process, as
-    /proc shows it), and one for a process /proc no longer has."""
+    /proc shows it), and one for a process /proc no longer has; the guard's heartbeat
+    counters go to FILEGUARD_STATS."""
     secret = tmp / "secret"
     secret.write_text("s")
     rules, errors = parse_paths(f"{secret}\n")
     assert errors == []
     r, w = os.pipe()
     box = Outbox()
-    guard = Guard(w, box, Enricher("host-1", None), None, me=os.getpid())
+    dirs = DirsGroup(w)
+    guard = Guard(w, box, Enricher("host-1", None), None, me=os.getpid(),
+                  cache=Cache(dirs, MASK, 8))
     try:
-        guard.rules = plan(rules, observe(rule.path for rule in rules)).rules
+        guard.set_rules(plan(rules, observe(rule.path for rule in rules)).rules)
         guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(secret, os.O_RDONLY),
                             pid=os.getppid())])
+        guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(tmp, os.O_RDONLY),
+                            pid=os.getppid())], dirs.fd)  # allowed, and cached
+        FILEGUARD_STATS.update(guard.stats())
     finally:
         guard.close()
         os.close(r)
@@ -287,7 +310,11 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
             heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
-                            dropped=0, output_dropped=0, host="host-1", unreadable=1)]
+                            dropped=0, output_dropped=0, host="host-1", unreadable=1),
+            heartbeat_event(collector_id="obs-fileguard-host-1-3-abcdef03", tool="obs-fileguard",
+                            attached=["fanotify:open_perm"], features=["open", "exec"],
+                            interval=60.0, counts=Counter(), dropped=0, output_dropped=0,
+                            host="host-1", extra=FILEGUARD_STATS)]
 
 
 # ---- everything the code emits ---------------------------------------------------------------
