@@ -1,71 +1,84 @@
-"""obs-fileguard's kernel cache of allowed inodes: fanotify ignore masks.
+"""obs-fileguard's kernel cache of allowed directories: fanotify ignore masks.
 
 A listed directory puts a filesystem mark on its filesystem, so every open there, by anyone,
 waits for the guard's answer (fstat + readlink + a rule lookup + the response, ~37 µs here).
-When the guard allows such an open because the file matches no rule, it adds an ignore mask
-for ``FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM`` on that inode (``fanotify.ignore`` on the event
-fd); later opens and execs of the inode then cost no event at all. What was measured on this
-kernel is in libobs/guard/fanotify.py (ignore masks are per group, a directory's ignore mask
-does not cover the files in it, the first group's denial ends an open); why it is safe:
+When the guard allows the open of a file because no rule matches it, and no rule could match
+*any* file directly in its directory (``Rules.may_cache_children``), it adds an ignore mask
+for ``FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM`` on the direct children of that directory
+(``fanotify.ignore_children``); later opens and execs of any file in it cost no event at all.
+Opens of directories are never cached, nor are files in sub-directories (their own directory
+is). What was measured on this kernel is in libobs/guard/fanotify.py (ignore masks are per
+group; a directory's children-ignore covers its direct children only; the first group's
+denial ends an open). Why this is safe:
 
-1. **Only decisions that hold for everyone.** An entry means "neither this inode nor its path
-   matches any rule": a fact about the rules and the file's name, the same whichever process
-   opens it. Never cached: an open that matched a rule (denied, or allowed because the opener
-   is outside ``--cgroup`` or was gone), the guard's own opens (not checked), an open allowed
-   after an error (failing open), and events of the files group (listed files).
+1. **Only decisions that hold for everyone.** An entry means "no rule matches this directory,
+   a directory above it, or any name directly in it": a fact about the rules and names, the
+   same whichever process opens. Never cached: an open that matched a rule (denied, or allowed
+   because the opener is outside ``--cgroup`` or was gone), the guard's own opens (not
+   checked), an open allowed after an error (failing open), an unlinked file, and anything
+   the *files* group asked about.
 
 2. **Rule changes never leave a listed file unguarded.** The guard has two fanotify groups:
    *files* holds the inode marks of listed files and never an ignore mask; *dirs* holds the
    filesystem marks of listed directories and this cache. An ignore mask silences only its
-   own group's marks, so a cached inode that becomes a listed file is denied through its
-   inode mark in *files* (and, until that lands, through the emptied *dirs* group). Every
-   change of the rules or of the filesystem marks empties the cache (``FAN_MARK_FLUSH`` of
-   the *dirs* inode marks, which keeps its filesystem marks) before the new marks are placed.
-   Emptying and adding hold one lock, and an entry is added only if the rules it was decided
-   with are still the current ones: no decision taken under old rules lands after the flush.
-   So throughout a reload every listed file keeps its inode mark and every guarded
-   filesystem its filesystem mark; the cost of a reload is one round trip per hot inode.
+   own group's marks, so a listed file linked into a cached directory is still denied through
+   its inode mark in *files*. Every change of the rules or of the filesystem marks empties the
+   cache (``FAN_MARK_FLUSH`` of the *dirs* inode marks, which keeps its filesystem marks)
+   before new marks are placed. Emptying and adding hold one lock, and an entry is added only
+   if the rules it was decided with are still the current ones, so no decision taken under
+   old rules lands after the flush. Throughout a reload every listed file keeps its inode mark
+   and every guarded filesystem its filesystem mark; a reload costs one round trip per hot
+   directory.
 
-3. **Renames and links into a listed directory** are not opens: fanotify does not see them,
-   and a cached inode moved, hard-linked or bind-mounted beneath a listed directory stays
-   cached until the cache is next emptied. What that does and does not open up:
-   - a hard link or bind mount leaves the unlisted name in place, through which anyone may
-     open the inode anyway (a directory rule is a check on names, with or without the
-     cache): nothing is readable that was not already;
-   - a rename (``mv`` into the listed directory) removes the unlisted name. The content up to
-     then was readable by everyone under that name, and a process that opened it before keeps
-     its fd with or without the cache (fanotify checks opens only). What the cache adds is
-     that new opens through the listed name, of data written after the move too, succeed
-     until the cache is emptied; a cached directory moved in can be listed (the files in it
-     are still checked one by one). This is bounded: the cache is emptied every ``TTL``
-     seconds (2 s, the bound a deny-file change already has), so a file moved into a listed
-     directory is denied within 2 s. ``--cache-size 0`` keeps the immediate check.
-   ``FAN_MARK_IGNORED_SURV_MODIFY`` is set: without it the kernel adds no ignore mask to an
-   inode that is open for writing -- the answered ``O_WRONLY`` opener included -- and clears
-   it at the next write, so files being written would never be cached; what is cached is a
-   fact about names, which writes do not change (the rename case above is bounded by ``TTL``).
+3. **Renames, links and bind mounts into a listed directory** are not opens; fanotify does
+   not see them. Because the cache is on directories, not files:
+   - a file renamed or hard-linked from a cached directory into a listed one is no longer a
+     child of the cached directory through its new name: its next open there is an event,
+     and it is denied at once, as without the cache;
+   - a whole cached directory renamed into a listed directory keeps its mark: the files
+     directly in it can be opened through the listed path until the cache is next emptied
+     (listing the directory itself, and anything deeper, is still denied). The files were
+     readable by everyone under the old name until the move, and a process that opened one
+     before keeps its fd with or without the cache (fanotify checks opens only); what the
+     cache adds is a bounded delay: it is emptied every ``TTL`` seconds (2 s, the bound a
+     deny-file change already has), so a directory moved in is fully denied within 2 s;
+   - a directory that is also reachable under an unlisted name (bind-mounted beneath a listed
+     directory, or the other way round) is cached through that name: its files become
+     openable through the listed path too, until the next emptying. The same files are open
+     to everyone under the unlisted name anyway (a directory rule checks names, with or
+     without the cache), so nothing becomes readable that was not.
+   ``--cache-size 0`` keeps the immediate check everywhere. The directory is marked through
+   an ``O_PATH | O_NOFOLLOW`` fd whose resolved path is checked to be the one decided on, so
+   a symlink swapped in between the answer and the mark cannot point the mark at a listed
+   directory.
 
-4. **Bounded.** Each ignore mark pins its inode in kernel memory, and the group has
-   ``FAN_UNLIMITED_MARKS``, so ``max_entries`` is the only limit: when it is reached the cache
-   is emptied and fills again with what is opened next. ``entries`` counts additions since the
-   last flush, an upper bound (the kernel drops a mark unasked when its inode is deleted or its
-   filesystem unmounted). The heartbeat carries ``cached``, ``cache_entries`` and
-   ``cache_flushes`` next to ``answered`` (every open the cache did not serve).
+4. **Bounded.** Each ignore mark pins its directory's inode in kernel memory, and the group
+   has ``FAN_UNLIMITED_MARKS``, so ``max_entries`` is the only limit: when it is reached the
+   cache is emptied and fills again with what is opened next. ``entries`` counts directories
+   marked since the last flush, an upper bound (the kernel drops a mark unasked when its
+   directory is removed or its filesystem unmounted). The heartbeat carries ``cached``,
+   ``cache_entries``, ``cache_flushes`` and ``cache_failed`` next to ``answered`` (every open
+   the cache did not serve).
 
-Honest limits: only repeated opens of the same inode get cheaper. The first open of every
-inode, and every open after a flush, is still a round trip, so a workload that opens many
-different files once each (a fresh checkout, ``find | xargs cat``) gains nothing.
+Honest limits: the first open in every directory, every directory open (``ls``, ``find``),
+and every open after a flush (every 2 s, or a rule change) is still a round trip, and
+directories that hold a listed name are never cached; a workload that opens one file each in
+many directories gains little.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-TTL = 2.0  # seconds an entry may live: the bound on the rename case (docstring, point 3)
-DEFAULT_MAX_ENTRIES = 8192  # ~1 KiB of pinned inode and mark each
+from libobs.guard.marks import Rules, parent_of
+
+TTL = 2.0  # seconds an entry may live: the bound on the directory-rename case (point 3)
+DEFAULT_MAX_ENTRIES = 8192  # about 1 KiB of pinned inode and mark each
+_DELETED = b" (deleted)"
 
 
 class IgnoreTarget(Protocol):
@@ -73,13 +86,13 @@ class IgnoreTarget(Protocol):
 
     fd: int
 
-    def ignore(self, event_fd: int, mask: int) -> None: ...
+    def ignore_children(self, dir_fd: int, mask: int) -> None: ...
 
     def flush_inode_marks(self) -> None: ...
 
 
 class Cache:
-    """Allowed inodes, remembered by the kernel as ignore marks in the *dirs* group.
+    """Allowed directories, remembered by the kernel as ignore marks in the *dirs* group.
 
     ``add`` runs on the answering thread, ``reset`` and ``expire`` on the housekeeper."""
 
@@ -91,42 +104,61 @@ class Cache:
         self.max_entries = max_entries
         self.ttl = ttl
         self.clock = clock
-        self.entries = 0  # added since the last flush: an upper bound on marks in place
         self.added = 0
         self.flushes = 0
         self.failed = 0
-        self._valid_for: object = None  # the rules whose decisions may be cached
+        self._dirs: set[bytes] = set()  # marked since the last flush
+        self._valid_for: Rules | None = None  # the rules whose decisions may be cached
         self._since = clock()
         self._lock = threading.Lock()
 
     @property
-    def enabled(self) -> bool:
-        return self.max_entries > 0
+    def entries(self) -> int:
+        return len(self._dirs)
 
-    def add(self, event_fd: int, rules: object) -> bool:
-        """Remember the inode behind ``event_fd`` as allowed, if ``rules`` (what it was decided
-        with) are still current. False if not added; OSError from the kernel propagates."""
-        if not self.enabled:
+    def add(self, path: bytes, rules: Rules) -> bool:
+        """``path`` (as the kernel resolved it) was allowed under ``rules``, no rule matching:
+        cache its directory if no rule can match anything in it and ``rules`` are still
+        current. False if nothing was added; OSError (counted) when the kernel refuses."""
+        directory = parent_of(path)
+        if (self.max_entries <= 0 or path.endswith(_DELETED) or directory in self._dirs
+                or not rules.may_cache_children(directory)):
             return False
         with self._lock:
-            if rules is not self._valid_for:
+            if rules is not self._valid_for or directory in self._dirs:
                 return False
-            if self.entries >= self.max_entries:
+            if len(self._dirs) >= self.max_entries:
                 self._flush()
             try:
-                self.group.ignore(event_fd, self.mask)
+                if not self._mark(directory):
+                    return False
             except OSError:
                 self.failed += 1
                 raise
-            self.entries += 1
+            self._dirs.add(directory)
             self.added += 1
             return True
 
-    def reset(self, rules: object) -> None:
+    def _mark(self, directory: bytes) -> bool:
+        """Mark the directory now at ``directory``, reached without following a symlink at
+        the end and checked to resolve to that very path (point 3 of the docstring)."""
+        try:
+            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False  # gone or replaced meanwhile: nothing to cache
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}".encode()) != directory:
+                return False  # reached through a symlink swapped in above it
+            self.group.ignore_children(fd, self.mask)
+            return True
+        finally:
+            os.close(fd)
+
+    def reset(self, rules: Rules) -> None:
         """The rules or marks changed: empty the cache; only ``rules``' decisions from now."""
         with self._lock:
             self._valid_for = rules
-            if self.entries:
+            if self._dirs:
                 self._flush()
 
     def expire(self, now: float) -> None:
@@ -134,16 +166,16 @@ class Cache:
         if now - self._since < self.ttl:
             return
         with self._lock:
-            if self.entries:
+            if self._dirs:
                 self._flush()
             self._since = now
 
     def _flush(self) -> None:
         self.group.flush_inode_marks()
-        self.entries = 0
+        self._dirs.clear()
         self.flushes += 1
         self._since = self.clock()
 
     def stats(self) -> dict[str, int]:
-        return {"cached": self.added, "cache_entries": self.entries,
-                "cache_flushes": self.flushes}
+        return {"cache_entries": self.entries, "cache_flushes": self.flushes,
+                "cache_failed": self.failed}

@@ -46,7 +46,13 @@ starred points):
   holds ``FAN_OPEN_PERM`` silences that inode's events from the *same* group's filesystem mark
   (``ignore`` on the event fd: no second event for the inode), and also that group's own
   inode mark on it -- but not another group's marks. A directory's ignore mark silences the
-  directory's own opens only, not those of the files in it. ``FAN_MARK_FLUSH`` without a
+  directory's own opens only, not those of the files in it -- unless it is a
+  ``FAN_MARK_IGNORE`` mask with ``FAN_EVENT_ON_CHILD`` (``ignore_children``): then it silences
+  the opens of the directory's direct children (files), reached through any path, and not
+  those of the directory itself, its sub-directories or deeper files; a file renamed or
+  hard-linked out of it into another directory is no longer its child (its opens through the
+  new name are events again), while a directory renamed elsewhere keeps its mark, children and
+  all. ``FAN_MARK_FLUSH`` without a
   mark-type flag removes a group's inode marks (ignore marks included) and keeps its
   filesystem marks. Without ``FAN_MARK_IGNORED_SURV_MODIFY`` the kernel quietly adds *no*
   ignore mask while the inode is open for writing (the answered opener's own ``O_WRONLY``
@@ -99,6 +105,7 @@ FAN_MARK_ONLYDIR = 0x00000008
 FAN_MARK_IGNORED_MASK = 0x00000020
 FAN_MARK_IGNORED_SURV_MODIFY = 0x00000040
 FAN_MARK_FLUSH = 0x00000080
+FAN_MARK_IGNORE = 0x00000400  # 6.0+: an ignore mask whose FAN_ONDIR/FAN_EVENT_ON_CHILD count
 FAN_MARK_INODE = 0x00000000
 FAN_MARK_MOUNT = 0x00000010
 FAN_MARK_FILESYSTEM = 0x00000100
@@ -204,12 +211,22 @@ def mark_filesystem(fd: int, path: str | bytes, mask: int) -> None:
     mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, AT_FDCWD, path)
 
 
-def ignore(fd: int, event_fd: int, mask: int, *, survive_modify: bool = True) -> None:
-    """Add ``mask`` to the ignore mask of the inode behind ``event_fd`` (an event's fd): the
-    group's marks then send no such event for that inode (see the module docstring)."""
+def ignore(fd: int, target_fd: int, mask: int, *, survive_modify: bool = True) -> None:
+    """Add ``mask`` to the ignore mask of the inode behind ``target_fd`` (an event's fd, or an
+    O_PATH fd): the group's marks then send no such event for that inode (module docstring)."""
     flags = (FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORED_MASK
              | (FAN_MARK_IGNORED_SURV_MODIFY if survive_modify else 0))
-    mark(fd, flags, mask, event_fd, None)
+    mark(fd, flags, mask, target_fd, None)
+
+
+def ignore_children(fd: int, dir_fd: int, mask: int) -> None:
+    """Ignore ``mask`` events on the direct children of the directory behind ``dir_fd`` (not
+    on the directory itself, nor on sub-directories: no ``FAN_ONDIR``). The kernel wants
+    ``FAN_MARK_IGNORED_SURV_MODIFY`` with ``FAN_MARK_IGNORE`` on a directory. ``dir_fd`` may
+    be an O_PATH fd (which fanotify_mark's own dirfd refuses): it is marked through its
+    /proc/self/fd link."""
+    flags = FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY
+    mark(fd, flags, mask | FAN_EVENT_ON_CHILD, AT_FDCWD, f"/proc/self/fd/{dir_fd}")
 
 
 def flush_inode_marks(fd: int) -> None:

@@ -195,7 +195,7 @@ class Counters:
     denied: int = 0
     fail_open: int = 0  # allowed because of an error, a vanished pid or a queue overflow
     vanished: int = 0  # of which: the opener was gone before its cgroup could be read
-    cached: int = 0  # allowed and added to the kernel cache (no event for that inode again)
+    cached: int = 0  # allowed, and its directory added to the kernel cache
 
 
 Pass = Literal["pass"]
@@ -260,18 +260,16 @@ class Guard:
                     self.counters.fail_open += 1  # the kernel let those through unasked
                 self._respond(fan, ev, True)
                 continue
-            cacheable = False
             try:
                 hit = PASS if ev.pid == self.me else self.check(ev, rules)
-                cacheable = hit is None
             except Exception as e:  # a bug here must not leave the opener blocked
                 self._failed(f"allowed an open after an error: {e!r}")
-                hit = None
+                hit = PASS
             if isinstance(hit, Hit):
                 denied.append((ev, hit))
                 continue
-            if cacheable and cache is not None:
-                self._cache(cache, ev, rules)
+            if isinstance(hit, bytes) and cache is not None and not ev.mask & fanotify.FAN_ONDIR:
+                self._cache(cache, hit, rules)
             self._respond(fan, ev, True)
         # Allowed openers are already running; the denied ones are still blocked, so their
         # /proc entries are there to read.
@@ -287,15 +285,15 @@ class Guard:
             if out is not None:
                 self.outbox.event(out)
 
-    def check(self, ev: Event, rules: Rules) -> Hit | Pass | None:
-        """The rule this event breaks, if the opener is in scope; None when no rule matches
-        (the only answer that may be cached), ``PASS`` when one matched but the opener is
-        out of scope or gone."""
+    def check(self, ev: Event, rules: Rules) -> Hit | Pass | bytes:
+        """The rule this event breaks, if the opener is in scope; ``PASS`` when one matched
+        but the opener is out of scope or gone; the path when no rule matches (the only
+        answer that may be cached)."""
         st = os.fstat(ev.fd)
         path = os.readlink(b"%d" % ev.fd, dir_fd=self._fd_dir)
         rule = rules.match((st.st_dev, st.st_ino), path)
         if rule is None:
-            return None
+            return path
         cgroup = None
         if self.scope is not None:
             found = self.scope.lookup(ev.pid)
@@ -308,20 +306,19 @@ class Guard:
                 return PASS
         return Hit(rule, path, action_of(ev.mask), cgroup)
 
-    def _cache(self, cache: Cache, ev: Event, rules: Rules) -> None:
+    def _cache(self, cache: Cache, path: bytes, rules: Rules) -> None:
         try:
-            self.counters.cached += cache.add(ev.fd, rules)
-        except OSError as e:  # costs speed, not safety: that inode stays a round trip
+            self.counters.cached += cache.add(path, rules)
+        except OSError as e:  # costs speed, not safety: those files stay round trips
             if cache.failed == 1:
-                self.outbox.error(f"cannot cache an allowed open: {e.strerror}; "
+                self.outbox.error(f"cannot cache an allowed directory: {e.strerror}; "
                                   "counted in the heartbeat's cache_failed")
 
     def stats(self) -> dict[str, int]:
         """The heartbeat's obs-fileguard fields."""
         out = {"answered": self.counters.answered, "cached": self.counters.cached}
         if self.cache is not None:
-            out |= {"cache_entries": self.cache.entries, "cache_flushes": self.cache.flushes,
-                    "cache_failed": self.cache.failed}
+            out |= self.cache.stats()
         return out
 
     def _respond(self, fan: int, ev: Event, allow: bool) -> None:

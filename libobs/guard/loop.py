@@ -55,10 +55,10 @@ class Group:
             if not self.closed:
                 fanotify.mark(self.fd, flags, mask, path=path)
 
-    def ignore(self, event_fd: int, mask: int) -> None:
+    def ignore_children(self, dir_fd: int, mask: int) -> None:
         with self._lock:
             if not self.closed:
-                fanotify.ignore(self.fd, event_fd, mask)
+                fanotify.ignore_children(self.fd, dir_fd, mask)
 
     def flush_inode_marks(self) -> None:
         with self._lock:

@@ -79,6 +79,14 @@ class Rules:
 
     inodes: Mapping[Key, PathRule] = field(default_factory=dict)
     names: Mapping[bytes, PathRule] = field(default_factory=dict)  # normalised paths
+    parents: frozenset[bytes] = frozenset()  # the directory of every name
+
+    def may_cache_children(self, directory: bytes) -> bool:
+        """Whether "no rule matches" holds for every direct child of ``directory`` (a
+        canonical path), whatever its name: neither it nor a directory above it is a rule,
+        and no rule names anything directly in it (a file listed there, or one that may
+        appear there later)."""
+        return directory not in self.parents and _by_name(self.names, directory) is None
 
     def match(self, key: Key, path: bytes) -> PathRule | None:
         """The rule an open of ``path`` (inode ``key``) breaks, if any."""
@@ -150,7 +158,13 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
         if owner is not None:
             inodes.setdefault(key, owner)
             inode_marks.setdefault(key, listed)
-    return Plan(Rules(inodes, names), inode_marks, fs_marks)
+    parents = frozenset(parent_of(name) for name in names)
+    return Plan(Rules(inodes, names, parents), inode_marks, fs_marks)
+
+
+def parent_of(path: bytes) -> bytes:
+    """The directory of a canonical absolute path ("/" for "/x")."""
+    return path.rpartition(b"/")[0] or b"/"
 
 
 def observe(paths: Iterable[bytes],

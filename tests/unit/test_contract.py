@@ -263,7 +263,7 @@ class DirsGroup:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def ignore(self, event_fd: int, mask: int) -> None:
+    def ignore_children(self, dir_fd: int, mask: int) -> None:
         pass
 
     def flush_inode_marks(self) -> None:
@@ -290,8 +290,12 @@ def fileguard_events(tmp: Path) -> list[dict[str, Any]]:
         guard.set_rules(plan(rules, observe(rule.path for rule in rules)).rules)
         guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(secret, os.O_RDONLY),
                             pid=os.getppid())])
-        guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(tmp, os.O_RDONLY),
-                            pid=os.getppid())], dirs.fd)  # allowed, and cached
+        fine = tmp / "pub" / "fine"
+        fine.parent.mkdir()
+        fine.write_text("f")
+        guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(fine, os.O_RDONLY),
+                            pid=os.getppid())], dirs.fd)  # allowed, and its directory cached
+        assert guard.counters.cached == 1
         FILEGUARD_STATS.update(guard.stats())
     finally:
         guard.close()
