@@ -3,7 +3,9 @@
 A listed directory puts a filesystem mark on its filesystem, so every open there, by anyone,
 waits for the guard's answer (fstat + readlink + a rule lookup + the response, ~37 µs here).
 When the guard allows the open of a file because no rule matches it, and no rule could match
-*any* file directly in its directory (``Rules.may_cache_children``), it adds an ignore mask
+*any* file directly in its directory (``Rules.may_cache_children``: the directory is not
+listed nor beneath a listed one, and no listed file, nor listed path that does not exist yet,
+is directly in it; a listed directory in it is no obstacle), it adds an ignore mask
 for ``FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM`` on the direct children of that directory
 (``fanotify.ignore_children``); later opens and execs of any file in it cost no event at all.
 Opens of directories are never cached, nor are files in sub-directories (their own directory
@@ -12,8 +14,13 @@ group; a directory's children-ignore covers its direct children only; the first 
 denial ends an open). Why this is safe:
 
 1. **Only decisions that hold for everyone.** An entry means "no rule matches this directory,
-   a directory above it, or any name directly in it": a fact about the rules and names, the
-   same whichever process opens. Never cached: an open that matched a rule (denied, or allowed
+   a directory above it, or any file directly in it": a fact about the rules and names, the
+   same whichever process opens. A listed directory directly in it stays guarded: opening it
+   is a directory event, never silenced, and the files beneath it are children of the listed
+   directory, which is never cached. Should a listed directory be replaced by a file, or a
+   listed path that did not exist appear as a file in a cached directory, it is guarded from
+   the next housekeeping tick on (the rules change, the cache is emptied), as a listed file
+   created later always was. Never cached: an open that matched a rule (denied, or allowed
    because the opener is outside ``--cgroup`` or was gone), the guard's own opens (not
    checked), an open allowed after an error (failing open), an unlinked file, and anything
    the *files* group asked about.

@@ -79,13 +79,13 @@ class Rules:
 
     inodes: Mapping[Key, PathRule] = field(default_factory=dict)
     names: Mapping[bytes, PathRule] = field(default_factory=dict)  # normalised paths
-    parents: frozenset[bytes] = frozenset()  # the directory of every name
+    parents: frozenset[bytes] = frozenset()  # the directory of every name but directories'
 
     def may_cache_children(self, directory: bytes) -> bool:
-        """Whether "no rule matches" holds for every direct child of ``directory`` (a
+        """Whether "no rule matches" holds for every file directly in ``directory`` (a
         canonical path), whatever its name: neither it nor a directory above it is a rule,
-        and no rule names anything directly in it (a file listed there, or one that may
-        appear there later)."""
+        and no rule names a file directly in it, nor a path that does not exist yet.
+        A listed directory in it is no obstacle: opens of directories are never cached."""
         return directory not in self.parents and _by_name(self.names, directory) is None
 
     def match(self, key: Key, path: bytes) -> PathRule | None:
@@ -158,7 +158,9 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
         if owner is not None:
             inodes.setdefault(key, owner)
             inode_marks.setdefault(key, listed)
-    parents = frozenset(parent_of(name) for name in names)
+    dirs = {name for path, s in seen.items() if s is not None and s.is_dir
+            for name in (path, s.resolved)}
+    parents = frozenset(parent_of(name) for name in names if name not in dirs)
     return Plan(Rules(inodes, names, parents), inode_marks, fs_marks)
 
 

@@ -462,6 +462,24 @@ def test_cached_files_moved_or_linked_into_a_listed_directory(conf, tmpfs):
     assert tool.status == 0, tool.stderr()
 
 
+def test_next_to_a_listed_directory_files_are_cached_and_the_directory_stays_denied(conf, tmpfs):
+    deny = conf / "deny"
+    deny.write_text(f"{tmpfs}/secret\n{tmpfs}/pub/later\n")
+    inside = touch(tmpfs / "secret" / "s")
+    a, other = touch(tmpfs / "a"), touch(tmpfs / "pub" / "other")
+    with running(TOOL, str(deny)) as tool:
+        # The filesystem's root holds the listed directory: its files may still be cached.
+        assert open_in_child(a, a, other, other)[1] == ["ok"] * 4
+        assert open_in_child(tmpfs / "secret", inside)[1] == [EPERM, EPERM]
+        # pub holds a listed path that does not exist yet: never cached, so it is denied the
+        # moment it appears, as without the cache.
+        os.rename(touch(tmpfs / "staging"), tmpfs / "pub" / "later")
+        assert open_in_child(tmpfs / "pub" / "later")[1] == [EPERM]
+    assert tool.status == 0, tool.stderr()
+    got = summary(tool)
+    assert got["cached"] >= 1 and got["answered"] >= 5
+
+
 LOOP = """
 import os, sys
 stop, paths = sys.argv[1], sys.argv[2:]

@@ -537,7 +537,20 @@ def test_may_cache_children_only_where_no_rule_can_match_a_child():
     assert not rules.may_cache_children(b"/home/me/.ssh")  # a listed file lives there
     assert not rules.may_cache_children(b"/opt/later")  # a listed name that may appear
     assert rules.may_cache_children(b"/home/me")
-    assert rules_for("/etc\n").parents == frozenset({b"/"})
+    assert rules_for("/nonexistent-obs\n").parents == frozenset({b"/"})
+
+
+def test_a_listed_directory_does_not_keep_its_parent_from_the_cache(tmp_path):
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    rules = rules_for(f"{tmp_path}/secret\n{tmp_path}/link/file\n")
+    here = os.fsencode(tmp_path)
+    assert rules.may_cache_children(here)  # directories are never cached, only files
+    assert not rules.may_cache_children(here + b"/secret")
+    assert not rules.may_cache_children(here + b"/sub")  # the listed file, resolved
+    assert rules.parents == frozenset({here + b"/link", here + b"/sub"})
 
 
 def test_cache_marks_each_directory_once_and_only_under_the_current_rules(tmp_path):
