@@ -60,10 +60,11 @@ def main(
              "else passes. Without it, every process on the host is guarded.")] = None,
     cache_size: Annotated[int, typer.Option(
         "--cache-size", envvar="OBS_FILEGUARD_CACHE_SIZE", min=0, metavar="N",
-        help="Beneath a listed directory every open on its filesystem waits for the guard; "
-             "remember up to N files it allowed in the kernel (fanotify ignore marks) so that "
-             "opening them again costs nothing. Emptied on every rule change and every 2 s: a "
-             "file moved into a listed directory is denied within 2 s. 0: check every "
+        help="A listed directory makes every open on its filesystem wait for the guard; "
+             "remember up to N directories whose files no rule can match in the kernel "
+             "(fanotify ignore marks), so that opening those files again costs nothing. "
+             "Emptied on every rule change and every 2 s: a directory moved into a listed "
+             "one is fully denied within 2 s (a moved file at once). 0: check every "
              "open.")] = DEFAULT_MAX_ENTRIES,
     fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
     heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,

@@ -11,7 +11,8 @@ Marks (libobs/guard/fanotify.py records what was measured on this kernel):
   filesystem mounted beneath it), with ``FAN_ONDIR`` so listing it is denied too. Every open
   on those filesystems, by every process, is then a round trip to the guard, decided by the
   resolved path fanotify reports (``Rules.match``: ``PathIndex`` semantics, one dict lookup
-  per path component).
+  per path component). Directories whose files no rule can match are then remembered in the
+  kernel, so that those files cost no event again (libobs/guard/cache.py).
 - ``plan()`` turns the rules and what is on disk now into the marks wanted; ``Marks.apply``
   adds what is missing and removes (``FAN_MARK_REMOVE``) what no rule needs any more. It runs
   on every housekeeping tick, so a reload never leaves an unguarded window, and a listed file
