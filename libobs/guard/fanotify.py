@@ -42,21 +42,20 @@ starred points):
   airtight denies plain opens of the listed binaries too.
 - (*) If the group fd is closed with events still unanswered, the kernel allows them: a guard
   that dies fails open, it never wedges the machine.
-- (*) Ignore masks (``FAN_MARK_IGNORED_MASK``) are per group: an inode mark whose ignore mask
-  holds ``FAN_OPEN_PERM`` silences that inode's events from the *same* group's filesystem mark
-  (``ignore`` on the event fd: no second event for the inode), and also that group's own
-  inode mark on it -- but not another group's marks. A directory's ignore mark silences the
-  directory's own opens only, not those of the files in it -- unless it is a
-  ``FAN_MARK_IGNORE`` mask with ``FAN_EVENT_ON_CHILD`` (``ignore_children``): then it silences
-  the opens of the directory's direct children (files), reached through any path, and not
-  those of the directory itself, its sub-directories or deeper files; a file renamed or
-  hard-linked out of it into another directory is no longer its child (its opens through the
-  new name are events again), while a directory renamed elsewhere keeps its mark, children and
-  all. ``FAN_MARK_FLUSH`` without a
-  mark-type flag removes a group's inode marks (ignore marks included) and keeps its
-  filesystem marks. Without ``FAN_MARK_IGNORED_SURV_MODIFY`` the kernel quietly adds *no*
-  ignore mask while the inode is open for writing (the answered opener's own ``O_WRONLY``
-  open included) and clears it at the next write.
+- (*) Ignore masks are per group: an inode mark whose ignore mask holds ``FAN_OPEN_PERM``
+  silences that inode's events from the *same* group's filesystem mark (``ignore`` on an
+  event fd: no second event for that inode), and the same group's own inode mark on it too
+  -- but never another group's marks. ``FAN_MARK_FLUSH`` without a mark-type flag removes a
+  group's inode marks (ignore marks included) and keeps its filesystem marks.
+- (*) A directory's plain ignore mask (``FAN_MARK_IGNORED_MASK``) silences the directory's own
+  opens only. A ``FAN_MARK_IGNORE`` mask with ``FAN_EVENT_ON_CHILD`` (``ignore_children``)
+  silences the opens of the files directly in it, not those of the directory itself, its
+  sub-directories or deeper files. A file renamed or hard-linked from it into another directory is not its child under
+  the new name: opens through that name are events again. A directory renamed elsewhere
+  keeps its mark, children and all.
+- (*) Without ``FAN_MARK_IGNORED_SURV_MODIFY`` the kernel quietly adds *no* ignore mask while
+  the inode is open for writing (the answered opener's own ``O_WRONLY`` open included) and
+  clears it at the next write.
 - (*) With two groups, a permission event goes to one group after the other, and a denial by
   the first ends the open: the second group gets no event for it.
 - The event's ``pid`` is the thread-group id of the opener (no ``FAN_REPORT_TID``), and

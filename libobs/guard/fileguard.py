@@ -311,7 +311,11 @@ class Guard:
         try:
             self.counters.cached += cache.add(path, rules)
         except OSError as e:  # costs speed, not safety: those files stay round trips
-            if cache.failed == 1:
+            if e.errno == errno.EINVAL:  # no FAN_MARK_IGNORE before Linux 6.0: stop trying
+                cache.max_entries = 0
+                self.outbox.error("this kernel cannot cache allowed directories (fanotify "
+                                  "FAN_MARK_IGNORE, Linux 6.0): every open is checked")
+            elif cache.failed == 1:
                 self.outbox.error(f"cannot cache an allowed directory: {e.strerror}; "
                                   "counted in the heartbeat's cache_failed")
 
