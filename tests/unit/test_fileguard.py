@@ -637,3 +637,25 @@ def test_guard_caches_only_unmatched_files_of_the_dirs_group(tmp_path, answered)
     g.set_rules(rules_for(f"{sec}\n"))  # the same rules again: the cache stays
     assert group.flushes == 0
     g.close()
+
+
+@pytest.mark.parametrize("err, stays_on", [(22, False), (12, True)])
+def test_a_refused_cache_mark_is_said_once_and_allows_anyway(tmp_path, answered, err, stays_on):
+    fan, responses = answered
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+
+    class Refusing(FakeDirs):
+        def ignore_children(self, dir_fd: int, mask: int) -> None:
+            raise OSError(err, os.strerror(err))
+
+    box = Box()
+    cache = Cache(Refusing(fan), MASK, 8)
+    g = Guard(fan, box, Enricher("host", None), me=ME, cache=cache)
+    g.set_rules(rules_for(f"{tmp_path}/x\n"))
+    g.answer([event_for(tmp_path / d / "f", pid=11) for d in ("a", "b")], fan)
+    assert [r for _, r in responses()] == [FAN_ALLOW, FAN_ALLOW]
+    assert len(box.errors) == 1 and g.counters.cached == 0
+    assert (cache.max_entries > 0) == stays_on and cache.failed == (2 if stays_on else 1)
+    g.close()
