@@ -67,10 +67,13 @@ denial ends an open). Why this is safe:
    ``cache_entries``, ``cache_flushes`` and ``cache_failed`` next to ``answered`` (every open
    the cache did not serve).
 
-Honest limits: the first open in every directory, every directory open (``ls``, ``find``),
-and every open after a flush (every 2 s, or a rule change) is still a round trip, and
-directories that hold a listed name are never cached; a workload that opens one file each in
-many directories gains little.
+A directory is marked at its second allowed open, not its first: a mark costs the answer a
+few system calls, which a directory whose files are opened once each would pay for nothing.
+
+Honest limits: the first two opens in every directory, every directory open (``ls``,
+``find``), and the first open in a directory after a flush (every 2 s, or a rule change)
+are still round trips, and directories that hold a listed file are never cached; a workload
+that opens one file each in many directories gains nothing.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class Cache:
         self.flushes = 0
         self.failed = 0
         self._dirs: set[bytes] = set()  # marked since the last flush
+        self._once: set[bytes] = set()  # allowed once: marked at the second time (answerer's)
         self._valid_for: Rules | None = None  # the rules whose decisions may be cached
         self._since = clock()
         self._lock = threading.Lock()
@@ -130,6 +134,11 @@ class Cache:
         directory = parent_of(path)
         if (self.max_entries <= 0 or path.endswith(_DELETED) or directory in self._dirs
                 or not rules.may_cache_children(directory)):
+            return False
+        if directory not in self._once:  # one file opened once in a directory is common:
+            if len(self._once) >= 4 * self.max_entries:  # it would pay for a mark for nothing
+                self._once.clear()
+            self._once.add(directory)
             return False
         with self._lock:
             if rules is not self._valid_for or directory in self._dirs:

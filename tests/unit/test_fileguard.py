@@ -559,6 +559,7 @@ def test_cache_marks_each_directory_once_and_only_under_the_current_rules(tmp_pa
     cache = Cache(group, MASK, 8)
     old, new = rules_for(f"{tmp_path}/a\n"), rules_for(f"{tmp_path}/b\n")
     f = os.fsencode(tmp_path / "pub" / "f")
+    assert not cache.add(f, old)  # the first allowed open in a directory: not yet
     assert not cache.add(f, old)  # no rules handed over yet
     cache.reset(old)
     assert cache.add(f, old) and not cache.add(f + b"2", old)  # one mark per directory
@@ -566,7 +567,7 @@ def test_cache_marks_each_directory_once_and_only_under_the_current_rules(tmp_pa
     cache.reset(new)  # a rule change empties the cache ...
     assert group.flushes == 1 and cache.entries == 0
     assert not cache.add(f, old)  # ... and an answer decided under the old rules stays out
-    assert cache.add(f, new) and cache.added == 2
+    assert cache.add(f, new) and cache.added == 2  # seen twice already: marked again at once
     assert not cache.add(os.fsencode(tmp_path / "a"), new)  # a listed name lives there
     assert not cache.add(f + b" (deleted)", new)
 
@@ -579,9 +580,10 @@ def test_cache_never_marks_through_a_symlink(tmp_path):
     cache = Cache(group, MASK, 8)
     rules = rules_for(f"{tmp_path}/other\n")
     cache.reset(rules)
-    assert not cache.add(os.fsencode(tmp_path / "link" / "f"), rules)
-    assert not cache.add(os.fsencode(tmp_path / "up" / "real" / "f"), rules)
-    assert not cache.add(os.fsencode(tmp_path / "gone" / "f"), rules)
+    for _ in range(2):
+        assert not cache.add(os.fsencode(tmp_path / "link" / "f"), rules)
+        assert not cache.add(os.fsencode(tmp_path / "up" / "real" / "f"), rules)
+        assert not cache.add(os.fsencode(tmp_path / "gone" / "f"), rules)
     assert group.marked == []
 
 
@@ -593,6 +595,8 @@ def test_cache_is_bounded_and_expires(tmp_path):
     cache = Cache(group, MASK, 1, ttl=2.0, clock=clock)
     rules = rules_for(f"{tmp_path}/x\n")
     cache.reset(rules)
+    for d in ("a", "b"):
+        assert not cache.add(os.fsencode(tmp_path / d / "f"), rules)  # once: not yet
     assert cache.add(os.fsencode(tmp_path / "a" / "f"), rules)
     assert cache.add(os.fsencode(tmp_path / "b" / "f"), rules)  # full: emptied, then added
     assert group.flushes == 1 and cache.entries == 1
@@ -629,10 +633,10 @@ def test_guard_caches_only_unmatched_files_of_the_dirs_group(tmp_path, answered)
     a_dir = Event(FAN_OPEN_PERM | fanotify.FAN_ONDIR, os.open(sub, os.O_RDONLY), 11)
     g.answer([outside, mine, a_dir], fan)
     assert group.marked == [] and g.counters.cached == 0
-    g.answer([event_for(pub / "f", pid=11)], fan)
+    g.answer([event_for(pub / "f", pid=11), event_for(pub / "f", pid=11)], fan)
     assert group.marked == [os.fsencode(pub)] and g.counters.cached == 1
-    assert [r for _, r in responses()] == [FAN_ALLOW] * 4 and box.events == []
-    assert g.stats() == {"answered": 5, "cached": 1, "cache_entries": 1, "cache_flushes": 0,
+    assert [r for _, r in responses()] == [FAN_ALLOW] * 5 and box.events == []
+    assert g.stats() == {"answered": 6, "cached": 1, "cache_entries": 1, "cache_flushes": 0,
                          "cache_failed": 0}
     g.set_rules(rules_for(f"{sec}\n"))  # the same rules again: the cache stays
     assert group.flushes == 0
@@ -654,8 +658,8 @@ def test_a_refused_cache_mark_is_said_once_and_allows_anyway(tmp_path, answered,
     cache = Cache(Refusing(fan), MASK, 8)
     g = Guard(fan, box, Enricher("host", None), me=ME, cache=cache)
     g.set_rules(rules_for(f"{tmp_path}/x\n"))
-    g.answer([event_for(tmp_path / d / "f", pid=11) for d in ("a", "b")], fan)
-    assert [r for _, r in responses()] == [FAN_ALLOW, FAN_ALLOW]
+    g.answer([event_for(tmp_path / d / "f", pid=11) for d in ("a", "a", "b", "b")], fan)
+    assert [r for _, r in responses()] == [FAN_ALLOW] * 4
     assert len(box.errors) == 1 and g.counters.cached == 0
     assert (cache.max_entries > 0) == stays_on and cache.failed == (2 if stays_on else 1)
     g.close()
