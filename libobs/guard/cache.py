@@ -67,8 +67,9 @@ denial ends an open). Why this is safe:
    ``cache_entries``, ``cache_flushes`` and ``cache_failed`` next to ``answered`` (every open
    the cache did not serve).
 
-A directory is marked at its second allowed open, not its first: a mark costs the answer a
-few system calls, which a directory whose files are opened once each would pay for nothing.
+A directory is marked at its second allowed open within ``TTL``, not its first: a mark costs
+the answer a few system calls, which a directory whose files are opened once each, or rarely,
+would pay for nothing.
 
 Honest limits: the first two opens in every directory, every directory open (``ls``,
 ``find``), and the first open in a directory after a flush (every 2 s, or a rule change)
@@ -118,7 +119,8 @@ class Cache:
         self.flushes = 0
         self.failed = 0
         self._dirs: set[bytes] = set()  # marked since the last flush
-        self._once: set[bytes] = set()  # allowed once: marked at the second time (answerer's)
+        self._once: set[bytes] = set()  # allowed once this TTL: marked at the second time
+        self._once_stale = False  # set by expire(); the answerer, who owns _once, clears it
         self._valid_for: Rules | None = None  # the rules whose decisions may be cached
         self._since = clock()
         self._lock = threading.Lock()
@@ -135,6 +137,9 @@ class Cache:
         if (self.max_entries <= 0 or path.endswith(_DELETED) or directory in self._dirs
                 or not rules.may_cache_children(directory)):
             return False
+        if self._once_stale:
+            self._once_stale = False
+            self._once.clear()
         if directory not in self._once:  # one file opened once in a directory is common:
             if len(self._once) >= 4 * self.max_entries:  # it would pay for a mark for nothing
                 self._once.clear()
@@ -181,6 +186,7 @@ class Cache:
         """Empty the cache once it is ``ttl`` old (housekeeping tick)."""
         if now - self._since < self.ttl:
             return
+        self._once_stale = True
         with self._lock:
             if self._dirs:
                 self._flush()
