@@ -50,8 +50,8 @@ denial ends an open). Why this is safe:
      cache adds is a bounded delay: it is emptied every ``TTL`` seconds (2 s, the bound a
      deny-file change already has), so a directory moved in is fully denied within 2 s;
    - a directory that is also reachable under an unlisted name (bind-mounted beneath a listed
-     directory, or the other way round) is cached through that name: its files become
-     openable through the listed path too, until the next emptying. The same files are open
+     directory, or the other way round) is cached through that name: while it is cached, its
+     files are openable through the listed path too. The same files are open
      to everyone under the unlisted name anyway (a directory rule checks names, with or
      without the cache), so nothing becomes readable that was not.
    ``--cache-size 0`` keeps the immediate check everywhere. The directory is marked through
