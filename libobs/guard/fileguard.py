@@ -348,7 +348,9 @@ class Guard:
 class Reloader:
     """The housekeeping tick: re-read the deny-file when it changed, look at the disk, hand the
     answering thread new rules, then bring the marks in step (rules first: a new mark's first
-    event already finds its rule; a removed rule stops denying before its mark goes).
+    event already finds its rule; a removed rule stops denying before its mark goes). New
+    rules or filesystem marks empty the kernel cache before any mark changes; the cache also
+    expires here (libobs/guard/cache.py).
 
     Looking at the disk is skipped until ``BUDGET`` times its last cost has passed, so a long
     list cannot keep the housekeeper (and the GIL) busy; a changed deny-file is applied at once.
