@@ -134,8 +134,7 @@ class Cache:
         cache its directory if no rule can match anything in it and ``rules`` are still
         current. False if nothing was added; OSError (counted) when the kernel refuses."""
         directory = parent_of(path)
-        if (self.max_entries <= 0 or path.endswith(_DELETED) or directory in self._dirs
-                or not rules.may_cache_children(directory)):
+        if self.max_entries <= 0 or directory in self._dirs:
             return False
         if self._once_stale:
             self._once_stale = False
@@ -144,6 +143,8 @@ class Cache:
             if len(self._once) >= 4 * self.max_entries:  # it would pay for a mark for nothing
                 self._once.clear()
             self._once.add(directory)
+            return False
+        if path.endswith(_DELETED) or not rules.may_cache_children(directory):
             return False
         with self._lock:
             if rules is not self._valid_for or directory in self._dirs:
