@@ -396,6 +396,10 @@ class LlmCallDecoder:
         return envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
                         identity=identity, process=process, provider=t.provider)
 
+    def live_pids(self) -> set[int]:
+        """Processes with a followed connection open now."""
+        return {t.conn.h.pid for t in self.tracked.values()}
+
     def tick(self, now: float) -> Iterator[dict[str, Any]]:
         """Exchanges idle for `idle` (now: monotonic s; inf flushes every open exchange)."""
         if now == float("inf"):

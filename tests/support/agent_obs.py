@@ -119,9 +119,11 @@ def compare(rows: list[dict[str, Any]], calls: list[dict[str, Any]], offset_ns: 
                     "obs_latency_ms": (_ns(c["latency"]) or 0) / 1e6,
                     "server_latency_ms": (r["t_last"] - start) / 1e6,
                     "obs_req_bytes": c["req_bytes"], "obs_model": c.get("model"),
+                    "obs_usage_source": c.get("usage_source"),
                     **{f"obs_{k}": c.get(k) for k in TOKENS}}
         if r["model_call"]:
-            row |= {"model": r["model"], **{k: r[k] for k in TOKENS}}
+            row |= {"model": r["model"], "request_model": r.get("request_model"),
+                    **{k: r[k] for k in TOKENS}}
         out.append(row)
     return out
 
