@@ -13,7 +13,8 @@ Memory is bounded: facts older than `keep` are dropped.
 Where the wire cannot be read (Codex's rustls), the agent's own transcript is the second
 source (`transcripts`, libobs.net.transcripts): a call still without a wire fact when its grace
 runs out takes the earliest usage line of its pid stamped between its start and its end plus
-`transcript_wait`, and before the next call of that pid started — waiting up to
+`transcript_wait`, and before the next call of that pid started (reported, or in progress on
+a connection: `running`) — waiting up to
 `transcript_wait` for the line when the pid has a transcript open. `usage_source` says which
 source the numbers came from ("wire", "transcript", or null for neither).
 """
@@ -46,6 +47,7 @@ class ApiJoin:
     transcript_wait_ns: int = 2 * NS
     starts: dict[int, deque[int]] = field(default_factory=dict)  # pid -> recent call starts
     counts: dict[str, int] = field(default_factory=dict)  # the transcript join, for heartbeats
+    running: dict[int, list[int]] = field(default_factory=dict)  # pid -> calls in progress
     SLACK_NS = 5_000_000  # a transcript stamps ms; obs's wall clock is converted once
 
     def add_fact(self, fact: LlmFact) -> None:
@@ -114,7 +116,8 @@ class ApiJoin:
         start = ev["ts"]
         lat = call.get("latency")
         end = start + (lat["secs"] * NS + lat["nanos"] if lat else 0)
-        later = [s for s in self.starts.get(pid, ()) if s > start]
+        later = [s for s in (*self.starts.get(pid, ()), *self.running.get(pid, ()))
+                 if s > start]
         fact = tr.take(pid, start - self.SLACK_NS, end + self.transcript_wait_ns,
                        min(later) if later else None)
         if fact is None:
@@ -183,8 +186,10 @@ class JoinedDecoder:
         tr = self.join.transcripts
         if tr is not None and not final:
             # while an agent has a provider connection open it is alive: look at its files
-            for pid in self.calls.live_pids():
+            live = self.calls.live()
+            for pid in live:
                 tr.watch(pid, now_ns)
+            self.join.running = live
             tr.forget_gone(now_ns, self.join.keep_ns)
         out = [o for ev in self.calls.tick(now) for o in self.join.add_call(ev, now_ns)]
         return out + self.join.tick(now_ns)

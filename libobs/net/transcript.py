@@ -10,8 +10,9 @@ Two formats, one line at a time:
                  event_msg           payload.type == "token_count": info.last_token_usage (every
                                      release; after the tool the response asked for has run)
     Claude Code  ~/.claude/projects/<project>/<session>.jsonl
-                 {"type": "assistant", "timestamp": "…Z", "message": {"id", "model", "usage"}},
-                 one line per content block of a message, each with the same id and usage.
+                 {"type": "assistant", "timestamp": "…Z", "requestId", "message": {"id", "model",
+                 "usage"}}, one line per content block of a message, each with its usage:
+                 a repeat of the line before (same id and request id) is the same message.
 
 A rollout holds both a token_usage_record and a token_count for one response: once a file has
 shown a token_usage_record, its token_counts are skipped (CodexState); a token_count whose
@@ -28,7 +29,7 @@ that should have, or is not JSON at all), so a caller can count what it could no
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +65,7 @@ class CodexState:
 
 @dataclass
 class ClaudeState:
-    seen: list[str] = field(default_factory=list)  # recent message ids (bounded)
+    last: tuple[Any, ...] | None = None  # the last usage line's message (see claude_line)
 
 
 Result = Usage | Bad | None
@@ -158,17 +159,22 @@ def claude_line(line: bytes, state: ClaudeState) -> Result:
     u, mid, model = msg["usage"], msg.get("id"), msg.get("model")
     if not isinstance(mid, str) or model == "<synthetic>":
         return None  # written by Claude Code itself (errors, interruptions), not a model
-    if mid in state.seen:
-        return None
-    state.seen = (state.seen + [mid])[-64:]
     ts = wall_ns(obj.get("timestamp"))
-    if ts is None or _count(u, "input_tokens") is None:
+    fields = {"model": model if isinstance(model, str) and model else None,
+              "prompt_tokens": _count(u, "input_tokens"),
+              "completion_tokens": _count(u, "output_tokens"),
+              "cache_read_tokens": _count(u, "cache_read_input_tokens"),
+              "cache_creation_tokens": _count(u, "cache_creation_input_tokens")}
+    # A message's content blocks follow one another, each line with the message's id and
+    # usage; the API's request id tells messages apart (a server without one: the usage).
+    rid = obj.get("requestId")
+    key = (mid, rid) if isinstance(rid, str) else (mid, *fields.values())
+    if key == state.last:
+        return None
+    state.last = key
+    if ts is None or fields["prompt_tokens"] is None:
         return Bad("usage line without a timestamp or input_tokens")
-    return Usage(ts, {"model": model if isinstance(model, str) and model else None,
-                      "prompt_tokens": _count(u, "input_tokens"),
-                      "completion_tokens": _count(u, "output_tokens"),
-                      "cache_read_tokens": _count(u, "cache_read_input_tokens"),
-                      "cache_creation_tokens": _count(u, "cache_creation_input_tokens")}, mid)
+    return Usage(ts, fields, mid)
 
 
 def parse_line(kind: str, line: bytes, state: Any) -> Result:

@@ -206,8 +206,9 @@ class Transcripts:
     def expire(self, before_ns: int) -> None:
         for pid in list(self.facts):
             kept = [f for f in self.facts[pid] if f.ts >= before_ns]
-            self.counts["unclaimed"] = self.counts.get("unclaimed", 0) + \
-                len(self.facts[pid]) - len(kept)
+            if len(kept) < len(self.facts[pid]):
+                self.counts["unclaimed"] = self.counts.get("unclaimed", 0) + \
+                    len(self.facts[pid]) - len(kept)
             if kept:
                 self.facts[pid] = kept
             else:
