@@ -36,11 +36,15 @@ def summary(agent: str, version: str, o: Observed) -> str:
             f"{conns} connection(s)")
     ttft = ", ".join(f"{r['obs_ttft_ms']:.1f}/{r['server_ttft_ms']:.1f}" for r in models
                      if r.get("obs_ttft_ms") is not None)
-    read = sum(1 for r in models if r.get("obs_model") == r["model"]
-               and all(r[f"obs_{k}"] == r[k] for k in TOKENS))
+    # a transcript names the model the agent was configured with: the request's
+    read = sum(1 for r in models if r.get("obs_model") == (
+        r["request_model"] if r.get("obs_usage_source") == "transcript" else r["model"])
+               and all(r.get(f"obs_{k}") == r[k] for k in TOKENS))
+    sources = sorted({str(r.get("obs_usage_source")) for r in models})
     seen = (f"{len(o.calls)} LlmCalls for {len(rows)} requests"
             f"{f', {len(shared_calls(rows))} merged' if shared_calls(rows) else ''}; "
-            f"TTFT obs/server ms: {ttft}; model+tokens exact on {read}/{len(models)}")
+            f"TTFT obs/server ms: {ttft}; model+tokens exact on {read}/{len(models)} "
+            f"(usage_source {'/'.join(sources)})")
     return f"| {agent} {version} | {sent} | {seen} |"
 
 
@@ -64,7 +68,8 @@ def detail(o: Observed) -> list[str]:
     for r in compare(o.run.log, o.calls, o.offset_ns):
         fields: dict[str, Any] = {k: r.get(k) for k in (
             "method", "path", "req_body", "call", "server_ttft_ms", "server_ttft_max_ms",
-            "obs_ttft_ms", "server_latency_ms", "obs_latency_ms", "obs_req_bytes", "obs_model")}
+            "obs_ttft_ms", "server_latency_ms", "obs_latency_ms", "obs_req_bytes", "obs_model",
+            "obs_usage_source")}
         out.append("    " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in fields.items()))
     return out
