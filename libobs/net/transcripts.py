@@ -7,8 +7,8 @@ like a transcript (transcript.py's two layouts) is re-opened read-only through /
 path is right whatever the agent's mount namespace, and the file can still be read after the
 agent exits) and followed from near its end: at most BACKLOG bytes back, then only what is
 appended. Memory and work are bounded: MAX_FILES followed at once (least recently grown
-dropped), MAX_READ bytes per poll, lines over MAX_LINE skipped (counted), facts kept per pid
-at most MAX_FACTS.
+dropped), 4 reads of MAX_READ bytes per poll of a process, lines over MAX_LINE skipped
+(counted), facts kept per pid at most MAX_FACTS.
 """
 
 from __future__ import annotations
@@ -168,21 +168,20 @@ class Transcripts:
         for (p, ino), tail in list(self.tails.items()):
             if p != pid:
                 continue
-            lines: list[bytes] = []
-            for _ in range(16):  # at most 16 MiB per poll; the rest next time
-                lines += tail.lines(self.counts)
+            for _ in range(4):  # at most 4 MiB per poll; the rest next time
+                lines = tail.lines(self.counts)
+                if lines:
+                    tail.grown_ns = now_ns
+                    self.tails.move_to_end((p, ino))
+                for line in lines:
+                    got = parse_line(tail.kind, line, tail.state)
+                    if isinstance(got, Bad):
+                        self._bump("bad_lines")
+                    elif isinstance(got, Usage):
+                        self._bump("usage_lines")
+                        self.add(TranscriptFact(pid, got.ts, got.fields))
                 if not tail.more:
                     break
-            if lines:
-                tail.grown_ns = now_ns
-                self.tails.move_to_end((p, ino))
-            for line in lines:
-                got = parse_line(tail.kind, line, tail.state)
-                if isinstance(got, Bad):
-                    self._bump("bad_lines")
-                elif isinstance(got, Usage):
-                    self._bump("usage_lines")
-                    self.add(TranscriptFact(pid, got.ts, got.fields))
 
     def add(self, fact: TranscriptFact) -> None:
         got = self.facts.setdefault(fact.pid, [])

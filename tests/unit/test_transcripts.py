@@ -24,7 +24,7 @@ import sys
 f = open(sys.argv[1], "ab")
 print("open", flush=True)
 for line in sys.stdin:
-    f.write(line.encode().replace(b"\\\\n", b"\\n"))
+    f.write(bytes.fromhex(line))
     f.flush()
     print("ok", flush=True)
 """
@@ -52,7 +52,7 @@ class Holder:
 
     def write(self, data: bytes) -> None:
         assert self.p.stdin is not None and self.p.stdout is not None
-        self.p.stdin.write(data.decode().replace("\n", "\\n") + "\n")
+        self.p.stdin.write(data.hex() + "\n")
         self.p.stdin.flush()
         assert self.p.stdout.readline() == "ok\n"
 
@@ -190,3 +190,21 @@ def test_a_fifo_named_like_a_transcript_is_not_opened(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_poll_reads_a_bounded_amount_and_the_rest_later(
+        rollout: tuple[Holder, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tr, "MAX_READ", 1024)
+    h, path = rollout
+    t = Transcripts()
+    t.watch(h.p.pid, 0)
+    h.write(ROLLOUT)
+    [tail] = t.tails.values()
+    polls = 0
+    while tail.offset < len(ROLLOUT):
+        before = tail.offset
+        t.poll(h.p.pid, polls)
+        assert 0 < tail.offset - before <= 4 * 1024
+        polls += 1
+    assert polls == -(-len(ROLLOUT) // 4096)
+    assert [f.fields["prompt_tokens"] for f in t.facts[h.p.pid]] == [4601, 4611]
