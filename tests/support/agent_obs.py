@@ -145,6 +145,13 @@ def latency_right(r: dict[str, Any]) -> bool:
             and abs(r["obs_latency_ms"] - r["server_latency_ms"]) <= TOLERANCE_MS)
 
 
+def usage_exact(r: dict[str, Any]) -> bool:
+    """A model call's row (``compare``): obs's model and every token count right. A transcript
+    names the model the agent was configured with (the request's); the wire the served one."""
+    want = r.get("request_model") if r.get("obs_usage_source") == "transcript" else r["model"]
+    return r.get("obs_model") == want and all(r.get(f"obs_{k}") == r[k] for k in TOKENS)
+
+
 def shared_calls(table: list[dict[str, Any]]) -> set[int]:
     """LlmCalls that more than one server request fell into (merged requests)."""
     seen: dict[int, int] = {}
