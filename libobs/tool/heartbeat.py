@@ -18,10 +18,10 @@ def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None, unreadable: int | None = None,
-    extra: Mapping[str, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl); `extra`:
-    a tool's own counters (obs-fileguard's cache), each documented in docs/events.md."""
+    a tool's own documented fields (obs-llm --api's `transcripts`, obs-fileguard's cache)."""
     node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
@@ -31,8 +31,7 @@ def heartbeat_event(
     }
     if unreadable is not None:
         fields["unreadable"] = int(unreadable)
-    for name, value in (extra or {}).items():
-        fields[name] = int(value)
+    fields.update(extra or {})
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)
 

@@ -11,13 +11,13 @@ from typing import Any
 
 from tests.support import readme
 from tests.support.agent_obs import (
-    TOKENS,
     Observed,
     compare,
     latency_right,
     observe,
     shared_calls,
     ttft_right,
+    usage_exact,
 )
 from tests.support.agents import AGENTS, STACK_OF, installed
 
@@ -36,11 +36,12 @@ def summary(agent: str, version: str, o: Observed) -> str:
             f"{conns} connection(s)")
     ttft = ", ".join(f"{r['obs_ttft_ms']:.1f}/{r['server_ttft_ms']:.1f}" for r in models
                      if r.get("obs_ttft_ms") is not None)
-    read = sum(1 for r in models if r.get("obs_model") == r["model"]
-               and all(r[f"obs_{k}"] == r[k] for k in TOKENS))
+    read = sum(1 for r in models if usage_exact(r))
+    sources = sorted({str(r.get("obs_usage_source")) for r in models})
     seen = (f"{len(o.calls)} LlmCalls for {len(rows)} requests"
             f"{f', {len(shared_calls(rows))} merged' if shared_calls(rows) else ''}; "
-            f"TTFT obs/server ms: {ttft}; model+tokens exact on {read}/{len(models)}")
+            f"TTFT obs/server ms: {ttft}; model+tokens exact on {read}/{len(models)} "
+            f"(usage_source {'/'.join(sources)})")
     return f"| {agent} {version} | {sent} | {seen} |"
 
 
@@ -49,8 +50,7 @@ def readme_row(agent: str, version: str, o: Observed) -> str:
     rows = compare(o.run.log, o.calls, o.offset_ns)
     models = [r for r in rows if r["model_call"]]
     timed = sum(1 for r in models if ttft_right(r) and latency_right(r))
-    exact = sum(1 for r in models if r.get("obs_model") == r["model"]
-                and all(r[f"obs_{k}"] == r[k] for k in TOKENS))
+    exact = sum(1 for r in models if usage_exact(r))
     sources = sorted({str(c.get("usage_source")) for c in o.calls
                       if c.get("usage_source") is not None})
     merged = len(shared_calls(rows))
@@ -64,7 +64,8 @@ def detail(o: Observed) -> list[str]:
     for r in compare(o.run.log, o.calls, o.offset_ns):
         fields: dict[str, Any] = {k: r.get(k) for k in (
             "method", "path", "req_body", "call", "server_ttft_ms", "server_ttft_max_ms",
-            "obs_ttft_ms", "server_latency_ms", "obs_latency_ms", "obs_req_bytes", "obs_model")}
+            "obs_ttft_ms", "server_latency_ms", "obs_latency_ms", "obs_req_bytes", "obs_model",
+            "obs_usage_source")}
         out.append("    " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in fields.items()))
     return out
