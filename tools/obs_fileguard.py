@@ -118,7 +118,7 @@ def main(
     marks.close()
     c = guard.counters
     err(GUARD, f"answered {c.answered} permission event(s): {c.denied} denied, "
-        f"{c.fail_open} let through on an error, {c.cached} allowed file(s) cached "
+        f"{c.fail_open} let through on an error, {c.cached} allowed directory(ies) cached "
         f"(cache emptied {guard.stats().get('cache_flushes', 0)} time(s))")
     raise typer.Exit(status)
 
