@@ -48,7 +48,8 @@ def main(
     api: Annotated[bool, typer.Option(
         "--api", envvar="OBS_API",
         help="Also read TLS plaintext through OpenSSL uprobes (as obs-ssl does) and add the "
-             "model and token counts to each LlmCall.")] = False,
+             "model and token counts to each LlmCall; one LlmCall per HTTP/2 stream, timed "
+             "from the plaintext (timing: tls).")] = False,
     lib: options.TlsLibOpt = None, rescan: options.RescanOpt = 10.0,
     providers: options.ProvidersOpt = None,
     pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from libobs.events import NS, Clock, duration, envelope
 from libobs.identity import Identities
@@ -295,6 +295,21 @@ class Connection:
         return [cur] if cur.answered() else []
 
 
+class SocketView(NamedTuple):
+    """An emitted exchange's connection and instants (wall ns), for the plaintext join:
+    which connection it was on, and when its request started and ended and its response's
+    first and last segment arrived."""
+
+    conn: tuple[int, int]  # (sock pointer, connect time): one connection, reuse or not
+    start: int
+    request_end: int
+    first_resp: int
+    last_resp: int
+
+
+SOCKET_KEY = "_socket"  # envelope key of the SocketView; the join removes it before output
+
+
 # ---- records → events --------------------------------------------------------------------------
 
 @dataclass
@@ -317,8 +332,9 @@ class LlmCallDecoder:
 
     def __init__(self, clock: Clock, host: str, rules: Rules, untrack: Callable[[int], None],
                  all_tls: bool = False, idle: float = 10.0,
-                 identities: Identities | None = None):
+                 identities: Identities | None = None, instants: bool = False):
         self.clock = clock
+        self.instants = instants  # add SOCKET_KEY for libobs.net.apijoin (obs-llm --api)
         self.host = host
         self.rules = rules
         self.untrack = untrack
@@ -393,8 +409,14 @@ class LlmCallDecoder:
                   "latency": duration(e.latency_ns), "ttft": duration(e.ttft_ns),
                   "exchange": e.index}
         identity, process = self.ids.of(c.h)
-        return envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
-                        identity=identity, process=process, provider=t.provider)
+        ev = envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
+                      identity=identity, process=process, provider=t.provider)
+        if self.instants:
+            wall = self.clock.wall
+            ev[SOCKET_KEY] = SocketView((c.sk, c.h.ts), wall(e.start_ts), wall(e.req_end_ts),
+                                        wall(e.first_resp_ts or e.req_end_ts),
+                                        wall(e.last_resp_ts or e.req_end_ts))
+        return ev
 
     def tick(self, now: float) -> Iterator[dict[str, Any]]:
         """Exchanges idle for `idle` (now: monotonic s; inf flushes every open exchange)."""
