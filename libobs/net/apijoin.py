@@ -10,13 +10,16 @@ nearest response fact of its pid within `tolerance`. The response fact normally 
 whose fact has not arrived waits up to `grace` and then goes out without it (fields null).
 Memory is bounded: facts older than `keep` are dropped.
 
-Which clock (`timing`):
-- HTTP/1.1 keeps the socket's numbers ("socket") unless the plaintext contradicts them: a
-  response's first byte cannot be read before it arrived, so when the application read it
-  more than READ_SLACK after the socket's first response segment, that segment was not the
-  response (TLS 1.3 session tickets a Nagle server let out late) and ttft and latency come
-  from the SSL calls ("tls"). Either way the error is at most READ_SLACK or the
-  application's own delay in reading.
+Which clock (`timing`). A TLS read returns bytes that arrived before it; the socket knows
+when segments arrived, not which bytes they carried. So a read at t says: its bytes had all
+arrived by the last segment arrival at or before t (SocketView.arrived_by), never earlier
+than the truth, and exactly it when the connection was quiet between the arrival and the
+read (a busy client's late read costs nothing then).
+- HTTP/1.1 keeps the socket's numbers ("socket") unless the plaintext contradicts them: when
+  the response's first byte had arrived only more than READ_SLACK after the socket's first
+  response segment, that segment was not the response (TLS 1.3 session tickets a Nagle
+  server let out late) and ttft ends at that arrival instead ("tls"). Either way the error is
+  at most READ_SLACK, or a busy client's read delay while more data kept arriving.
 - HTTP/2 multiplexes streams on one connection: one TCP exchange may hold several requests
   and its boundaries fall anywhere between them. Each stream whose request started within
   an exchange (from H2_LEAD before its start to its last response byte, and to the same
@@ -186,31 +189,36 @@ class ApiJoin:
 
 def joined(ev: Event, fact: LlmFact | None) -> Event:
     """An HTTP/1.x exchange with its response fact (None: not seen): API fields, and the
-    plaintext's timing where the socket's first response byte was not the response."""
+    first response byte from the plaintext where the socket's was not the response."""
     view: SocketView | None = ev.pop(SOCKET_KEY, None)
     call = ev["event"]["LlmCall"]
     call.update({k: None if fact is None else fact.fields.get(k) for k in API_FIELDS})
     call["timing"], call["stream"] = "socket", None
     t = fact.timing if fact is not None else None
-    if (t is not None and view is not None and t.first_resp is not None
-            and t.last_resp is not None and t.first_resp - view.first_resp > READ_SLACK_NS):
-        call["ttft"] = duration(t.first_resp - t.request_end)
-        call["latency"] = duration(t.last_resp - fact.request_ts)  # type: ignore[union-attr]
-        call["timing"] = "tls"
+    if t is not None and view is not None and t.first_resp is not None:
+        first = view.arrived_by(t.first_resp, whole=True)
+        if first - view.first_resp > READ_SLACK_NS:
+            call["ttft"] = duration(first - view.request_end)
+            call["timing"] = "tls"
     return ev
 
 
 def stream_call(ev: Event, fact: LlmFact) -> Event:
     """One HTTP/2 stream's LlmCall: the connection and process from the exchange `ev` that
-    claimed it; start, ttft, latency and bytes from the plaintext."""
+    claimed it; start, ttft, latency and bytes from the plaintext (a read's instant moved
+    back to when its bytes had arrived, where the exchange's segments say)."""
     call = ev["event"]["LlmCall"]
     t = fact.timing
     if t is None or t.first_resp is None or t.last_resp is None:  # not from ApiTracker
         return joined({**ev, "event": {"LlmCall": dict(call)}}, fact)
+    view: SocketView | None = ev.get(SOCKET_KEY)
+    first, last = t.first_resp, t.last_resp
+    if view is not None:
+        first, last = view.arrived_by(first, whole=False), view.arrived_by(last, whole=False)
     fields = {k: call[k] for k in ("pid", "sni", "peer", "port")}
     fields |= {"req_bytes": t.req_bytes, "resp_bytes": t.resp_bytes,
-               "latency": duration(t.last_resp - fact.request_ts),
-               "ttft": duration(t.first_resp - t.request_end), "exchange": call["exchange"],
+               "latency": duration(last - fact.request_ts),
+               "ttft": duration(first - t.request_end), "exchange": call["exchange"],
                **{k: fact.fields.get(k) for k in API_FIELDS}, "timing": "tls",
                "stream": fact.stream}
     out = {k: v for k, v in ev.items() if k != SOCKET_KEY}

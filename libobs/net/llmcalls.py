@@ -71,6 +71,9 @@ _SEQ = 1 << 32
 # switch interval) and network jitter; no LLM API answers that fast.
 POST_HS_SLACK_NS = 20_000_000
 POST_HS_MAX_BYTES = 4096
+# Arrivals closer than this are one burst (obs-llm --api's join; see Exchange.bursts).
+BURST_GAP_NS = 10_000_000
+MAX_BURSTS = 256
 
 
 def seq_before(a: int, b: int) -> bool:
@@ -147,6 +150,20 @@ class Exchange:
     # In-window segments acking the request (ts, bytes): tickets if a response follows later,
     # else they were the response of a server faster than the window (settle()).
     held: list[tuple[int, int]] = field(default_factory=list)
+    # [first, last] arrival of each run of data segments less than BURST_GAP apart, of every
+    # segment that arrived while this exchange was current (for obs-llm --api's join: when
+    # the bytes a TLS read returned had arrived); only the first MAX_BURSTS runs
+    bursts: list[list[int]] = field(default_factory=list)
+    bursts_cut: bool = False
+    until: int = 0  # when it stopped being the connection's current exchange
+
+    def arrived(self, ts: int) -> None:
+        if self.bursts and ts - self.bursts[-1][1] <= BURST_GAP_NS:
+            self.bursts[-1][1] = ts
+        elif len(self.bursts) < MAX_BURSTS:
+            self.bursts.append([ts, ts])
+        else:
+            self.bursts_cut = True
 
     @property
     def ttft_ns(self) -> int:
@@ -221,6 +238,7 @@ class Connection:
         if s.nbytes <= CONTROL_MAX:
             return []  # close_notify, an HTTP/2 WINDOW_UPDATE mid-response: not a request
         if cur is not None and cur.answered():
+            cur.until = s.start_ts or s.ts
             done.append(cur)
         self.count += 1
         self.current = Exchange(self.count, s.start_ts or s.ts, s.ts, s.nbytes, s.seq_end)
@@ -259,6 +277,8 @@ class Connection:
                 self.hello_answered, self.hs_rtt = True, seg.ts - self.hello_ts
             return []
         cur = self.current
+        if cur is not None:
+            cur.arrived(seg.ts)
         if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
             self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
             if cur is not None and cur.first_resp_ts is None and not seq_before(seg.ack,
@@ -280,6 +300,7 @@ class Connection:
         cur, self.current = self.current, None
         if cur is None or not cur.answered():
             return []
+        cur.until = c.ts or self.last_ts
         if c.by_peer:
             cur.drop_trailing_alert()
         return [cur]
@@ -292,6 +313,7 @@ class Connection:
         if cur is None or cur.last_resp_ts is None or now_ns - cur.last_resp_ts < idle_ns:
             return []
         self.current = None
+        cur.until = now_ns
         return [cur] if cur.answered() else []
 
 
@@ -305,6 +327,21 @@ class SocketView(NamedTuple):
     request_end: int
     first_resp: int
     last_resp: int
+    bursts: tuple[tuple[int, int], ...]  # Exchange.bursts
+    bursts_cut: bool
+    until: int  # every arrival before this instant is in bursts (unless bursts_cut)
+
+    def arrived_by(self, t: int, whole: bool) -> int:
+        """When the bytes a TLS read returned at t had all arrived: the last segment arrival
+        at or before t — or t itself where the socket cannot say. `whole`: every byte such a
+        read can return came in this exchange (HTTP/1.1); else (HTTP/2) only arrivals up to
+        the exchange's last one are known."""
+        if not self.bursts:
+            return t
+        if (self.bursts_cut and t > self.bursts[-1][1]) or (t > self.until and not whole):
+            return t  # segments the exchange did not see may have come before t
+        before = [end for start, end in self.bursts if start <= t]
+        return min(t, before[-1]) if before else t
 
 
 SOCKET_KEY = "_socket"  # envelope key of the SocketView; the join removes it before output
@@ -415,7 +452,9 @@ class LlmCallDecoder:
             wall = self.clock.wall
             ev[SOCKET_KEY] = SocketView((c.sk, c.h.ts), wall(e.start_ts), wall(e.req_end_ts),
                                         wall(e.first_resp_ts or e.req_end_ts),
-                                        wall(e.last_resp_ts or e.req_end_ts))
+                                        wall(e.last_resp_ts or e.req_end_ts),
+                                        tuple((wall(a), wall(b)) for a, b in e.bursts),
+                                        e.bursts_cut, wall(e.until or e.last_resp_ts or 0))
         return ev
 
     def tick(self, now: float) -> Iterator[dict[str, Any]]:
