@@ -78,8 +78,10 @@ def delay_of(path: str) -> float:
 
 class StreamLog:
     """One JSON line per answered stream, on the server's monotonic clock: request headers
-    received (`t_head`), request ended (`t_req`), first and last response write (`t_first`,
-    `t_last`), with the stream id, path and the client's port (`$H2_SERVER_LOG`, if set)."""
+    received (`t_head`), request ended (`t_req`), the first and the last response write
+    entered (`t_first`, `t_last`) and returned (`t_first_sent`, `t_last_sent`: a loaded
+    machine may deschedule the server in between), with the stream id, path and the
+    client's port (`$H2_SERVER_LOG`, if set)."""
 
     def __init__(self, path: str | None) -> None:
         self.file = open(path, "a") if path else None  # noqa: SIM115 (for the process's life)
@@ -104,6 +106,7 @@ class _Stream:
     due: float = 0.0             # monotonic s at which to answer
     pieces: list[bytes] | None = None
     t_first: int = 0
+    t_first_sent: int = 0
 
 
 def serve_h2(conn: ssl.SSLSocket, port: int) -> None:
@@ -150,20 +153,23 @@ def _answer_due(conn: ssl.SSLSocket, h2c: Any, streams: dict[int, _Stream], port
         st = streams[sid]
         head, st.pieces = _pieces(st.headers.get(":path", "/"), st.headers, bytes(st.body))
         h2c.send_headers(sid, head)
-        conn.sendall(h2c.data_to_send())
         st.t_first = time.monotonic_ns()
+        conn.sendall(h2c.data_to_send())
+        st.t_first_sent = time.monotonic_ns()
     while due:  # round-robin: every due stream advances one piece per turn
         for sid in list(due):
             st = streams[sid]
             assert st.pieces is not None
             h2c.send_data(sid, st.pieces.pop(0), end_stream=not st.pieces)
+            t_last = time.monotonic_ns()
             conn.sendall(h2c.data_to_send())
             if not st.pieces:
                 due.remove(sid)
                 del streams[sid]
                 LOG.write({"stream": sid, "path": st.headers.get(":path"), "client_port": port,
                            "t_head": st.t_head, "t_req": st.t_req, "t_first": st.t_first,
-                           "t_last": time.monotonic_ns()})
+                           "t_first_sent": st.t_first_sent, "t_last": t_last,
+                           "t_last_sent": time.monotonic_ns()})
 
 
 # ---- WebSocket ---------------------------------------------------------------------------------
