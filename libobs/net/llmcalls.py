@@ -29,6 +29,14 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   neither ends an exchange nor starts one. When the peer closes, one trailing alert-sized
   segment (its close_notify) is not counted as response.
 
+Known limit: a server with Nagle on sends its first session ticket at once and holds the
+second until the client acknowledges the first; a client done sending delays that ACK
+(40 ms or more), so the ticket arrives outside the window, after the server had the whole
+request, and is taken for the first response byte. Nothing the kernel reports tells it
+apart: TLS 1.3 encrypts the record type, the segment's ack and sequence numbers are those of
+its transmission (after the request, like a response's), and its size and timing are those
+of a short, fast answer. Only the plaintext can say (obs-llm --api: libobs.net.apijoin).
+
 `Connection` is pure (records in, `Exchange`s out) and tested without root;
 `LlmCallDecoder` wires it to bpf/net.bpf.c records and the event envelope.
 """
