@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libobs.events import NS, Clock, duration_ns
 from libobs.identity import Identities
 from libobs.kernel.records import HDR, Hdr
 from libobs.net.apijoin import JoinedDecoder
 from libobs.net.decode import K_DATA, K_HELLO, K_SEND, K_STATE, TcpRec, decode
-from libobs.net.llmcalls import LlmCallDecoder
+from libobs.net.llmcalls import Exchange, LlmCallDecoder, SocketView
 from libobs.providers import load_rules
 from libobs.tls.attach import SslApi
 from tests.unit import test_tls_http2 as h2wire
@@ -236,3 +238,36 @@ def test_http1_keeps_socket_timing_where_the_plaintext_agrees(ticket_at_ms, read
     [c] = run(http1_connection(ticket_at_ms=ticket_at_ms, read_lag_ms=read_lag_ms))
     assert c["timing"] == "socket" and c["model"] == "claude-x"
     assert ms(c["ttft"]) == pytest.approx(247 - 0.000001, abs=1e-3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=400), st.integers(0, 2 * 10**9),
+       st.booleans())
+def test_a_read_is_never_placed_before_an_arrival_that_preceded_it(arrivals, t, whole):
+    ex = Exchange(1, 0, 0, 100, 0)
+    for a in sorted(arrivals):
+        ex.arrived(a)
+    view = SocketView((1, 0), 0, 0, min(arrivals), max(arrivals),
+                      tuple((a, b) for a, b in ex.bursts), ex.bursts_cut, max(arrivals))
+    got = view.arrived_by(t, whole)
+    assert got <= t or not any(a <= t for a in arrivals)
+    if any(a <= t for a in arrivals):
+        # the bytes a read at t returned may be the last to arrive before it
+        assert got >= max(a for a in arrivals if a <= t)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_every_interleaving_of_the_two_rings_gives_one_call_per_stream(rnd):
+    """The socket and plaintext records come through two ring buffers: any merge of the two
+    (each in its own order) gives each stream once."""
+    recs, _ = h2_connection({1: 300, 3: 100, 5: 200})
+    recs.sort(key=lambda r: r[0])
+    ssl_tag = ssl_record(b"", ts=0, fn=0)[:4]
+    rings = [[r for r in recs if r[1][:4] == ssl_tag], [r for r in recs if r[1][:4] != ssl_tag]]
+    merged = []
+    while any(rings):
+        ring = rnd.choice([r for r in rings if r])
+        merged.append(ring.pop(0))
+    calls = run([(i, raw) for i, (_, raw) in enumerate(merged)])
+    assert sorted(c["stream"] for c in calls) == [1, 3, 5]
