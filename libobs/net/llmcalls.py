@@ -81,7 +81,7 @@ POST_HS_SLACK_NS = 20_000_000
 POST_HS_MAX_BYTES = 4096
 # Arrivals closer than this are one burst (obs-llm --api's join; see Exchange.bursts).
 BURST_GAP_NS = 10_000_000
-MAX_BURSTS = 256
+MAX_BURSTS = 64
 
 
 def seq_before(a: int, b: int) -> bool:
@@ -219,6 +219,7 @@ class Connection:
     count: int = 0
     rcv_end: int | None = None          # highest sequence number received + 1
     last_ts: int = 0
+    bursts: bool = False                # record Exchange.bursts (obs-llm --api only)
 
     def _finished(self, ts: int) -> None:
         """The client's TLS 1.3 Finished left at ts: the server's answer to it is coming."""
@@ -285,7 +286,7 @@ class Connection:
                 self.hello_answered, self.hs_rtt = True, seg.ts - self.hello_ts
             return []
         cur = self.current
-        if cur is not None:
+        if cur is not None and self.bursts:
             cur.arrived(seg.ts)
         if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
             self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
@@ -419,7 +420,8 @@ class LlmCallDecoder:
         if not is_tls or (provider is None and not self.all_tls):
             self.untrack(p.sk)
             return
-        self.tracked[p.sk] = _Tracked(conn, sni, provider, Connection(last_ts=p.h.ts))
+        self.tracked[p.sk] = _Tracked(conn, sni, provider,
+                                      Connection(last_ts=p.h.ts, bursts=self.instants))
         while len(self.tracked) > self.MAX_CONNS:
             sk, _ = self.tracked.popitem(last=False)
             self.untrack(sk)
