@@ -26,6 +26,14 @@ read (a busy client's late read costs nothing then).
   host) becomes its own LlmCall, timed and sized from the plaintext ("tls", `stream` set):
   the exchange itself is not reported, nor any later exchange on that connection that holds
   no stream (control frames, requests that are not LLM API calls).
+
+Where the wire cannot be read (Codex's rustls), the agent's own transcript is the second
+source (`transcripts`, libobs.net.transcripts): a call still without a wire fact when its grace
+runs out takes the earliest usage line of its pid stamped between its start and its end plus
+`transcript_wait`, and before the next call of that pid started (reported, or in progress on
+a connection: `running`) — waiting up to
+`transcript_wait` for the line when the pid has a transcript open. `usage_source` says which
+source the numbers came from ("wire", "transcript", or null for neither).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Any
 
 from libobs.events import NS, duration
 from libobs.net.llmcalls import SOCKET_KEY, SocketView
+from libobs.net.transcripts import Transcripts
 from libobs.tls.attach import LlmFact, is_ssl_record
 from libobs.tls.decode import host_name
 
@@ -63,10 +72,20 @@ class ApiJoin:
     # claimed HTTP/2 streams awaiting their response fact: key -> (claimed at, the exchange)
     claims: OrderedDict[tuple[int, int], tuple[int, Event]] = field(default_factory=OrderedDict)
     h2_conns: OrderedDict[tuple[int, int], None] = field(default_factory=OrderedDict)
+    # exchanges that claimed streams: (pid, from, to, the exchange), for a request fact that
+    # comes after its exchange went (the plaintext's ring read later than the socket's)
+    h2_windows: deque[tuple[int, int, int, Event]] = field(
+        default_factory=lambda: deque(maxlen=1024))
     pending: deque[tuple[int, Event]] = field(default_factory=deque)
     n_facts: int = 0
     unanswered: int = 0  # claimed streams whose response never came (reset, lost, too slow)
     _latest: int = 0
+    transcripts: Transcripts | None = None
+    transcript_wait_ns: int = 2 * NS
+    starts: dict[int, deque[int]] = field(default_factory=dict)  # pid -> recent call starts
+    counts: dict[str, int] = field(default_factory=dict)  # the transcript join, for heartbeats
+    running: dict[int, list[int]] = field(default_factory=dict)  # pid -> calls in progress
+    SLACK_NS = 5_000_000  # a transcript stamps ms; obs's wall clock is converted once
 
     def add_fact(self, fact: LlmFact) -> list[Event]:
         """A fact; returns the LlmCalls of HTTP/2 streams it completes."""
@@ -77,6 +96,12 @@ class ApiJoin:
             claimed = self.claims.pop(fact.key, None)
             if claimed is not None:
                 return [stream_call(claimed[1], fact)]
+        if fact.is_request:
+            ev = next((ev for pid, lo, hi, ev in self.h2_windows
+                       if pid == fact.pid and lo <= fact.request_ts <= hi
+                       and same_host(fact, ev["event"]["LlmCall"])), None)
+            if ev is not None:
+                return self._claimed(ev, [fact])
         store = self.h2_requests if fact.is_request else self.facts
         store.setdefault(fact.pid, []).append(fact)
         self.n_facts += 1
@@ -86,11 +111,18 @@ class ApiJoin:
 
     def add_call(self, ev: Event, now_ns: int) -> list[Event]:
         """An LlmCall event (or any other event, passed through). Returns what is ready."""
-        if "LlmCall" not in ev["event"]:
+        call = ev["event"].get("LlmCall")
+        if call is None:
             return [ev]
+        starts = self.starts.setdefault(call["pid"], deque(maxlen=64))
+        starts.append(ev["ts"])
+        if len(self.starts) > self.max_facts:
+            del self.starts[next(iter(self.starts))]
         out = self._resolve(ev)
         if out is not None:
             return out
+        if self.transcripts is not None:
+            self.transcripts.watch(call["pid"], now_ns)
         self.pending.append((now_ns + self.grace_ns, ev))
         return []
 
@@ -98,10 +130,17 @@ class ApiJoin:
         """Calls whose fact arrived meanwhile, or whose grace ran out."""
         out = []
         still: deque[tuple[int, Event]] = deque()
+        polled: set[int] = set()
         for deadline, ev in self.pending:
+            call = ev["event"]["LlmCall"]
             done = self._resolve(ev)
             if done is None and now_ns >= deadline:
-                done = [joined(ev, None)]
+                if self._transcript(ev, call, polled, now_ns):
+                    done = [joined(ev, None)]
+                elif now_ns >= deadline + self._wait(call["pid"]):
+                    if self.transcripts is not None and self.transcripts.has(call["pid"]):
+                        self._bump("late")  # the pid has a transcript, but no line came in time
+                    done = [joined(ev, None)]
             if done is None:
                 still.append((deadline, ev))
             else:
@@ -111,6 +150,44 @@ class ApiJoin:
             self._expire(max(ev["ts"] for ev in out) - self.keep_ns, (self.facts,))
         self._expire_claims(self._latest - self.claim_keep_ns)
         return out
+
+    def _wait(self, pid: int) -> int:
+        """How long past the wire's grace a call waits for its transcript line."""
+        if self.transcripts is None or not self.transcripts.has(pid):
+            return 0
+        return max(0, self.transcript_wait_ns - self.grace_ns)
+
+    def _transcript(self, ev: Event, call: dict[str, Any], polled: set[int],
+                    now_ns: int) -> bool:
+        tr = self.transcripts
+        if tr is None:
+            return False
+        pid = call["pid"]
+        if pid not in polled:
+            polled.add(pid)
+            tr.watch(pid, now_ns)
+            tr.poll(pid, now_ns)
+        start = ev["ts"]
+        lat = call.get("latency")
+        end = start + (lat["secs"] * NS + lat["nanos"] if lat else 0)
+        later = [s for s in (*self.starts.get(pid, ()), *self.running.get(pid, ()))
+                 if s > start]
+        fact = tr.take(pid, start - self.SLACK_NS, end + self.transcript_wait_ns,
+                       min(later) if later else None)
+        if fact is None:
+            return False
+        call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="transcript")
+        self._bump("joined")
+        return True
+
+    def _bump(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat's `transcripts` counters (files followed, lines read, calls joined…);
+        nothing when the transcript source is off."""
+        tr = self.transcripts
+        return {} if tr is None else {"transcripts": {**tr.counts, **self.counts}}
 
     def _resolve(self, ev: Event) -> list[Event] | None:
         """What an exchange becomes now: its streams' calls (HTTP/2), itself joined with its
@@ -129,23 +206,28 @@ class ApiJoin:
         reqs = self.h2_requests.get(call["pid"])
         if view is None or not reqs:
             return None
-        sni = call.get("sni")
-        mine = [f for f in reqs if view.start - H2_LEAD_NS <= f.request_ts <= view.last_resp
-                and (not sni or not f.host or host_name(f.host) == sni)]
+        lo, hi = view.start - H2_LEAD_NS, view.last_resp
+        mine = [f for f in reqs if lo <= f.request_ts <= hi and same_host(f, call)]
         if not mine:
             return None
         self.h2_conns[view.conn] = None
         while len(self.h2_conns) > self.max_claims:
             self.h2_conns.popitem(last=False)
-        out = []
+        self.h2_windows.append((call["pid"], lo, hi, ev))
         for f in mine:
             reqs.remove(f)
             self.n_facts -= 1
+        return self._claimed(ev, mine)
+
+    def _claimed(self, ev: Event, reqs: list[LlmFact]) -> list[Event]:
+        """HTTP/2 requests claimed by exchange ev: the calls of those already answered."""
+        out = []
+        for f in reqs:
             resp = self._take(f.pid, lambda g, key=f.key: g.key == key)
             if resp is not None:
                 out.append(stream_call(ev, resp))
                 continue
-            self.claims[f.key] = (view.last_resp, ev)
+            self.claims[f.key] = (ev[SOCKET_KEY].last_resp, ev)
             if len(self.claims) > self.max_claims:
                 self.claims.popitem(last=False)
                 self.unanswered += 1
@@ -178,6 +260,8 @@ class ApiJoin:
                     store[pid] = kept
                 else:
                     del store[pid]
+        if self.transcripts is not None and (not stores or self.facts in stores):
+            self.transcripts.expire(before_ns)
 
     def _expire_claims(self, before_ns: int) -> None:
         """Streams, claimed or not, older than claim_keep: a response lasts no longer."""
@@ -187,12 +271,22 @@ class ApiJoin:
             self.unanswered += 1
 
 
+def same_host(fact: LlmFact, call: dict[str, Any]) -> bool:
+    """The request went to the connection's server (as far as both say)."""
+    sni = call.get("sni")
+    return not sni or not fact.host or host_name(fact.host) == sni
+
+
 def joined(ev: Event, fact: LlmFact | None) -> Event:
-    """An HTTP/1.x exchange with its response fact (None: not seen): API fields, and the
-    first response byte from the plaintext where the socket's was not the response."""
+    """An HTTP/1.x exchange with its response fact (None: not seen; API fields a transcript
+    set stay), and the first response byte from the plaintext where the socket's was not the
+    response."""
     view: SocketView | None = ev.pop(SOCKET_KEY, None)
     call = ev["event"]["LlmCall"]
-    call.update({k: None if fact is None else fact.fields.get(k) for k in API_FIELDS})
+    if fact is not None:
+        call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="wire")
+    for k in API_FIELDS + ("usage_source",):
+        call.setdefault(k, None)
     call["timing"], call["stream"] = "socket", None
     t = fact.timing if fact is not None else None
     if t is not None and view is not None and t.first_resp is not None:
@@ -219,8 +313,8 @@ def stream_call(ev: Event, fact: LlmFact) -> Event:
     fields |= {"req_bytes": t.req_bytes, "resp_bytes": t.resp_bytes,
                "latency": duration(last - fact.request_ts),
                "ttft": duration(first - t.request_end), "exchange": call["exchange"],
-               **{k: fact.fields.get(k) for k in API_FIELDS}, "timing": "tls",
-               "stream": fact.stream}
+               **{k: fact.fields.get(k) for k in API_FIELDS}, "usage_source": "wire",
+               "timing": "tls", "stream": fact.stream}
     out = {k: v for k, v in ev.items() if k != SOCKET_KEY}
     out["ts"], out["event"] = fact.request_ts, {"LlmCall": fields}
     return out
@@ -246,5 +340,13 @@ class JoinedDecoder:
         final = now == float("inf")
         done = [ev for fact in self.api.tick(now) for ev in self.join.add_fact(fact)]
         now_ns = time.monotonic_ns() if not final else 2**63
+        tr = self.join.transcripts
+        if tr is not None and not final:
+            # while an agent has a provider connection open it is alive: look at its files
+            live = self.calls.live()
+            for pid in live:
+                tr.watch(pid, now_ns)
+            self.join.running = live
+            tr.forget_gone(now_ns, self.join.keep_ns)
         out = [o for ev in self.calls.tick(now) for o in self.join.add_call(ev, now_ns)]
         return done + out + self.join.tick(now_ns)

@@ -47,9 +47,10 @@ from libobs.merge.input import decode as decode_line
 from libobs.merge.merger import Merge
 from libobs.merge.sessions import Sessions
 from libobs.merge.summary import Summary
-from libobs.net.apijoin import JoinedDecoder
+from libobs.net.apijoin import ApiJoin, JoinedDecoder
 from libobs.net.decode import K_DATA, K_DNS, K_HELLO, K_SEND, K_STATE, NetDecoder
 from libobs.net.llmcalls import LlmCallDecoder
+from libobs.net.transcripts import TranscriptFact, Transcripts
 from libobs.providers import load_rules
 from libobs.tls.attach import SslApi
 from libobs.tls.decode import SslDecoder
@@ -216,11 +217,15 @@ def ssl_events() -> list[dict[str, Any]]:
 
 
 def llm_api_events() -> list[dict[str, Any]]:
-    """obs-llm --api: a call whose response the TLS probes read, one they never saw, and an
-    HTTP/2 connection's streams."""
+    """obs-llm --api: a call whose response the TLS probes read, one they never saw, one
+    whose usage came from the agent's transcript, and an HTTP/2 connection's streams."""
+    transcripts = Transcripts(proc="/nonexistent")  # the fact is given, not found
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
-        SslApi(CLOCK))
+        SslApi(CLOCK), ApiJoin(transcripts=transcripts))
+    transcripts.add(TranscriptFact(AGENT, CLOCK.wall(9000 * MS + 350 * MS), {
+        "model": "gpt-5-codex", "prompt_tokens": 4601, "completion_tokens": 467,
+        "cache_read_tokens": 49, "cache_creation_tokens": None}))
     t0 = 1000 * MS
     net = llm_records(0x20, t0, real_hello("api.anthropic.com"))
     ssl = [ssl_record(anthropic_request(True), ts=t0 + 3 * MS, fn=WRITE_EX, pid=AGENT, ssl=5)]
@@ -230,6 +235,7 @@ def llm_api_events() -> list[dict[str, Any]]:
                               ssl=5))
         off += len(piece)
     raws = net[:-1] + ssl + net[-1:] + llm_records(0x21, 5000 * MS, real_hello("api.openai.com"))
+    raws += llm_records(0x22, 9000 * MS, real_hello("api.openai.com"))
     h2, _ = h2_connection({1: 200, 3: 100}, t0=8000 * MS)  # two HTTP/2 streams
     raws += [raw for _, raw in sorted(h2, key=lambda r: r[0])]
     return [ev for raw in raws for ev in dec(raw)] + dec.tick(float("inf"))
@@ -291,7 +297,13 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
             heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
-                            dropped=0, output_dropped=0, host="host-1", unreadable=1)]
+                            dropped=0, output_dropped=0, host="host-1", unreadable=1),
+            heartbeat_event(collector_id="obs-llm-host-1-3-abcdef03", tool="obs-llm",
+                            attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
+                            features=["llm", "api", "transcripts"], interval=60.0,
+                            counts=Counter(), dropped=0, output_dropped=0, host="host-1",
+                            unreadable=1, extra=ApiJoin(transcripts=Transcripts(counts={
+                                "files": 1, "usage_lines": 2})).heartbeat())]
 
 
 # ---- everything the code emits ---------------------------------------------------------------

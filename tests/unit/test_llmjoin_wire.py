@@ -256,7 +256,7 @@ def test_a_read_is_never_placed_before_an_arrival_that_preceded_it(arrivals, t, 
         assert got >= max(a for a in arrivals if a <= t)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_every_interleaving_of_the_two_rings_gives_one_call_per_stream(rnd):
     """The socket and plaintext records come through two ring buffers: any merge of the two
