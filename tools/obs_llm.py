@@ -50,7 +50,8 @@ def main(
     api: Annotated[bool, typer.Option(
         "--api", envvar="OBS_API",
         help="Also read TLS plaintext through OpenSSL uprobes (as obs-ssl does) and add the "
-             "model and token counts to each LlmCall.")] = False,
+             "model and token counts to each LlmCall; one LlmCall per HTTP/2 stream, timed "
+             "from the plaintext (timing: tls).")] = False,
     transcripts: Annotated[bool, typer.Option(
         "--transcripts/--no-transcripts", envvar="OBS_TRANSCRIPTS",
         help="With --api: where the wire cannot be read (Codex's rustls), take model and "

@@ -59,6 +59,7 @@ from libobs.tool.heartbeat import heartbeat_event
 from libobs.tool.sink import dumps
 from tests.support.contract import Contract, Seen, load, parse
 from tests.support.tools import REPO, tool_cmd
+from tests.unit.test_llmjoin_wire import h2_connection
 from tests.unit.test_netevents import (
     APP_HEAD,
     FIN_HEAD,
@@ -217,8 +218,8 @@ def ssl_events() -> list[dict[str, Any]]:
 
 
 def llm_api_events() -> list[dict[str, Any]]:
-    """obs-llm --api: a call whose response the TLS probes read, one they never saw, and one
-    whose usage came from the agent's transcript."""
+    """obs-llm --api: a call whose response the TLS probes read, one they never saw, one
+    whose usage came from the agent's transcript, and an HTTP/2 connection's streams."""
     transcripts = Transcripts(proc="/nonexistent")  # the fact is given, not found
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
@@ -236,6 +237,8 @@ def llm_api_events() -> list[dict[str, Any]]:
         off += len(piece)
     raws = net[:-1] + ssl + net[-1:] + llm_records(0x21, 5000 * MS, real_hello("api.openai.com"))
     raws += llm_records(0x22, 9000 * MS, real_hello("api.openai.com"))
+    h2, _ = h2_connection({1: 200, 3: 100}, t0=8000 * MS)  # two HTTP/2 streams
+    raws += [raw for _, raw in sorted(h2, key=lambda r: r[0])]
     return [ev for raw in raws for ev in dec(raw)] + dec.tick(float("inf"))
 
 
