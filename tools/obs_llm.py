@@ -73,7 +73,7 @@ def main(
     if not api:
         raise typer.Exit(Loop(job.cfg, [prog], decoder, tick=decoder.tick).run())
     ssl = attach.attach(TOOL, job, lib or [], required=False)
-    joined = JoinedDecoder(decoder, attach.SslApi(clock))
+    joined = JoinedDecoder(decoder, attach.SslApi(clock), unreadable_of=ssl.unreadable_of)
     rescanner = attach.Rescanner(TOOL, ssl, rescan)
 
     def tick(now: float) -> list[dict[str, Any]]:

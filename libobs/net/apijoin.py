@@ -9,12 +9,19 @@ nearest response fact of its pid within `tolerance`. The response fact normally 
 (the client reads the whole response before the socket layer can end the exchange); a call
 whose fact has not arrived waits up to `grace` and then goes out without it (fields null).
 Memory is bounded: facts older than `keep` are dropped.
+
+A request that is no LLM API call (an agent's `GET /api/claude_code/settings`) has a fact of
+its own, its request's (`model_call` false): it marks its LlmCall `model_call: false`, so it is
+kept apart from the model calls and never takes a neighbour's tokens. A call that goes out
+without any fact is marked with `unreadable_of(pid)`: the TLS stack of the process's
+executable that obs found but cannot read (then a null model is "not readable", not "none").
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +30,7 @@ from libobs.tls.attach import LlmFact, is_ssl_record
 
 API_FIELDS = ("model", "prompt_tokens", "completion_tokens", "cache_read_tokens",
               "cache_creation_tokens")
+CALL_FIELDS = (*API_FIELDS, "model_call", "request", "tls_unreadable")
 
 
 @dataclass
@@ -34,9 +42,10 @@ class ApiJoin:
     facts: dict[int, list[LlmFact]] = field(default_factory=dict)
     pending: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     n_facts: int = 0
+    unreadable_of: Callable[[int], str | None] = lambda pid: None
 
     def add_fact(self, fact: LlmFact) -> None:
-        if fact.is_request:
+        if fact.is_request and fact.model_call:
             return  # the response's fact carries the model actually served, and the tokens
         self.facts.setdefault(fact.pid, []).append(fact)
         self.n_facts += 1
@@ -50,6 +59,7 @@ class ApiJoin:
             return [ev]
         if self._match(ev, call):
             return [ev]
+        call["tls_unreadable"] = self.unreadable_of(call["pid"])  # while the process lives
         self.pending.append((now_ns + self.grace_ns, ev))
         return []
 
@@ -60,7 +70,7 @@ class ApiJoin:
         for deadline, ev in self.pending:
             if self._match(ev, ev["event"]["LlmCall"]) or now_ns >= deadline:
                 ev["event"]["LlmCall"].update({k: ev["event"]["LlmCall"].get(k)
-                                                for k in API_FIELDS})
+                                                for k in CALL_FIELDS})
                 out.append(ev)
             else:
                 still.append((deadline, ev))
@@ -80,6 +90,10 @@ class ApiJoin:
         self.n_facts -= 1
         for k in API_FIELDS:
             call[k] = best.fields.get(k)
+        path = best.fields.get("path")
+        call["model_call"] = best.model_call
+        call["request"] = f"{best.fields.get('method') or 'POST'} {path}" if path else None
+        call["tls_unreadable"] = None
         return True
 
     def _expire(self, before_ns: int) -> None:
@@ -96,10 +110,13 @@ class JoinedDecoder:
     """One decode callback and tick for the run loop over both programs' records: the socket
     program's (via `calls`, an LlmCallDecoder) and the ssl program's (via `api`, an SslApi)."""
 
-    def __init__(self, calls: Any, api: Any, join: ApiJoin | None = None):
+    def __init__(self, calls: Any, api: Any, join: ApiJoin | None = None,
+                 unreadable_of: Callable[[int], str | None] | None = None):
         self.calls = calls
         self.api = api
         self.join = join or ApiJoin()
+        if unreadable_of is not None:
+            self.join.unreadable_of = unreadable_of
 
     def __call__(self, raw: bytes) -> list[dict[str, Any]]:
         if is_ssl_record(raw):

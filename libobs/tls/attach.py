@@ -50,6 +50,7 @@ class LlmFact:
     provider: str | None
     host: str | None
     fields: dict[str, Any]  # LlmApi fields: model, *_tokens, stream, path (None = unknown)
+    model_call: bool = True  # False: a request that is no LLM API call; fields: method, path
 
     @property
     def key(self) -> tuple[int, int]:
@@ -94,7 +95,8 @@ class SslApi:
 
     def _fact(self, f: ApiFact) -> LlmFact:
         return LlmFact(f.h.pid, f.h.tid, f.is_request, self.clock.wall(f.ts),
-                       self.clock.wall(f.request_ts), f.provider, f.host, dict(f.fields))
+                       self.clock.wall(f.request_ts), f.provider, f.host, dict(f.fields),
+                       f.model_call)
 
 
 def check_libs(libs: Sequence[Path]) -> None:
@@ -138,6 +140,10 @@ class Rescanner:
         self._next = 0.0
 
     def __call__(self, now: float) -> None:
+        if self.ssl.news:  # met between rescans (SslProbes.unreadable_of)
+            for note in self.ssl.news:
+                err(self.tool, note)
+            self.ssl.news = []
         if not self.every or now == float("inf") or now < self._next:
             return
         if self._next:

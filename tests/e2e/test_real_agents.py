@@ -9,12 +9,15 @@ shows up as an XPASS to turn into a plain assertion (issue 13)."""
 
 from __future__ import annotations
 
+import mmap
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from libobs.tls import boringssl, elf
 from tests.support import agent_obs
 from tests.support.agent_obs import TOKENS, Observed, compare, observe
 from tests.support.agents import AGENTS, installed
@@ -24,8 +27,6 @@ pytestmark = [pytest.mark.kernel, pytest.mark.agents]
 TOLERANCE_MS = 10.0
 
 NO_PLAINTEXT = {
-    "claude": "Claude Code is a Bun executable with BoringSSL linked statically and not "
-              "exported: obs-ssl's OpenSSL uprobes find no SSL_read/SSL_write in it",
     "codex": "Codex is a static musl Rust binary whose HTTPS goes through rustls: no "
              "SSL_read/SSL_write to probe",
 }
@@ -95,24 +96,53 @@ def test_model_and_exact_tokens_on_every_call(agent: str) -> None:
         assert {k: r[f"obs_{k}"] for k in TOKENS} == {k: r[k] for k in TOKENS}
 
 
-@pytest.mark.parametrize("agent", [xfail_for(a, {"codex": (
-    NO_PLAINTEXT["codex"] + "; and obs-llm --api does not name it: the static binary is not "
-    "among the files its scans look at while Codex runs (Claude Code's BoringSSL is named)")})
-    for a in AGENTS])
+@pytest.mark.parametrize("agent", AGENTS)
 def test_tls_stack_of_the_agent_is_named_on_stderr(agent: str) -> None:
-    """Either obs attached to the agent's TLS library, or it says which binary it cannot read."""
+    """Either obs attached to the agent's TLS library, or it says which binary it cannot read,
+    and lists it in the heartbeat."""
     o = observed(agent)
-    binaries = {"claude": "claude", "codex": "codex", "gemini": "/usr/bin/node"}
-    assert binaries[agent] in o.stderr["obs-llm"], o.stderr["obs-llm"]
+    err = o.stderr["obs-llm"]
+    if agent == "codex":
+        exe = str(installed()["codex"][1].resolve())
+        named = [ln for ln in err.splitlines() if ln.startswith("obs-llm: not read: ")
+                 and "/codex: rustls: " in ln]
+        assert len(named) == 1 and "are lost" in named[0], err
+        listed = [u for u in o.heartbeats["obs-llm"][-1]["unreadable_files"]
+                  if u["path"].endswith("/bin/codex")]
+        assert [u["stack"] for u in listed] == ["rustls"], exe
+    else:
+        lib = {"claude": "claude.exe (BoringSSL (static): SSL_read via SSL_read@0x",
+               "gemini": "/usr/bin/node"}[agent]
+        assert lib in err, err
 
 
-@pytest.mark.parametrize("agent", [xfail_for(a, {"claude": (
-    "the GETs for /api/claude_code/settings and /policy_limits are reported as LlmCalls like "
-    "the model calls, with nothing to tell them apart")}) for a in AGENTS])
+@pytest.mark.parametrize("agent", AGENTS)
+def test_calls_whose_tls_cannot_be_read_are_marked(agent: str) -> None:
+    """A null model never looks like "no model": the call says which stack hides it."""
+    o = observed(agent)
+    for r in model_rows(o):
+        why = o.calls[r["call"]].get("tls_unreadable")
+        if agent == "codex":
+            assert r["obs_model"] is None and why and why.startswith("rustls in /"), r
+        else:
+            assert r["obs_model"] is not None and why is None, r
+
+
+@pytest.mark.parametrize("agent", AGENTS)
 def test_requests_that_are_not_model_calls_are_kept_apart(agent: str) -> None:
+    """Claude Code's GETs for settings and limits are LlmCalls of their own, marked as no
+    model call with their path (and never merged with a neighbour: the test above)."""
     o = observed(agent)
-    others = [r for r in compare(o.run.log, o.calls, o.offset_ns) if not r["model_call"]]
-    assert not [r for r in others if r["call"] is not None]
+    for r in compare(o.run.log, o.calls, o.offset_ns):
+        call = o.calls[r["call"]]
+        if agent == "codex":  # no plaintext: nothing to tell them by
+            assert call.get("model_call") is None, r
+        elif r["model_call"]:
+            assert call["model_call"] is True and call["request"] == f"POST {r['path']}" \
+                .split("?")[0], (r, call)
+        else:
+            assert call["model_call"] is False, (r, call)
+            assert call["request"] == f"{r['method']} {r['path'].split('?')[0]}", (r, call)
 
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -137,13 +167,30 @@ def test_first_call_ttft_with_a_nagle_server() -> None:
     assert ttft_right(first), first
 
 
-def test_boringssl_functions_are_located_in_claude_code() -> None:
-    """The prototype locator (tests/support/boringssl_locate.py) finds SSL_read/SSL_write in
-    the pinned Claude Code by the errors BoringSSL's ssl_lib.cc reports (no symbols needed).
-    Checked by hand with uprobes at these offsets on 2.1.110 (Bun 1.3.13), 2.1.200 (1.4.0),
-    2.1.328 (1.4.4) and 2.1.332 (1.4.6): every HTTP request and response in plaintext."""
-    from tests.support.boringssl_locate import locate
+# SSL_write / SSL_read file offsets, checked by hand with uprobes at them (every HTTP request
+# and response in plaintext): docs/real-agents.md. Two ERR_put_error ABIs among them.
+CLAUDE_CODE_OFFSETS = {"2.1.110": (0x4FF6960, 0x4FF5D00), "2.1.200": (0x320D3A0, 0x320D010),
+                       "2.1.328": (0x311D660, 0x311D810), "2.1.332": (0x3330300, 0x33304B0)}
+PACKS = Path("/var/cache/obs/agents/.packs")  # npm packs of older releases, where kept
 
+
+def file_offset(data: Any, va: int | None) -> int | None:
+    text = elf.section(data, ".text")
+    return None if va is None or text is None else va - text.addr + text.offset
+
+
+@pytest.mark.parametrize("version", sorted(CLAUDE_CODE_OFFSETS))
+def test_boringssl_functions_are_located_in_claude_code(version: str) -> None:
+    """libobs.tls.boringssl finds SSL_read/SSL_write in Claude Code by the errors BoringSSL's
+    ssl_lib.cc reports (no symbols needed): the installed release always, older ones from the
+    npm packs kept beside it (skipped where they are not)."""
     exe = installed()["claude"][1].resolve()
-    found = locate(exe)
-    assert found.error is None and set(found.file_offsets) == {"SSL_read", "SSL_write"}
+    if installed()["claude"][0] != version:
+        exe = PACKS / version / "package" / "claude"
+        if not exe.exists():
+            pytest.skip(f"no npm pack of Claude Code {version} under {PACKS}")
+    with open(exe, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        found = boringssl.locate(m)
+        assert found.error is None
+        assert (file_offset(m, found.ssl_write), file_offset(m, found.ssl_read)) \
+            == CLAUDE_CODE_OFFSETS[version]

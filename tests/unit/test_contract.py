@@ -215,10 +215,11 @@ def ssl_events() -> list[dict[str, Any]]:
 
 
 def llm_api_events() -> list[dict[str, Any]]:
-    """obs-llm --api: a call whose response the TLS probes read, and one they never saw."""
+    """obs-llm --api: a call whose response the TLS probes read, and one they never saw (its
+    process's executable holds a TLS stack obs cannot read)."""
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
-        SslApi(CLOCK))
+        SslApi(CLOCK), unreadable_of=lambda pid: "rustls in /opt/codex")
     t0 = 1000 * MS
     net = llm_records(0x20, t0, real_hello("api.anthropic.com"))
     ssl = [ssl_record(anthropic_request(True), ts=t0 + 3 * MS, fn=WRITE_EX, pid=AGENT, ssl=5)]
@@ -287,7 +288,10 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
             heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
-                            dropped=0, output_dropped=0, host="host-1", unreadable=1)]
+                            dropped=0, output_dropped=0, host="host-1",
+                            unreadable=[{"path": "/opt/codex", "stack": "rustls",
+                                         "problem": "rustls linked in: obs has no probes "
+                                                    "for it"}])]
 
 
 # ---- everything the code emits ---------------------------------------------------------------
