@@ -65,7 +65,8 @@ def main(
     common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
                           ring_size)
     features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else [])
-    job = start.prepare(TOOL, common, features, TRACEPOINTS)
+    job = start.prepare(TOOL, common, features,
+                        TRACEPOINTS + (["sched:sched_process_exec"] if api else []))
     prog = job.program("net.bpf.c", {"SNI": True, "LLM": True})
     clock = Clock.now()
     decoder = LlmCallDecoder(clock, hostname(), rules, untracker(prog.table("sks")),

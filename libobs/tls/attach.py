@@ -133,14 +133,18 @@ def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: boo
 
 
 class Rescanner:
-    """Attaches to TLS libraries that processes load later: call with time.monotonic()."""
+    """Attaches to TLS libraries that processes load later: call with time.monotonic() (each
+    tick: programs exec'd since are judged at once; every `every` s all mappings are scanned;
+    0 turns both off)."""
 
     def __init__(self, tool: str, ssl: libraries.SslProbes, every: float):
         self.tool, self.ssl, self.every = tool, ssl, every
         self._next = 0.0
 
     def __call__(self, now: float) -> None:
-        if self.ssl.news:  # met between rescans (SslProbes.unreadable_of)
+        if self.every and now != float("inf"):
+            self.ssl.started()
+        if self.ssl.news:  # met between rescans (SslProbes.started, .unreadable_of)
             for note in self.ssl.news:
                 err(self.tool, note)
             self.ssl.news = []

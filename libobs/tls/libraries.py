@@ -542,6 +542,7 @@ class SslProbes:
         self.attached: list[Library] = []
         self._named = 0  # finder.unreadable lines already passed on
         self.news: list[str] = []  # lines about libraries met between rescans, to be said
+        self.attacher.probe_names.append("tracepoint:sched:sched_process_exec")  # execs()
         self._attach(self.finder.initial(str(p) for p in extra))
 
     @property
@@ -565,6 +566,18 @@ class SslProbes:
         """Attach to libraries that processes started mapping since; a line about each."""
         news, self.news = self.news, []
         return news + self._attach(self.finder.rescan())
+
+    def started(self) -> None:
+        """Judge the executables of processes that exec'd since the last call (bpf/ssl.bpf.c
+        `execs`), attaching to those obs reads: a program is read from its first request."""
+        table = self.program.table("execs")
+        pids = [k.value for k in table]  # bcc tables iterate over keys
+        for pid in pids:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(pid)]
+            found = self.finder.exe_of(pid)
+            if found is not None:
+                self.news += self._attach(self.finder.new_libraries([found[0]]))
 
     def unreadable_of(self, pid: int) -> str | None:
         """`<stack> in <path>` when the executable of process `pid` holds a TLS stack obs

@@ -72,8 +72,8 @@ TlsLibOpt = Annotated[list[Path] | None, typer.Option(
          "and Go binaries of running processes are found without it.")]
 RescanOpt = Annotated[float, typer.Option(
     "--rescan", envvar="OBS_RESCAN", min=0,
-    help="Seconds between looks at /proc for TLS libraries and Go programs loaded since "
-         "(0: never).")]
+    help="Seconds between looks at /proc for TLS libraries and Go programs loaded since; a "
+         "program's executable is also judged as it starts (0: neither).")]
 
 
 class UsageError(Exception):

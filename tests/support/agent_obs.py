@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from libobs.events import Clock
-from libobs.tls import libraries
 from tests.support.agents import Run, run_agent
 from tests.support.cgroups import cgroup
 from tests.support.tools import running
@@ -62,13 +61,10 @@ def _mine(events: list[dict[str, Any]], pids: set[int], root: int) -> list[dict[
 def observe(agent: str, exe: Path, **kw: Any) -> Observed:
     """The agent runs in its own cgroup and the tools watch only that cgroup (as deployed):
     the stand-in's own SSL calls (system libssl) are neither reported nor slowed by capture,
-    so its clock stays the truth. An agent executable with a TLS stack obs reads (Claude
-    Code's BoringSSL) is named with --lib, as a user would to see a short-lived agent's first
-    requests: found by a rescan, it would be attached only after the first requests (settings
-    GETs within ~0.3 s of its start), which then go unread."""
+    so its clock stays the truth. The agent's executable is not named (no --lib): the tools
+    find it as it starts, as they would for a user."""
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    real = exe.resolve()
-    lib = ["--lib", str(real)] if libraries.file_readable(real) else []
+    lib: list[str] = []
     with cgroup("obs-agent") as cg, \
             running("obs-exec", "--cgroup", str(cg), env=env) as ex, \
             running("obs-llm", "--api", "--rescan", "0.2", "--heartbeat-interval", "0.2",

@@ -4,7 +4,7 @@ ERR_put_error with either signature BoringSSL has had, frame pointers kept (as B
 (addresses by `lea`) or not (`mov imm32`). Symbols are left in, for the tests to check the
 locator's answer against; the locator does not read them.
 
-`fakeboringssl REQUEST RESPONSE` "talks": SSL_write(REQUEST) first fails (-1, not initialised,
+`fakeboringssl REQUEST RESPONSE [SECS]` "talks" (after SECS): SSL_write(REQUEST) first fails (-1, not initialised,
 as BoringSSL's does before the handshake) and is retried with the same buffer, then
 SSL_read() hands back RESPONSE — what obs-ssl's probes at the located addresses must see once."""
 
@@ -17,8 +17,10 @@ from pathlib import Path
 
 SOURCE = r"""
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #define F "../../vendor/boringssl/ssl/ssl_lib.cc"
 #ifdef ABI5
 #define PUT(r) ERR_put_error(16, 0, r, F, __LINE__)
@@ -56,7 +58,9 @@ int main(int argc, char **argv) {
     static char b[1 << 16];
     if (argc > 20)  /* never: keeps a socket call imported */
         return connect(0, 0, 0);
-    if (argc == 3) {  /* talk */
+    if (argc == 3 || argc == 4) {  /* talk */
+        if (argc == 4)
+            usleep((useconds_t)(atof(argv[3]) * 1e6));
         struct ssl s = {0, 0, 0, (int)strlen(argv[2]), argv[2]};
         int len = (int)strlen(argv[1]);
         if (SSL_write(&s, argv[1], len) != -1)
