@@ -104,7 +104,7 @@ def check_libs(libs: Sequence[Path]) -> None:
     for path in libs:
         if not libraries.file_readable(path):
             raise UsageError(f"--lib {path}: no TLS stack obs reads (OpenSSL, GnuTLS, NSPR, "
-                             "Go crypto/tls) in it")
+                             "Go crypto/tls, static BoringSSL) in it")
 
 
 def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: bool = False,

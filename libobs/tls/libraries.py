@@ -577,6 +577,7 @@ class SslProbes:
                 del table[table.Key(pid)]
             found = self.finder.exe_of(pid)
             if found is not None:
+                self.finder.exe_keys[0][pid] = found[1]  # for unreadable_of once it is gone
                 self.news += self._attach(self.finder.new_libraries([found[0]]))
 
     def unreadable_of(self, pid: int) -> str | None:

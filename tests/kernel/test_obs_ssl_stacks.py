@@ -136,6 +136,10 @@ def test_unreadable_stacks_are_named_once(obs):
     assert err.count(f"not read: {rusty}:") == 1
     hb = obs.wait_events("CollectorHeartbeat", lambda f: f["_env"]["ts"] > seen)[-1]
     assert hb["unreadable"] >= 2  # these two, and whatever else this host runs
+    listed = {u["path"]: u for u in hb["unreadable_files"]}
+    assert len(listed) == hb["unreadable"]
+    assert listed[str(rusty)]["stack"] == "rustls"
+    assert listed[str(notls)]["stack"].startswith("Go (go")
 
 
 # ---- BoringSSL linked in statically, stripped (Claude Code's shape) ----------------------------
