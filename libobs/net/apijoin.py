@@ -10,11 +10,19 @@ nearest response fact of its pid within `tolerance`. The response fact normally 
 whose fact has not arrived waits up to `grace` and then goes out without it (fields null).
 Memory is bounded: facts older than `keep` are dropped.
 
+Where the wire cannot be read (Codex's rustls), the agent's own transcript is the second
+source (`transcripts`, libobs.net.transcripts): a call still without a wire fact when its grace
+runs out takes the earliest usage line of its pid stamped between its start and its end plus
+`transcript_wait`, and before the next call of that pid started (reported, or in progress on
+a connection: `running`) — waiting up to
+`transcript_wait` for the line when the pid has a transcript open. `usage_source` says which
+source the numbers came from ("wire", "transcript", or null for neither).
+
 A request that is no LLM API call (an agent's `GET /api/claude_code/settings`) has a fact of
 its own, its request's (`model_call` false): it marks its LlmCall `model_call: false`, so it is
-kept apart from the model calls and never takes a neighbour's tokens. A call that goes out
-without any fact is marked with `unreadable_of(pid)`: the TLS stack of the process's
-executable that obs found but cannot read (then a null model is "not readable", not "none").
+kept apart from the model calls and never takes a neighbour's tokens (nor a transcript line). A
+call without a wire fact is marked with `unreadable_of(pid)`: the TLS stack of the process's
+executable that obs found but cannot read (a null model is then "not readable", not "none").
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libobs.events import NS
+from libobs.net.transcripts import Transcripts
 from libobs.tls.attach import LlmFact, is_ssl_record
 
 API_FIELDS = ("model", "prompt_tokens", "completion_tokens", "cache_read_tokens",
@@ -42,6 +51,12 @@ class ApiJoin:
     facts: dict[int, list[LlmFact]] = field(default_factory=dict)
     pending: deque[tuple[int, dict[str, Any]]] = field(default_factory=deque)
     n_facts: int = 0
+    transcripts: Transcripts | None = None
+    transcript_wait_ns: int = 2 * NS
+    starts: dict[int, deque[int]] = field(default_factory=dict)  # pid -> recent call starts
+    counts: dict[str, int] = field(default_factory=dict)  # the transcript join, for heartbeats
+    running: dict[int, list[int]] = field(default_factory=dict)  # pid -> calls in progress
+    SLACK_NS = 5_000_000  # a transcript stamps ms; obs's wall clock is converted once
     unreadable_of: Callable[[int], str | None] = lambda pid: None
 
     def add_fact(self, fact: LlmFact) -> None:
@@ -57,9 +72,15 @@ class ApiJoin:
         call = ev["event"].get("LlmCall")
         if call is None:
             return [ev]
+        starts = self.starts.setdefault(call["pid"], deque(maxlen=64))
+        starts.append(ev["ts"])
+        if len(self.starts) > self.max_facts:
+            del self.starts[next(iter(self.starts))]
         if self._match(ev, call):
             return [ev]
         call["tls_unreadable"] = self.unreadable_of(call["pid"])  # while the process lives
+        if self.transcripts is not None:
+            self.transcripts.watch(call["pid"], now_ns)
         self.pending.append((now_ns + self.grace_ns, ev))
         return []
 
@@ -67,10 +88,17 @@ class ApiJoin:
         """Calls whose fact arrived meanwhile, or whose grace ran out."""
         out = []
         still: deque[tuple[int, dict[str, Any]]] = deque()
+        polled: set[int] = set()
         for deadline, ev in self.pending:
-            if self._match(ev, ev["event"]["LlmCall"]) or now_ns >= deadline:
-                ev["event"]["LlmCall"].update({k: ev["event"]["LlmCall"].get(k)
-                                                for k in CALL_FIELDS})
+            call = ev["event"]["LlmCall"]
+            if self._match(ev, call) or (now_ns >= deadline and
+                                         self._transcript(ev, call, polled, now_ns)):
+                out.append(ev)
+            elif now_ns >= deadline + self._wait(call["pid"]):
+                for k in (*CALL_FIELDS, "usage_source"):
+                    call.setdefault(k, None)
+                if self.transcripts is not None and self.transcripts.has(call["pid"]):
+                    self._bump("late")  # the pid has a transcript, but no line came in time
                 out.append(ev)
             else:
                 still.append((deadline, ev))
@@ -78,6 +106,46 @@ class ApiJoin:
         if out:
             self._expire(max(ev["ts"] for ev in out) - self.keep_ns)
         return out
+
+    def _wait(self, pid: int) -> int:
+        """How long past the wire's grace a call waits for its transcript line."""
+        if self.transcripts is None or not self.transcripts.has(pid):
+            return 0
+        return max(0, self.transcript_wait_ns - self.grace_ns)
+
+    def _transcript(self, ev: dict[str, Any], call: dict[str, Any], polled: set[int],
+                    now_ns: int) -> bool:
+        tr = self.transcripts
+        if tr is None:
+            return False
+        pid = call["pid"]
+        if pid not in polled:
+            polled.add(pid)
+            tr.watch(pid, now_ns)
+            tr.poll(pid, now_ns)
+        start = ev["ts"]
+        lat = call.get("latency")
+        end = start + (lat["secs"] * NS + lat["nanos"] if lat else 0)
+        later = [s for s in (*self.starts.get(pid, ()), *self.running.get(pid, ()))
+                 if s > start]
+        fact = tr.take(pid, start - self.SLACK_NS, end + self.transcript_wait_ns,
+                       min(later) if later else None)
+        if fact is None:
+            return False
+        call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="transcript")
+        for k in CALL_FIELDS:
+            call.setdefault(k, None)
+        self._bump("joined")
+        return True
+
+    def _bump(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat's `transcripts` counters (files followed, lines read, calls joined…);
+        nothing when the transcript source is off."""
+        tr = self.transcripts
+        return {} if tr is None else {"transcripts": {**tr.counts, **self.counts}}
 
     def _match(self, ev: dict[str, Any], call: dict[str, Any]) -> bool:
         cands = self.facts.get(call["pid"])
@@ -94,6 +162,7 @@ class ApiJoin:
         call["model_call"] = best.model_call
         call["request"] = f"{best.fields.get('method') or 'POST'} {path}" if path else None
         call["tls_unreadable"] = None
+        call["usage_source"] = "wire" if best.model_call else None
         return True
 
     def _expire(self, before_ns: int) -> None:
@@ -104,6 +173,8 @@ class ApiJoin:
                 self.facts[pid] = kept
             else:
                 del self.facts[pid]
+        if self.transcripts is not None:
+            self.transcripts.expire(before_ns)
 
 
 class JoinedDecoder:
@@ -131,5 +202,13 @@ class JoinedDecoder:
         for fact in self.api.tick(now):
             self.join.add_fact(fact)
         now_ns = time.monotonic_ns() if not final else 2**63
+        tr = self.join.transcripts
+        if tr is not None and not final:
+            # while an agent has a provider connection open it is alive: look at its files
+            live = self.calls.live()
+            for pid in live:
+                tr.watch(pid, now_ns)
+            self.join.running = live
+            tr.forget_gone(now_ns, self.join.keep_ns)
         out = [o for ev in self.calls.tick(now) for o in self.join.add_call(ev, now_ns)]
         return out + self.join.tick(now_ns)

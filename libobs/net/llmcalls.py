@@ -396,6 +396,16 @@ class LlmCallDecoder:
         return envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
                         identity=identity, process=process, provider=t.provider)
 
+    def live(self) -> dict[int, list[int]]:
+        """Processes with a followed connection open now → wall-clock starts of their
+        exchanges in progress (calls not reported yet)."""
+        out: dict[int, list[int]] = {}
+        for t in self.tracked.values():
+            cur = t.exchanges.current
+            out.setdefault(t.conn.h.pid, []).extend(
+                [self.clock.wall(cur.start_ts)] if cur is not None else [])
+        return out
+
     def tick(self, now: float) -> Iterator[dict[str, Any]]:
         """Exchanges idle for `idle` (now: monotonic s; inf flushes every open exchange)."""
         if now == float("inf"):

@@ -18,10 +18,12 @@ def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None, unreadable: list[dict[str, str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl, obs-llm
     --api), each {path, stack, problem}: counted in `unreadable`, listed in
-    `unreadable_files`."""
+    `unreadable_files`; `extra`: a tool's own documented fields (obs-llm --api's
+    `transcripts`, obs-fileguard's cache)."""
     node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
@@ -32,6 +34,7 @@ def heartbeat_event(
     if unreadable is not None:
         fields["unreadable"] = len(unreadable)
         fields["unreadable_files"] = [dict(u) for u in unreadable]
+    fields.update(extra or {})
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)
 
