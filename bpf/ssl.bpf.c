@@ -314,6 +314,22 @@ SSL_SLOT(0) SSL_SLOT(1) SSL_SLOT(2) SSL_SLOT(3) SSL_SLOT(4) SSL_SLOT(5) SSL_SLOT
 SSL_SLOT(8) SSL_SLOT(9) SSL_SLOT(10) SSL_SLOT(11) SSL_SLOT(12) SSL_SLOT(13) SSL_SLOT(14)
 SSL_SLOT(15)
 
+/* Processes that exec'd since user space last looked (tgid -> 1): libobs/tls/libraries.py judges
+ * each one's executable at once, so a TLS stack linked into it (Claude Code's BoringSSL) is
+ * attached before its first request, not at the next --rescan. LRU: bounded if user space
+ * falls behind (then the rescan still finds the program). */
+BPF_TABLE("lru_hash", u32, u8, execs, 1024);
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    if (obs_filtered_out())
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u8 one = 1;
+    execs.update(&tgid, &one);
+    return 0;
+}
+
 #ifdef FILTER_PID
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {

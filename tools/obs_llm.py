@@ -78,7 +78,8 @@ def main(
                           ring_size)
     features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else []) \
         + (["transcripts"] if api and transcripts else [])
-    job = start.prepare(TOOL, common, features, TRACEPOINTS)
+    job = start.prepare(TOOL, common, features,
+                        TRACEPOINTS + (["sched:sched_process_exec"] if api else []))
     prog = job.program("net.bpf.c", {"SNI": True, "LLM": True})
     clock = Clock.now()
     decoder = LlmCallDecoder(clock, hostname(), rules, untracker(prog.table("sks")),
@@ -88,7 +89,7 @@ def main(
     ssl = attach.attach(TOOL, job, lib or [], required=False)
     join = ApiJoin(transcripts=Transcripts(lambda m: err(TOOL, m)) if transcripts else None,
                    transcript_wait_ns=int(transcript_wait * NS))
-    joined = JoinedDecoder(decoder, attach.SslApi(clock), join)
+    joined = JoinedDecoder(decoder, attach.SslApi(clock), join, unreadable_of=ssl.unreadable_of)
     rescanner = attach.Rescanner(TOOL, ssl, rescan)
 
     def tick(now: float) -> list[dict[str, Any]]:

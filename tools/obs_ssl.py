@@ -65,7 +65,7 @@ def main(
     common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
                           ring_size)
     features = ["llm-api"] + (["content"] if content else []) + (["redact"] if redact else [])
-    job = start.prepare(TOOL, common, features, [])
+    job = start.prepare(TOOL, common, features, ["sched:sched_process_exec"])
     ssl = attach.attach(TOOL, job, lib or [], exported_only=exported_only,
                         defines={"MAX_CAPTURE": max_capture << 10})
     decoder = SslDecoder(Clock.now(), hostname(), ssl.libs, content=content, api=True,

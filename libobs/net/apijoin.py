@@ -34,12 +34,19 @@ runs out takes the earliest usage line of its pid stamped between its start and 
 a connection: `running`) — waiting up to
 `transcript_wait` for the line when the pid has a transcript open. `usage_source` says which
 source the numbers came from ("wire", "transcript", or null for neither).
+
+A request that is no LLM API call (an agent's `GET /api/claude_code/settings`) has a fact of
+its own, its request's (`model_call` false): it marks its LlmCall `model_call: false`, so it is
+kept apart from the model calls and never takes a neighbour's tokens (nor a transcript line). A
+call without a wire fact is marked with `unreadable_of(pid)`: the TLS stack of the process's
+executable that obs found but cannot read (a null model is then "not readable", not "none").
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +62,7 @@ MS = NS // 1000
 READ_SLACK_NS = 10 * MS  # the issue's accuracy: socket kept when the plaintext is this close
 H2_LEAD_NS = 50 * MS     # a stream's HEADERS may go out alone, too small to start an exchange
 
+CALL_FIELDS = (*API_FIELDS, "model_call", "request", "tls_unreadable")
 Event = dict[str, Any]
 
 
@@ -86,12 +94,15 @@ class ApiJoin:
     counts: dict[str, int] = field(default_factory=dict)  # the transcript join, for heartbeats
     running: dict[int, list[int]] = field(default_factory=dict)  # pid -> calls in progress
     SLACK_NS = 5_000_000  # a transcript stamps ms; obs's wall clock is converted once
+    unreadable_of: Callable[[int], str | None] = lambda pid: None
 
     def add_fact(self, fact: LlmFact) -> list[Event]:
         """A fact; returns the LlmCalls of HTTP/2 streams it completes."""
         self._latest = max(self._latest, fact.ts)
-        if fact.is_request and not fact.stream:
+        if fact.is_request and fact.model_call and not fact.stream:
             return []  # the response's fact carries the model actually served, and the tokens
+        if fact.is_request and fact.stream and not fact.model_call:
+            return []  # an HTTP/2 stream that is no LLM API call is no LlmCall either
         if not fact.is_request and fact.stream:
             claimed = self.claims.pop(fact.key, None)
             if claimed is not None:
@@ -102,7 +113,8 @@ class ApiJoin:
                        and same_host(fact, ev["event"]["LlmCall"])), None)
             if ev is not None:
                 return self._claimed(ev, [fact])
-        store = self.h2_requests if fact.is_request else self.facts
+        # an HTTP/1.x request that is no model call is kept: it marks its own call
+        store = self.h2_requests if fact.is_request and fact.stream else self.facts
         store.setdefault(fact.pid, []).append(fact)
         self.n_facts += 1
         if self.n_facts > self.max_facts:
@@ -121,6 +133,7 @@ class ApiJoin:
         out = self._resolve(ev)
         if out is not None:
             return out
+        call["tls_unreadable"] = self.unreadable_of(call["pid"])  # while the process lives
         if self.transcripts is not None:
             self.transcripts.watch(call["pid"], now_ns)
         self.pending.append((now_ns + self.grace_ns, ev))
@@ -177,6 +190,8 @@ class ApiJoin:
         if fact is None:
             return False
         call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="transcript")
+        for k in CALL_FIELDS:
+            call.setdefault(k, None)
         self._bump("joined")
         return True
 
@@ -284,8 +299,10 @@ def joined(ev: Event, fact: LlmFact | None) -> Event:
     view: SocketView | None = ev.pop(SOCKET_KEY, None)
     call = ev["event"]["LlmCall"]
     if fact is not None:
-        call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="wire")
-    for k in API_FIELDS + ("usage_source",):
+        call.update({k: fact.fields.get(k) for k in API_FIELDS},
+                    usage_source="wire" if fact.model_call else None,
+                    model_call=fact.model_call, request=request_of(fact), tls_unreadable=None)
+    for k in (*CALL_FIELDS, "usage_source"):
         call.setdefault(k, None)
     call["timing"], call["stream"] = "socket", None
     t = fact.timing if fact is not None else None
@@ -295,6 +312,13 @@ def joined(ev: Event, fact: LlmFact | None) -> Event:
             call["ttft"] = duration(first - view.request_end)
             call["timing"] = "tls"
     return ev
+
+
+def request_of(fact: LlmFact) -> str | None:
+    """`request`: the method and path the plaintext showed (an API response's fact keeps only
+    the path: its request was a POST)."""
+    path = fact.fields.get("path")
+    return f"{fact.fields.get('method') or 'POST'} {path}" if path else None
 
 
 def stream_call(ev: Event, fact: LlmFact) -> Event:
@@ -314,6 +338,7 @@ def stream_call(ev: Event, fact: LlmFact) -> Event:
                "latency": duration(last - fact.request_ts),
                "ttft": duration(first - t.request_end), "exchange": call["exchange"],
                **{k: fact.fields.get(k) for k in API_FIELDS}, "usage_source": "wire",
+               "model_call": True, "request": request_of(fact), "tls_unreadable": None,
                "timing": "tls", "stream": fact.stream}
     out = {k: v for k, v in ev.items() if k != SOCKET_KEY}
     out["ts"], out["event"] = fact.request_ts, {"LlmCall": fields}
@@ -324,11 +349,14 @@ class JoinedDecoder:
     """One decode callback and tick for the run loop over both programs' records: the socket
     program's (via `calls`, an LlmCallDecoder) and the ssl program's (via `api`, an SslApi)."""
 
-    def __init__(self, calls: Any, api: Any, join: ApiJoin | None = None):
+    def __init__(self, calls: Any, api: Any, join: ApiJoin | None = None,
+                 unreadable_of: Callable[[int], str | None] | None = None):
         calls.instants = True  # the join needs each exchange's connection and instants
         self.calls = calls
         self.api = api
         self.join = join or ApiJoin()
+        if unreadable_of is not None:
+            self.join.unreadable_of = unreadable_of
 
     def __call__(self, raw: bytes) -> list[dict[str, Any]]:
         if is_ssl_record(raw):

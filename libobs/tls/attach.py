@@ -60,6 +60,7 @@ class LlmFact:
     fields: dict[str, Any]  # LlmApi fields: model, *_tokens, stream, path (None = unknown)
     stream: int = 0   # HTTP/2 stream id; 0 on HTTP/1.x
     timing: Timing | None = None  # the plaintext's own clock, wall ns (decode.Timing)
+    model_call: bool = True  # False: a request that is no LLM API call; fields: method, path
 
     @property
     def key(self) -> tuple[int, int]:
@@ -110,7 +111,8 @@ class SslApi:
             first_resp=None if t.first_resp is None else wall(t.first_resp),
             last_resp=None if t.last_resp is None else wall(t.last_resp))
         return LlmFact(f.h.pid, f.h.tid, f.is_request, wall(f.ts), wall(f.request_ts),
-                       f.provider, f.host, dict(f.fields), f.stream, timing)
+                       f.provider, f.host, dict(f.fields), f.stream, timing,
+                       f.model_call)
 
 
 def check_libs(libs: Sequence[Path]) -> None:
@@ -118,7 +120,7 @@ def check_libs(libs: Sequence[Path]) -> None:
     for path in libs:
         if not libraries.file_readable(path):
             raise UsageError(f"--lib {path}: no TLS stack obs reads (OpenSSL, GnuTLS, NSPR, "
-                             "Go crypto/tls) in it")
+                             "Go crypto/tls, static BoringSSL) in it")
 
 
 def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: bool = False,
@@ -147,13 +149,21 @@ def attach(tool: str, run: Prepared, libs: Sequence[Path], *, exported_only: boo
 
 
 class Rescanner:
-    """Attaches to TLS libraries that processes load later: call with time.monotonic()."""
+    """Attaches to TLS libraries that processes load later: call with time.monotonic() (each
+    tick: programs exec'd since are judged at once; every `every` s all mappings are scanned;
+    0 turns both off)."""
 
     def __init__(self, tool: str, ssl: libraries.SslProbes, every: float):
         self.tool, self.ssl, self.every = tool, ssl, every
         self._next = 0.0
 
     def __call__(self, now: float) -> None:
+        if self.every and now != float("inf"):
+            self.ssl.started()
+        if self.ssl.news:  # met between rescans (SslProbes.started, .unreadable_of)
+            for note in self.ssl.news:
+                err(self.tool, note)
+            self.ssl.news = []
         if not self.every or now == float("inf") or now < self._next:
             return
         if self._next:

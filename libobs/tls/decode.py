@@ -37,7 +37,7 @@ from libobs.kernel.records import KIND, Hdr
 from libobs.providers import classify
 from libobs.tls.http1 import HttpStream
 from libobs.tls.http2 import PREFACE, Http2Stream
-from libobs.tls.llmapi import request_facts, response_facts
+from libobs.tls.llmapi import other_request, request_facts, response_facts
 from libobs.tls.message import HttpMessage
 from libobs.tls.redact import redact
 from libobs.tls.websocket import WebSocketStream
@@ -191,7 +191,9 @@ class ApiFact:
     """One LlmApi fact. `ts` is the kernel's monotonic ns of the message's first byte for a
     request, of its last byte for a response; `request_ts` is the request's first byte in both
     halves of an exchange (the key to join on). `fields` are LlmApi's, without pid/is_request.
-    `stream` is the HTTP/2 stream id (0 on HTTP/1.x and WebSocket)."""
+    `stream` is the HTTP/2 stream id (0 on HTTP/1.x and WebSocket).
+    A request that is not an LLM API call gives a fact too, with `model_call` false and only
+    method and path in `fields` (obs-llm --api marks its LlmCall; it is no LlmApi event)."""
 
     h: Hdr
     ssl: int
@@ -202,6 +204,7 @@ class ApiFact:
     fields: dict[str, Any]
     stream: int = 0
     timing: Timing | None = None
+    model_call: bool = True
 
     @property
     def provider(self) -> str | None:
@@ -331,7 +334,9 @@ class ApiTracker:
         while len(conn.requests) > MAX_PENDING_REQUESTS:
             conn.requests.popleft()
         if req is None:
-            return []
+            other = other_request(msg)
+            return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, other,
+                            model_call=False)] if other else []
         fields = {"model": req.get("model"), **dict.fromkeys(TOKEN_FIELDS),
                   "stream": bool(req.get("stream")), "path": req.get("path")}
         return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields,
@@ -440,7 +445,7 @@ class SslDecoder:
             self._call(call, out)
         if self.api and (final or now - self._expired >= 1.0):
             self._expired = now
-            out += [self.llm_api(fact) for fact in self.tracker.expire(now)]
+            out += [self.llm_api(fact) for fact in self.tracker.expire(now) if fact.model_call]
         return out
 
     def _call(self, call: SslCall, out: list[Event]) -> None:
@@ -448,7 +453,8 @@ class SslDecoder:
         if self.content:
             out.append(self.ssl_content(call))
         for fact in facts:
-            out.append(self.llm_api(fact))
+            if fact.model_call:
+                out.append(self.llm_api(fact))
 
     def ssl_content(self, call: SslCall) -> Event:
         h = call.h

@@ -246,12 +246,25 @@ def file_probe_points(path: str | Path, exported_only: bool = False) -> tuple[Pr
     return result
 
 
+def _stamp(path: str | Path) -> tuple[int, int] | None:
+    """(size, mtime_ns): with a build id, what names a file's cached judgement."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def file_stack(path: str | Path) -> stacks.Judgement:
+    """stacks.judge() of a file on disk."""
+    stamp = _stamp(path)
+    found: stacks.Judgement = _with_file(path, lambda m: stacks.judge(m, stamp), stacks.NONE)
+    return found
+
+
 def file_readable(path: str | Path) -> bool:
     """Whether obs has probes for a TLS stack in this file (any of those it reads)."""
-    if file_probe_points(path):
-        return True
-    found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
-    return bool(found.points)
+    return bool(file_probe_points(path)) or bool(file_stack(path).points)
 
 
 @dataclass(frozen=True)
@@ -300,6 +313,24 @@ class Library:
         return f"{self.path} ({self.stack}: {', '.join(parts)})"
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file whose TLS stack was found but cannot be read: named once on stderr, listed in
+    the heartbeat, and the LlmCalls of processes running it are marked (libobs.net.apijoin)."""
+
+    path: str
+    stack: str
+    problem: str
+    key: tuple[int, int]  # (st_dev, st_ino)
+
+    def line(self) -> str:
+        return f"{self.path}: {self.stack}: {self.problem}"
+
+    def fields(self) -> dict[str, str]:
+        """The heartbeat's `unreadable_files` entry."""
+        return {"path": self.path, "stack": self.stack, "problem": self.problem}
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -315,7 +346,10 @@ class Finder:
         self.proc = proc
         self.exported_only = exported_only
         self._judged: dict[tuple[int, int], Library | None] = {}
-        self.unreadable: list[str] = []  # one line per file whose TLS stack obs cannot read
+        self.unreadable: list[Unreadable] = []  # each file whose TLS stack obs cannot read
+        # pid -> identity of its executable, as the last two scans saw them: a process that
+        # has exited since can still be told (its last call ends when it closes the socket)
+        self.exe_keys: list[dict[int, tuple[int, int]]] = [{}, {}]
 
     def check(self, path: str) -> Library | None:
         """The Library at `path` if it holds a TLS stack obs reads, else None (cached per
@@ -331,12 +365,30 @@ class Finder:
         points = file_probe_points(path, self.exported_only)
         if points:
             return Library(path, points, key)
-        found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
+        found = file_stack(path)
         if found.problem:
-            self.unreadable.append(f"{path}: {found.stack}: {found.problem}")
+            self.unreadable.append(Unreadable(path, found.stack or "unknown", found.problem,
+                                              key))
         if found.points and found.stack:
             return Library(path, found.points, key, found.stack)
         return None
+
+    def unreadable_at(self, key: tuple[int, int]) -> Unreadable | None:
+        return next((u for u in self.unreadable if u.key == key), None)
+
+    def exe_of(self, pid: int) -> tuple[str, tuple[int, int]] | None:
+        """An openable path and the identity of a process's executable (None once gone)."""
+        link = self.proc / str(pid) / "exe"
+        key = _identity(str(link))
+        try:
+            path = os.readlink(link)
+        except OSError:
+            return None
+        if key is None:
+            return None
+        if path.endswith(" (deleted)") or _identity(path) != key:
+            path = str(self.proc / str(pid) / "root") + path
+        return path, key
 
     def defaults(self) -> list[str]:
         """Paths worth checking even when no running process maps them yet."""
@@ -353,9 +405,13 @@ class Finder:
         reached through /proc/<pid>/root."""
         out: list[str] = []
         seen: set[tuple[int, int]] = set()
+        exes: dict[int, tuple[int, int]] = {}
         for entry in os.scandir(self.proc):
             if not entry.name.isdigit():
                 continue
+            exe = _identity(str(self.proc / entry.name / "exe"))
+            if exe is not None:
+                exes[int(entry.name)] = exe
             try:
                 text = (self.proc / entry.name / "maps").read_text(errors="replace")
             except OSError:
@@ -370,6 +426,7 @@ class Finder:
                 if _identity(path) != (m.dev, m.inode):
                     path = str(self.proc / entry.name / "root") + m.path
                 out.append(path)
+        self.exe_keys = [exes, self.exe_keys[0]]  # this scan's and the last one's
         return out
 
     def new_libraries(self, paths: Iterable[str]) -> list[Library]:
@@ -470,7 +527,7 @@ class SslProbes:
     """bpf/ssl.bpf.c compiled and attached to every library found now (and, on `rescan`,
     later): what obs-ssl and obs-llm --api load. `problems` holds one line per library that
     could not be attached and per file whose TLS stack cannot be read, for the tool to print;
-    `unreadable` counts the latter (for the heartbeat)."""
+    `unreadable` lists the latter (for the heartbeat)."""
 
     def __init__(self, defines: dict[str, int | bool], extra: Iterable[str | Path] = (),
                  exported_only: bool = False):
@@ -484,11 +541,13 @@ class SslProbes:
         self.problems: list[str] = []
         self.attached: list[Library] = []
         self._named = 0  # finder.unreadable lines already passed on
+        self.news: list[str] = []  # lines about libraries met between rescans, to be said
+        self.attacher.probe_names.append("tracepoint:sched:sched_process_exec")  # execs()
         self._attach(self.finder.initial(str(p) for p in extra))
 
     @property
-    def unreadable(self) -> int:
-        return len(self.finder.unreadable)
+    def unreadable(self) -> list[dict[str, str]]:
+        return [u.fields() for u in self.finder.unreadable]
 
     @property
     def libs(self) -> list[str]:
@@ -505,7 +564,36 @@ class SslProbes:
 
     def rescan(self) -> list[str]:
         """Attach to libraries that processes started mapping since; a line about each."""
-        return self._attach(self.finder.rescan())
+        news, self.news = self.news, []
+        return news + self._attach(self.finder.rescan())
+
+    def started(self) -> None:
+        """Judge the executables of processes that exec'd since the last call (bpf/ssl.bpf.c
+        `execs`), attaching to those obs reads: a program is read from its first request."""
+        table = self.program.table("execs")
+        pids = [k.value for k in table]  # bcc tables iterate over keys
+        for pid in pids:
+            with contextlib.suppress(KeyError):
+                del table[table.Key(pid)]
+            found = self.finder.exe_of(pid)
+            if found is not None:
+                self.finder.exe_keys[0][pid] = found[1]  # for unreadable_of once it is gone
+                self.news += self._attach(self.finder.new_libraries([found[0]]))
+
+    def unreadable_of(self, pid: int) -> str | None:
+        """`<stack> in <path>` when the executable of process `pid` holds a TLS stack obs
+        cannot read, else None. An executable not judged yet (started since the last rescan)
+        is judged now, and attached to when readable (its lines wait in `news`)."""
+        found = self.finder.exe_of(pid)
+        if found is not None:
+            path, key = found
+            self.news += self._attach(self.finder.new_libraries([path]))
+        else:  # gone: what the last scans saw it run
+            key = next((k[pid] for k in self.finder.exe_keys if pid in k), None)  # type: ignore[assignment]
+            if key is None:
+                return None
+        u = self.finder.unreadable_at(key)
+        return f"{u.stack} in {u.path}" if u else None
 
     def _attach(self, libs: list[Library]) -> list[str]:
         notes = []
@@ -516,7 +604,7 @@ class SslProbes:
             else:
                 self.attached.append(lib)
             notes.append(problem or f"attached to {lib.describe()}")
-        fresh = [f"not read: {line}" for line in self.finder.unreadable[self._named:]]
+        fresh = [f"not read: {u.line()}" for u in self.finder.unreadable[self._named:]]
         self._named = len(self.finder.unreadable)
         self.problems += fresh
         return notes + fresh

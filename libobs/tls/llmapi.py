@@ -64,6 +64,16 @@ def _route(path: str) -> str:
     return unquote(path.split("?", 1)[0].split("#", 1)[0])
 
 
+def other_request(msg: HttpMessage) -> dict[str, Any] | None:
+    """{"method", "path"} of a request that is not an LLM API call (request_facts gave None):
+    an agent's settings or telemetry request, kept apart from its model calls."""
+    if not msg.is_request or not msg.method or msg.path is None:
+        return None
+    if msg.headers.get("upgrade"):
+        return None  # a WebSocket's opening: its messages may well be model calls
+    return {"method": msg.method, "path": _route(msg.path)}
+
+
 def _json(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)

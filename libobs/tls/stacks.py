@@ -1,6 +1,7 @@
 """Which TLS stack a file holds, and where its plaintext functions are: GnuTLS
 (gnutls_record_send/recv), NSS's NSPR I/O layer (PR_Write/PR_Read/PR_Send/PR_Recv), Go's
-crypto/tls (gotls), or a stack obs cannot read, named so the tool can say so.
+crypto/tls (gotls), BoringSSL linked in statically without symbols (boringssl: Claude Code's
+Bun), or a stack obs cannot read, named so the tool can say so.
 
 NSS: the SSL layer (libssl3) is an NSPR I/O layer pushed on the socket's file descriptor; an
 application's PR_Write/PR_Read/PR_Send/PR_Recv on that descriptor enter it with plaintext,
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libobs.tls import elf, gotls
+from libobs.tls import boringssl, elf, gotls
 from libobs.tls.points import ProbePoint
 
 GNUTLS = {"gnutls_record_recv": "gnutls_recv", "gnutls_record_send": "gnutls_send"}
@@ -47,6 +48,10 @@ MARKERS = (
 MAX_SCAN = 1 << 30  # bytes of a file searched for markers
 
 
+# What is lost when a file's stack cannot be read (said with the problem, and in the heartbeat).
+LOST = "TLS plaintext: model, tokens and request paths of its LLM calls"
+
+
 @dataclass(frozen=True)
 class Judgement:
     """A file's TLS stack: probe points to attach, or a problem to name once, or neither
@@ -74,8 +79,9 @@ def _exported(data: elf.ElfData, syms: dict[str, tuple[int, int, bool]],
     return Judgement(stack, tuple(points))
 
 
-def judge(data: elf.ElfData) -> Judgement:
-    """The TLS stack in an ELF file that exports no OpenSSL."""
+def judge(data: elf.ElfData, stamp: tuple[int, int] | None = None) -> Judgement:
+    """The TLS stack in an ELF file that exports no OpenSSL. `stamp`, the file's (size,
+    mtime_ns), lets slow answers (boringssl.plan) be cached."""
     if elf.view(data) is None:
         return NONE
     syms = elf.symbols(data, ".dynsym", _DYNSYM_WANTED)  # one walk of the symbols for all
@@ -90,20 +96,36 @@ def judge(data: elf.ElfData) -> Judgement:
         return Judgement(stack, plan.points, plan.problem)
     if any(n.encode() in _CLIENT_IMPORTS for n in syms):
         return NONE  # uses a shared library that is judged (and probed) on its own
-    if elf.section(data, ".dynsym") and not any(n.encode() in _SOCKET_CALLS for n in syms):
+    if _dynamic(data) and not any(n.encode() in _SOCKET_CALLS for n in syms):
         return NONE  # dynamic, and no socket call: no TLS (spares scanning libicudata & co)
-    return unknown_static(data)
+    return static(data, stamp)
 
 
-def unknown_static(data: elf.ElfData) -> Judgement:
-    """A statically linked TLS stack obs has no probes for, by the strings it carries (in
-    .rodata: a tenth of a large binary; the whole file where sections are gone)."""
+def _dynamic(data: elf.ElfData) -> bool:
+    """Dynamically linked: a .dynsym with symbols. A static-pie (Codex's musl binary) has a
+    .dynsym too, holding only the null symbol."""
+    s = elf.section(data, ".dynsym")
+    return s is not None and s.entsize > 0 and s.size > s.entsize
+
+
+def static(data: elf.ElfData, stamp: tuple[int, int] | None = None) -> Judgement:
+    """A statically linked TLS stack, by the strings it carries (in .rodata: a tenth of a
+    large binary; the whole file where sections are gone): BoringSSL's is located
+    (boringssl.plan), the others are named as stacks obs has no probes for."""
     ro = elf.section(data, ".rodata")
     region = elf.section_bytes(data, ro) if ro else elf.view(data)
     if region is None:
         return NONE
     blob = bytes(region[:MAX_SCAN])  # bytes.find is several times faster than re or mmap's
+    if boringssl.MARKER in blob:
+        found = boringssl.plan(data, stamp)
+        if found.points():
+            return Judgement(boringssl.STACK, found.points())
+        return Judgement(boringssl.STACK, problem=f"SSL_read/SSL_write not located "
+                                                  f"({found.error}): {LOST} are lost")
     for needle, stack in MARKERS:
         if needle in blob:
-            return Judgement(stack, problem=f"{stack} linked in: obs has no probes for it")
+            return Judgement(stack, problem=f"{stack} linked in: obs has no probes for it: "
+                                            f"{LOST} are lost")
     return NONE
+

@@ -47,7 +47,7 @@ class Loop:
                  decode: Callable[[bytes], Iterable[Event]],
                  tick: Callable[[float], Iterable[Event]] | None = None,
                  lost: Callable[[], int] | None = None, attached: list[str] | None = None,
-                 unreadable: Callable[[], int] | None = None,
+                 unreadable: Callable[[], list[dict[str, str]]] | None = None,
                  extra: Callable[[], dict[str, Any]] | None = None):
         self.cfg = cfg
         self.programs = programs
@@ -61,7 +61,7 @@ class Loop:
         self.collector_id = new_collector_id(cfg.tool)
         self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer, autoflush=False)
         self._attached = attached
-        self.unreadable = unreadable  # the heartbeat's count of TLS stacks found but not read
+        self.unreadable = unreadable  # the heartbeat's TLS stacks found but not read
         self.extra = extra  # more heartbeat fields of the tool's own
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:

@@ -68,12 +68,12 @@ T = TypeVar("T")
 TlsLibOpt = Annotated[list[Path] | None, typer.Option(
     "--lib", metavar="PATH", envvar="OBS_LIB",
     help="Also attach to this TLS library or binary: libssl, libgnutls, libnspr4, a binary with "
-         "OpenSSL built in, a Go binary (repeatable). System libraries, node and the libraries "
+         "OpenSSL or BoringSSL built in (Claude Code), a Go binary (repeatable). System libraries, node and the libraries "
          "and Go binaries of running processes are found without it.")]
 RescanOpt = Annotated[float, typer.Option(
     "--rescan", envvar="OBS_RESCAN", min=0,
-    help="Seconds between looks at /proc for TLS libraries and Go programs loaded since "
-         "(0: never).")]
+    help="Seconds between looks at /proc for TLS libraries and Go programs loaded since; a "
+         "program's executable is also judged as it starts (0: neither).")]
 
 
 class UsageError(Exception):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import fakestack, gobuild
+from tests.support import fakeboringssl, fakestack, gobuild
 from tests.support import provider_server as ps
 from tests.support.stack_clients import COMM, LIBCURL, run_curl, run_go
 from tests.support.tools import Running, running, wait_for
@@ -136,3 +136,50 @@ def test_unreadable_stacks_are_named_once(obs):
     assert err.count(f"not read: {rusty}:") == 1
     hb = obs.wait_events("CollectorHeartbeat", lambda f: f["_env"]["ts"] > seen)[-1]
     assert hb["unreadable"] >= 2  # these two, and whatever else this host runs
+    listed = {u["path"]: u for u in hb["unreadable_files"]}
+    assert len(listed) == hb["unreadable"]
+    assert listed[str(rusty)]["stack"] == "rustls"
+    assert listed[str(notls)]["stack"].startswith("Go (go")
+
+
+# ---- BoringSSL linked in statically, stripped (Claude Code's shape) ----------------------------
+
+BSSL_BODY = b'{"model":"claude-x","max_tokens":5,"messages":[]}'
+BSSL_REQUEST = (b"POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(BSSL_BODY), BSSL_BODY))
+BSSL_ANSWER = (b'{"model":"claude-x-1","usage":{"input_tokens":11,"output_tokens":7,'
+               b'"cache_read_input_tokens":3,"cache_creation_input_tokens":2}}')
+BSSL_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(BSSL_ANSWER), BSSL_ANSWER))
+
+
+@pytest.mark.parametrize("how", ["lib", "exec"])
+@pytest.mark.parametrize("variant", ["abi5-exec", "abi4-pie"])
+def test_static_boringssl_at_located_addresses(variant, how):
+    """A program shaped like BoringSSL linked in statically: obs-ssl attaches at the addresses
+    libobs.tls.boringssl locates — named with --lib, or judged when the program starts (no
+    rescan would come in time: --rescan 3600) — reads an Anthropic exchange with model and
+    tokens, and counts a write retried after -1 (handshake not done) once."""
+    exe = fakeboringssl.build(variant)
+    request, response = BSSL_REQUEST, BSSL_RESPONSE
+    args = ["--lib", str(exe)] if how == "lib" else ["--rescan", "3600"]
+    with running("obs-ssl", *args, "--comm", exe.name) as obs:
+        attached = f"{exe} (BoringSSL (static): SSL_read via SSL_read@0x"
+        # "exec": no rescan comes within the hour, only the program's start can attach it
+        proc = subprocess.Popen([str(exe), request.decode(), response.decode(),
+                                 *(["1"] if how == "exec" else [])], stderr=subprocess.PIPE)
+        wait_for(lambda: attached in obs.stderr(), timeout=10, what=attached)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and b" 226 " in err  # the -1: SSL_R_UNINITIALIZED
+        events = obs.wait_events("LlmApi", lambda f: f["pid"] == proc.pid, count=2)
+    content = [f for f in obs.of_kind("SslContent") if f["pid"] == proc.pid]
+    assert [(f["is_read"], f["len"]) for f in content] == [(False, len(request)),
+                                                          (True, len(response))]
+    assert [strip(e) for e in events] == [
+        {"is_request": True, "model": "claude-x", "stream": False, "path": "/v1/messages",
+         **dict.fromkeys(TOKENS)},
+        {"is_request": False, "model": "claude-x-1", "stream": False, "path": "/v1/messages",
+         "prompt_tokens": 11, "completion_tokens": 7, "cache_read_tokens": 3,
+         "cache_creation_tokens": 2}]
+

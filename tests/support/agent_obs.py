@@ -36,6 +36,7 @@ class Observed:
     offset_ns: int                  # wall - monotonic, to put LlmCall.ts on the server's clock
     stderr: dict[str, str]
     outputs: dict[str, Path]        # each tool's NDJSON (for obs-merge)
+    heartbeats: dict[str, list[dict[str, Any]]]  # each tool's CollectorHeartbeat fields
 
 
 def _ns(d: dict[str, int] | None) -> int | None:
@@ -60,12 +61,15 @@ def _mine(events: list[dict[str, Any]], pids: set[int], root: int) -> list[dict[
 def observe(agent: str, exe: Path, **kw: Any) -> Observed:
     """The agent runs in its own cgroup and the tools watch only that cgroup (as deployed):
     the stand-in's own SSL calls (system libssl) are neither reported nor slowed by capture,
-    so its clock stays the truth."""
+    so its clock stays the truth. The agent's executable is not named (no --lib): the tools
+    find it as it starts, as they would for a user."""
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    lib: list[str] = []
     with cgroup("obs-agent") as cg, \
             running("obs-exec", "--cgroup", str(cg), env=env) as ex, \
-            running("obs-llm", "--api", "--rescan", "0.2", "--cgroup", str(cg), env=env) as llm, \
-            running("obs-ssl", "--api-only", "--cgroup", str(cg), env=env) as ssl_:
+            running("obs-llm", "--api", "--rescan", "0.2", "--heartbeat-interval", "0.2",
+                    *lib, "--cgroup", str(cg), env=env) as llm, \
+            running("obs-ssl", "--api-only", *lib, "--cgroup", str(cg), env=env) as ssl_:
         clock = Clock.now()
         run = run_agent(agent, exe, cgroup=cg, **kw)
         time.sleep(0.5)  # let the tools drain what the agent's exit produced
@@ -77,7 +81,9 @@ def observe(agent: str, exe: Path, **kw: Any) -> Observed:
                     _mine(ssl_.of_kind("LlmApi"), pids, run.pid),
                     [e for e in execs if e["pid"] in pids], clock.offset_ns,
                     {"obs-llm": llm.stderr(), "obs-exec": ex.stderr(), "obs-ssl": ssl_.stderr()},
-                    {"obs-llm": llm.out_path, "obs-exec": ex.out_path, "obs-ssl": ssl_.out_path})
+                    {"obs-llm": llm.out_path, "obs-exec": ex.out_path, "obs-ssl": ssl_.out_path},
+                    {name: t.of_kind("CollectorHeartbeat")
+                     for name, t in (("obs-llm", llm), ("obs-exec", ex), ("obs-ssl", ssl_))})
 
 
 def covering(r: dict[str, Any], calls: list[dict[str, Any]], offset_ns: int,

@@ -22,7 +22,8 @@ from tests.support.agent_obs import (
 from tests.support.agents import AGENTS, STACK_OF, installed
 
 README_HEAD = ("| agent | TLS stack | requests it sent | LlmCalls | TTFT and latency within 10 ms "
-               "of the server | model + exact tokens | usage from |\n|---|---|---|---|---|---|---|")
+               "of the server | model + exact tokens | usage from | other requests marked "
+               "`model_call: false` |\n|---|---|---|---|---|---|---|---|")
 
 
 def summary(agent: str, version: str, o: Observed) -> str:
@@ -54,9 +55,13 @@ def readme_row(agent: str, version: str, o: Observed) -> str:
     sources = sorted({str(c.get("usage_source")) for c in o.calls
                       if c.get("usage_source") is not None})
     merged = len(shared_calls(rows))
+    others = [r for r in rows if not r["model_call"]]
+    marked = sum(1 for r in others if r["call"] is not None
+                 and o.calls[r["call"]].get("model_call") is False)
     return (f"| {agent} {version} | {STACK_OF[agent]} | {len(models)} model + "
-            f"{len(rows) - len(models)} other | {len(o.calls)}{f' ({merged} merged)' if merged else ''} "
-            f"| {timed}/{len(models)} | {exact}/{len(models)} | {', '.join(sources) or '—'} |")
+            f"{len(others)} other | {len(o.calls)}{f' ({merged} merged)' if merged else ''} "
+            f"| {timed}/{len(models)} | {exact}/{len(models)} | {', '.join(sources) or '—'} "
+            f"| {f'{marked}/{len(others)}' if others else '—'} |")
 
 
 def detail(o: Observed) -> list[str]:

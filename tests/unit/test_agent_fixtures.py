@@ -68,10 +68,14 @@ def test_decoders_read_model_and_exact_tokens(agent: str) -> None:
     fx = load(agent)
     facts = replay(fx)
     models = [e for e in fx["exchanges"] if e["model_call"]]
-    requests = [f.fields for f in facts if f.is_request]
+    requests = [f.fields for f in facts if f.is_request and f.model_call]
     responses = [f.fields for f in facts if not f.is_request]
-    # one request and one response fact per model call; GETs for settings/limits give none
+    # one request and one response fact per model call; GETs for settings/limits give a
+    # request fact of their own, marked as no model call (obs-llm --api keeps them apart)
     assert len(requests) == len(responses) == len(models)
+    others = [(f.fields["method"], f.fields["path"]) for f in facts if not f.model_call]
+    assert others == [(e["method"], e["path"].split("?")[0]) for e in fx["exchanges"]
+                      if not e["model_call"]]
     for ex, req, resp in zip(models, requests, responses, strict=True):
         assert req["model"] == ex["request_model"]
         assert req["path"] == ex["path"].split("?")[0]

@@ -218,12 +218,14 @@ def ssl_events() -> list[dict[str, Any]]:
 
 
 def llm_api_events() -> list[dict[str, Any]]:
-    """obs-llm --api: a call whose response the TLS probes read, one they never saw, one
-    whose usage came from the agent's transcript, and an HTTP/2 connection's streams."""
+    """obs-llm --api: a call whose response the TLS probes read, one they never saw (its
+    process's executable holds a TLS stack obs cannot read), one whose usage came from the
+    agent's transcript, and an HTTP/2 connection's streams."""
     transcripts = Transcripts(proc="/nonexistent")  # the fact is given, not found
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
-        SslApi(CLOCK), ApiJoin(transcripts=transcripts))
+        SslApi(CLOCK), ApiJoin(transcripts=transcripts),
+        unreadable_of=lambda pid: "rustls in /opt/codex")
     transcripts.add(TranscriptFact(AGENT, CLOCK.wall(9000 * MS + 350 * MS), {
         "model": "gpt-5-codex", "prompt_tokens": 4601, "completion_tokens": 467,
         "cache_read_tokens": 49, "cache_creation_tokens": None}))
@@ -316,6 +318,10 @@ def fileguard_events(tmp: Path) -> list[dict[str, Any]]:
     return box.events + [gone]
 
 
+UNREADABLE = [{"path": "/opt/codex", "stack": "rustls",
+               "problem": "rustls linked in: obs has no probes for it"}]
+
+
 def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
     return [heartbeat_event(collector_id="obs-exec-host-1-1-abcdef01", tool="obs-exec",
                             attached=["tracepoint:sched:sched_process_exec"],
@@ -324,12 +330,13 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
             heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
-                            dropped=0, output_dropped=0, host="host-1", unreadable=1),
+                            dropped=0, output_dropped=0, host="host-1",
+                            unreadable=UNREADABLE),
             heartbeat_event(collector_id="obs-llm-host-1-3-abcdef03", tool="obs-llm",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm", "api", "transcripts"], interval=60.0,
                             counts=Counter(), dropped=0, output_dropped=0, host="host-1",
-                            unreadable=1, extra=ApiJoin(transcripts=Transcripts(counts={
+                            unreadable=UNREADABLE, extra=ApiJoin(transcripts=Transcripts(counts={
                                 "files": 1, "usage_lines": 2})).heartbeat()),
             heartbeat_event(collector_id="obs-fileguard-host-1-4-abcdef04", tool="obs-fileguard",
                             attached=["fanotify:open_perm"], features=["open", "exec"],

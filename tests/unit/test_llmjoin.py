@@ -12,10 +12,10 @@ def call(pid, ts):
     return envelope("LlmCall", {"pid": pid, "sni": "api.openai.com"}, ts=ts, host="h")
 
 
-def fact(pid, request_ts, model="gpt-4o", p=10, c=2, is_request=False):
+def fact(pid, request_ts, model="gpt-4o", p=10, c=2, is_request=False, path=None):
     return LlmFact(pid, pid, is_request, request_ts + 50 * MS, request_ts, "OpenAi",
                    "api.openai.com", {"model": model, "prompt_tokens": p, "completion_tokens": c,
-                                      "stream": False})
+                                      "stream": False, "path": path})
 
 
 def test_fact_before_call_joins_at_once():
@@ -70,6 +70,37 @@ def test_other_events_pass_through_and_memory_is_bounded():
     for i in range(10_000):
         j.add_fact(fact(i % 7, i * 10 * MS))
     assert j.n_facts <= 100 and sum(len(v) for v in j.facts.values()) == j.n_facts
+
+
+def test_a_request_that_is_no_model_call_marks_its_own_call():
+    """Claude Code's GET for settings, concurrent with a model call of the same process: each
+    call gets its own fact, the GET's marked, neither takes the other's tokens."""
+    j = ApiJoin()
+    j.add_fact(LlmFact(7, 7, True, 1000 * MS, 1000 * MS, None, "api.anthropic.com",
+                       {"method": "GET", "path": "/api/claude_code/settings"}, model_call=False))
+    j.add_fact(fact(7, 1002 * MS, path="/v1/messages"))
+    [get] = j.add_call(call(7, 1000 * MS + 20_000), now_ns=0)
+    [post] = j.add_call(call(7, 1002 * MS + 20_000), now_ns=0)
+    g, p = get["event"]["LlmCall"], post["event"]["LlmCall"]
+    assert (g["model_call"], g["request"], g["model"], g["prompt_tokens"]) == (
+        False, "GET /api/claude_code/settings", None, None)
+    assert (p["model_call"], p["request"], p["model"]) == (True, "POST /v1/messages", "gpt-4o")
+    assert g["tls_unreadable"] is None and p["tls_unreadable"] is None
+
+
+def test_a_call_without_facts_says_which_stack_hides_them():
+    seen = []
+
+    def unreadable_of(pid):
+        seen.append(pid)
+        return "rustls in /opt/codex" if pid == 7 else None
+    j = ApiJoin(grace_ns=0, unreadable_of=unreadable_of)
+    assert j.add_call(call(7, 1000 * MS), now_ns=0) == []
+    assert j.add_call(call(9, 1000 * MS), now_ns=0) == []
+    assert seen == [7, 9]  # asked when the call arrives, while its process is likely alive
+    out = {e["event"]["LlmCall"]["pid"]: e["event"]["LlmCall"] for e in j.tick(now_ns=1)}
+    assert out[7]["tls_unreadable"] == "rustls in /opt/codex" and out[7]["model"] is None
+    assert out[9]["tls_unreadable"] is None and out[9]["model_call"] is None
 
 
 # ---- the transcript source (libobs.net.transcripts): where the wire cannot be read ----------
