@@ -4,10 +4,13 @@ the same process's TLS plaintext; real clients against the provider wire-format 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 import pytest
 
+from libobs.tls.libraries import SYSTEM_LIBSSL
 from tests.kernel.test_obs_ssl import COMM, run, run_client, server  # noqa: F401 (fixture)
 from tests.support import provider_server as ps
 from tests.support.tools import running
@@ -52,7 +55,7 @@ def line(kind, payload):
 
 line("turn_context", {"model": "gpt-5-codex"})
 conn = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca))
-conn.request("POST", "/v1/no-api-obs-reads", body=b"{}")  # the wire says nothing
+conn.request("POST", "/v1/responses", body=b'{"model": "gpt-5-codex"}')
 conn.getresponse().read()
 if usage:
     line("token_usage_record", {"usage": usage})
@@ -60,26 +63,35 @@ time.sleep(1.5)  # the connection stays open meanwhile: obs looks at this proces
 """
 
 
-def test_usage_from_the_transcript_the_process_has_open(llm, server, tmp_path):  # noqa: F811
-    """A process whose wire obs cannot read (here: a path no decoder knows) and that writes a
-    Codex rollout: its LlmCall takes the rollout's usage line, found through /proc/<pid>/fd;
-    a process whose line never comes gets nulls after --transcript-wait, counted as late."""
+def test_usage_from_the_transcript_the_process_has_open(server, tmp_path):  # noqa: F811
+    """A process whose wire obs cannot read (here: its libssl is a private copy obs-llm never
+    attaches to, with --rescan 0) and that writes a Codex rollout: its LlmCall takes the
+    rollout's usage line, found through /proc/<pid>/fd; a process whose line never comes gets
+    nulls after --transcript-wait, counted as late."""
+    private = tmp_path / "lib"
+    private.mkdir()
+    shutil.copy2(next(p for p in SYSTEM_LIBSSL if p.endswith(".so.3") and os.path.exists(p)),
+                 private / "libssl.so.3")
+    env = {"LD_LIBRARY_PATH": str(private)}
     host = ps.HOST_OF["openai-responses"]
     usage = {"input_tokens": 777, "cached_input_tokens": 33, "cache_write_input_tokens": 0,
              "output_tokens": 55, "reasoning_output_tokens": 0, "total_tokens": 832}
-    pids = {}
-    for name, u in (("usage", usage), ("silent", None)):
-        rollout = tmp_path / name / ".codex/sessions/2026/12/02/rollout-2026-12-02T00-00-00-x.jsonl"
-        pids[name] = run([sys.executable, "-c", TRANSCRIPT_CLIENT, host,
-                          str(server.port(host)), str(server.ca), str(rollout), json.dumps(u)])
-    [call] = llm.wait_events("LlmCall", lambda f: f["pid"] == pids["usage"])
-    assert {k: call[k] for k in ("usage_source", "model", "prompt_tokens", "completion_tokens",
-                                 "cache_read_tokens", "cache_creation_tokens")} == \
-        {"usage_source": "transcript", "model": "gpt-5-codex", "prompt_tokens": 777,
-         "completion_tokens": 55, "cache_read_tokens": 33, "cache_creation_tokens": None}
-    [silent] = llm.wait_events("LlmCall", lambda f: f["pid"] == pids["silent"])
-    assert silent["usage_source"] is None and silent["prompt_tokens"] is None
-    beat = llm.wait_events("CollectorHeartbeat", lambda f: f.get("transcripts", {}).get("late"))
-    counts = beat[-1]["transcripts"]
-    assert counts["files"] >= 2 and counts["joined"] >= 1 and counts["late"] >= 1
-    assert "transcript" in llm.stderr()
+    with running("obs-llm", "--api", "--comm", COMM, "--rescan", "0",
+                 "--heartbeat-interval", "1") as llm:
+        pids = {}
+        for name, u in (("usage", usage), ("silent", None)):
+            rollout = tmp_path / name / ".codex/sessions/2026/12/02/rollout-2026-12-02T00-00-00-x.jsonl"
+            pids[name] = run([sys.executable, "-c", TRANSCRIPT_CLIENT, host,
+                              str(server.port(host)), str(server.ca), str(rollout), json.dumps(u)],
+                             env)
+        [call] = llm.wait_events("LlmCall", lambda f: f["pid"] == pids["usage"])
+        assert {k: call[k] for k in ("usage_source", "model", "prompt_tokens", "completion_tokens",
+                                     "cache_read_tokens", "cache_creation_tokens")} == \
+            {"usage_source": "transcript", "model": "gpt-5-codex", "prompt_tokens": 777,
+             "completion_tokens": 55, "cache_read_tokens": 33, "cache_creation_tokens": None}
+        [silent] = llm.wait_events("LlmCall", lambda f: f["pid"] == pids["silent"])
+        assert silent["usage_source"] is None and silent["prompt_tokens"] is None
+        beat = llm.wait_events("CollectorHeartbeat", lambda f: f.get("transcripts", {}).get("late"))
+        counts = beat[-1]["transcripts"]
+        assert counts["files"] >= 2 and counts["joined"] >= 1 and counts["late"] >= 1
+        assert "transcript" in llm.stderr()
