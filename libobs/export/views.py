@@ -34,12 +34,14 @@ class Views:
             say("obs-merge: --live needs a terminal on stdout; writing NDJSON as without it\n")
 
     def emit(self, out: list[tuple[dict[str, Any], Proc | None]]) -> None:
+        add = self.summary.add
         for ev, root in out:
-            self.summary.add(ev, root)
-            if self.timeline is not None:
+            add(ev, root)
+        if self.timeline is not None:
+            for ev, root in out:
                 self.timeline.add(ev, root)
-            if self.sink is not None and self.live is None:
-                self.sink.emit(ev)
+        if self.sink is not None and self.live is None and out:
+            self.sink.emit_many([ev for ev, _ in out])
         if self.live is not None:
             self.live.update(self.summary, self.stream())
 

@@ -25,11 +25,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from libobs.events import KINDS, event_kind
+from libobs.events import KINDS
 from libobs.merge import shape
 from libobs.terminal import quote
 
@@ -38,8 +38,7 @@ CHUNK = 64 << 10
 FOLLOW_INTERVAL = 0.25
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):  # a tuple: made for every line read, so made cheaply
     sid: int
     lineno: int
     data: bytes
@@ -395,30 +394,44 @@ def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     Never raises. A line that is JSON but not a well-formed event (libobs.merge.shape) is
     refused; an unknown event kind of the right shape is passed on *and* reported.
     """
+    ev, _, bad = decode_kind(data)
+    return ev, bad
+
+
+def decode_kind(data: bytes) -> tuple[dict[str, Any] | None, str | None,
+                                      tuple[str, str] | None]:
+    """decode(), with the event's kind (the single key under `event`) when it is passed on."""
     try:
-        ev = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        return None, ("malformed", f"not JSON ({str(e).split(':')[0]})")
-    if not isinstance(ev, dict):
-        return None, ("not_object", f"not a JSON object ({type(ev).__name__})")
+        ev = loads(data)
+    except JSONDecodeError as e:
+        return None, None, ("malformed", f"not JSON ({str(e).split(':')[0]})")
+    if type(ev) is not dict:
+        return None, None, ("not_object", f"not a JSON object ({type(ev).__name__})")
     ts = ev.get("ts")
     if type(ts) is not int:
         what = "missing ts" if ts is None else "ts is not an integer"
-        return None, ("missing_ts", what)
-    kind = event_kind(ev)
-    if kind is None:
-        return None, ("not_event", "no single event kind under 'event'")
-    if not isinstance(ev["event"][kind], dict):  # of any kind: sinks render its fields
-        return None, ("not_event", f"{kind[:64]} fields are not an object")
+        return None, None, ("missing_ts", what)
+    inner = ev.get("event")
+    if type(inner) is not dict or len(inner) != 1:
+        return None, None, ("not_event", "no single event kind under 'event'")
+    [(kind, body)] = inner.items()
+    if type(body) is not dict:  # of any kind: sinks render its fields
+        return None, None, ("not_event", f"{kind[:64]} fields are not an object")
     # Counting brackets is cheap and bounds the depth; only a suspect line is walked.
-    if data.count(b"[") + data.count(b"{") > shape.MAX_DEPTH and shape.depth(ev) > shape.MAX_DEPTH:
-        return None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
+    if (data.count(b"{") + data.count(b"[") > shape.MAX_DEPTH
+            and shape.depth(ev) > shape.MAX_DEPTH):
+        return None, None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
     why = shape.problem(ev, kind)
     if why is not None:
-        return None, ("bad_shape", why)
-    if kind not in KINDS:
-        return ev, ("unknown_kind", f"unknown event kind {kind[:64]!r} (passed through)")
-    return ev, None
+        return None, None, ("bad_shape", why)
+    if kind not in _KNOWN:
+        return ev, kind, ("unknown_kind", f"unknown event kind {kind[:64]!r} (passed through)")
+    return ev, kind, None
+
+
+_KNOWN = frozenset(KINDS)
+loads = orjson.loads
+JSONDecodeError = orjson.JSONDecodeError
 
 
 class Reporter:

@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from libobs.events import KINDS, NS, duration_ns, event_kind
-from libobs.merge.input import Batch, Problem, decode
+from libobs.merge.input import Batch, Problem, decode_kind
 from libobs.merge.sessions import Proc, Sessions, cached_classify, event_pid
 
 DEFAULT_WINDOW_NS = 2 * NS
@@ -316,11 +316,13 @@ class Merge:
 
     def push(self, ev: dict[str, Any], sid: int, now: int) -> list[Out]:
         """Take one decoded event (it must have an int ts and an event kind)."""
+        return self._push(ev, event_kind(ev), sid, now)
+
+    def _push(self, ev: dict[str, Any], kind: str | None, sid: int, now: int) -> list[Out]:
         if self.dedup.seen(ev):
             self.counts["duplicates"] += 1
             return []
         self.counts["events_in"] += 1
-        kind = event_kind(ev)
         if kind in _KNOWN:
             fields = fields_of(ev, kind)
             self.joiner.observe(ev, kind, fields)
@@ -335,12 +337,15 @@ class Merge:
         """One poll's worth of input: decode, push, close ended sources, release."""
         out: list[Out] = []
         problems = list(batch.problems)
-        for line in batch.lines:
-            ev, bad = decode(line.data)
+        push = self._push
+        for sid, lineno, data in batch.lines:
+            ev, kind, bad = decode_kind(data)
             if bad is not None:
-                problems.append(Problem(name(line.sid), line.lineno, *bad))
+                problems.append(Problem(name(sid), lineno, *bad))
             if ev is not None:
-                out += self.push(ev, line.sid, now)
+                late = push(ev, kind, sid, now)
+                if late:
+                    out += late
         for sid in batch.ended:
             self.reorder.close(sid)
         return out + self.release(now), problems

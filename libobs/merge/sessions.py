@@ -77,6 +77,7 @@ class Proc:
     cgroup: str | None = None
     session: str | None = None  # frozen on first use, so one run keeps one key
     walked: bool = False  # its ancestors were looked up in /proc
+    learned: dict[str, Any] | None = None  # the last `process` object learned from
 
     def comm_at(self, ts: int) -> str | None:
         """The comm the process had at `ts` (it changes on exec)."""
@@ -173,7 +174,7 @@ class Sessions:
         if pid is None or kind == "CollectorHeartbeat":
             return
         ts: int = ev["ts"]
-        live = self._live(ev, ts)
+        live = self.proc is not None and self._live(ev, ts)
         if kind == "ToolExec":
             node = self._exec(pid, ts, fields)
         else:
@@ -206,11 +207,13 @@ class Sessions:
             node.exit_ts = ts
             self._seq += 1
             heapq.heappush(self._exits, (ts, self._seq, node))
-        for key in ("pod_uid", "container_id"):
-            if getattr(node, key) is None and isinstance(process.get(key), str):
-                setattr(node, key, process[key])
-        if node.cgroup is None and isinstance(process.get("cgroup"), str):
-            node.cgroup = process["cgroup"]
+        if process != node.learned:  # a process's events mostly repeat one `process` object
+            node.learned = process
+            for key in ("pod_uid", "container_id"):
+                if getattr(node, key) is None and isinstance(process.get(key), str):
+                    setattr(node, key, process[key])
+            if node.cgroup is None and isinstance(process.get("cgroup"), str):
+                node.cgroup = process["cgroup"]
         ident = ev.get("identity")
         if isinstance(ident, dict):
             if node.pod_uid and node.pod_name is None and isinstance(ident.get("agent"), str):

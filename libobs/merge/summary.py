@@ -174,13 +174,17 @@ class Summary:
         s = self._session(root, ev)
         fields = ev["event"][kind]
         s.events[kind] += 1
-        s.last_ts = max(s.last_ts, ev["ts"])
-        s.first_ts = min(s.first_ts, ev["ts"])
-        own = event_pid(ev, fields) == root.pid
-        if kind == "ToolExec" and not own:
-            self._tool(s, fields).runs += 1
-        elif kind == "ProcessExit" and not own:
-            self._tool(s, fields).exits[_exit_code(fields)] += 1
+        ts = ev["ts"]
+        if ts > s.last_ts:
+            s.last_ts = ts
+        if ts < s.first_ts:
+            s.first_ts = ts
+        if kind == "ToolExec":
+            if event_pid(ev, fields) != root.pid:  # the agent's own exec is not a tool
+                self._tool(s, fields).runs += 1
+        elif kind == "ProcessExit":
+            if event_pid(ev, fields) != root.pid:
+                self._tool(s, fields).exits[_exit_code(fields)] += 1
         elif kind == "LlmCall":
             self._llmcall(s, ev, fields)
         elif kind == "LlmApi" and fields.get("is_request") is False:

@@ -169,6 +169,30 @@ class Sink:
         if self.autoflush and not self._refused:
             self.flush()
 
+    def emit_many(self, evs: list[dict[str, Any]]) -> None:
+        """emit() each, with one write for all of them (obs-merge's batches: a write per
+        event was a tenth of its time). Each line is appended as it is made: a list of
+        orjson's lines holds several times their length."""
+        render, pending, room = self.render, self.pending, self.max_buffer - len(self.pending)
+        done = 0
+        for ev in evs:
+            line = render(ev)
+            room -= len(line)
+            if room < 0:
+                break
+            pending += line
+            done += 1
+        self.counts.update([next(iter(ev["event"])) for ev in evs[:done]])
+        if done < len(evs):  # the buffer is full: emit() flushes or drops and counts
+            autoflush, self.autoflush = self.autoflush, False
+            try:
+                for ev in evs[done:]:
+                    self.emit(ev)
+            finally:
+                self.autoflush = autoflush
+        if self.autoflush and not self._refused:
+            self.flush()
+
     def write_raw(self, data: bytes, timeout: float = 5.0) -> None:
         """Text that is not an event (a summary table), after everything already emitted."""
         self.pending += data

@@ -3,7 +3,9 @@
 Not part of the test run (pytest collects test_*.py only). Run:
     .venv/bin/python tests/bench/bench_merge.py [--events N] [--keep DIR]
 Prints one JSON line: events in/out, wall and CPU seconds, events per second (per wall second
-and per CPU second: on a shared machine the second is the steadier), obs-merge's peak RSS.
+and per CPU second: on a shared machine the second is the steadier), obs-merge's peak RSS, and
+the baseline measured in the same run: `jq -c .` (parse and re-serialise each line, nothing
+else) over the same files, its events per CPU second and obs-merge's ratio to it.
 
 The input imitates four tools: obs-exec (ToolExec, FileAccess, ProcessExit), obs-net (Dns,
 Egress), obs-llm (LlmCall) and obs-ssl (LlmApi), one agent starting tools all the time, pids
@@ -100,6 +102,16 @@ def write_inputs(work: Path, events: int) -> list[str]:
     return files
 
 
+def _jq(pin: list[str], files: list[str]) -> float | None:
+    """CPU seconds of `jq -c .` over the files (None without jq): the baseline."""
+    if shutil.which("jq") is None:
+        return None
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.Popen([*pin, "jq", "-c", ".", *files], stdout=null)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return usage.ru_utime + usage.ru_stime if os.waitstatus_to_exitcode(status) == 0 else None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak RSS
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
+        jq = _jq(pin, files)
         lines = out_path.read_bytes().splitlines()
         summary = orjson.loads(lines[-1])["summary"]
         stamps = [orjson.loads(line)["ts"] for line in lines[:-1]]
@@ -139,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             "ordered": stamps == sorted(stamps), "late": summary["stream"].get("late", 0),
             "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "events_per_s": round(n_in / wall), "events_per_cpu_s": round(n_in / cpu),
-            "max_rss_mb": round(usage.ru_maxrss / 1024, 1), "pinned_to_one_core": bool(pin),
+            "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "jq_events_per_cpu_s": jq and round(n_in / jq),
+            "vs_jq": jq and round(jq / cpu, 2), "pinned_to_one_core": bool(pin),
             "cpu_count": os.cpu_count(),
         }).decode())
     finally:

@@ -65,6 +65,32 @@ def test_stalled_reader_drops_and_counts_never_blocks():
     os.close(w)
 
 
+def test_emit_many_is_emit_of_each_with_one_write(tmp_path, monkeypatch):
+    evs = [ev(i, argv=["x" * (i % 50)]) for i in range(300)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda f, b: writes.append(len(b)) or real_write(f, b))
+    s = Sink("json", fd=fd, lossless=True)
+    s.emit_many(evs)
+    os.close(fd)
+    assert path.read_bytes() == b"".join(dumps(e) for e in evs)
+    assert len(writes) == 1 and s.counts["ToolExec"] == 300
+
+
+def test_emit_many_into_a_stalled_reader_drops_and_counts_like_emit():
+    r, w = os.pipe()
+    s = Sink("json", fd=w, max_buffer=64 * 1024)
+    for start in range(0, 20_000, 500):
+        s.emit_many([ev(i) for i in range(start, start + 500)])
+    assert s.output_dropped > 0
+    assert s.counts["ToolExec"] + s.output_dropped == 20_000
+    assert len(s.pending) <= 64 * 1024
+    os.close(r)
+    os.close(w)
+
+
 def test_stalled_reader_costs_no_write_per_dropped_line(monkeypatch):
     r, w = os.pipe()
     s = Sink("json", fd=w, max_buffer=64 * 1024)
