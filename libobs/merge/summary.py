@@ -11,7 +11,9 @@ response comes first, each request once (libobs.export.genai.Once); with LlmApi 
 obs-llm), its responses count as the calls. Each request with tokens is priced in USD from
 the genai-prices catalogue (libobs.export.cost, its version in the summary); one the catalogue
 does not know is counted as unpriced and adds nothing: a total is null when nothing was priced,
-never a made-up 0. The agent root's own ToolExec/ProcessExit is not a "tool".
+never a made-up 0. The agent root's own ToolExec/ProcessExit is not a "tool". An LlmCall that
+obs-llm --api marked `model_call: false` (an agent's settings GET) is no LLM call: it is
+listed under `other_requests` by its `request`.
 
 Memory is bounded for a run of days: at most `max_sessions` sessions (the least recently active
 is dropped and counted), `max_items` distinct entries per list (paths, endpoints, ...; the rest
@@ -155,6 +157,7 @@ class SessionStats:
     deleted: Capped = field(default_factory=Capped)
     security: Capped = field(default_factory=Capped)
     denied: Capped = field(default_factory=Capped)
+    others: Capped = field(default_factory=Capped)  # LlmCalls marked model_call: false
 
 
 class Summary:
@@ -185,6 +188,8 @@ class Summary:
         elif kind == "ProcessExit":
             if event_pid(ev, fields) != root.pid:
                 self._tool(s, fields).exits[_exit_code(fields)] += 1
+        elif kind == "LlmCall" and fields.get("model_call") is False:
+            s.others.add(str(fields.get("request") or "-"))  # settings, telemetry: no model call
         elif kind == "LlmCall":
             self._llmcall(s, ev, fields)
         elif kind == "LlmApi" and fields.get("is_request") is False:
@@ -356,6 +361,7 @@ def _session_json(s: SessionStats) -> dict[str, Any]:
         "bytes": {"req": sum(r.req_bytes for r in s.llm.values()),
                   "resp": sum(r.resp_bytes for r in s.llm.values())},
         "endpoints": _capped_json(s.endpoints, ("endpoint",)),
+        "other_requests": _capped_json(s.others, ("request",)),
         "files_written": _capped_json(s.written, ("path",)),
         "files_deleted": _capped_json(s.deleted, ("path",)),
         "security_actions": _capped_json(s.security, ("kind", "detail")),

@@ -220,7 +220,7 @@ def ssl_events() -> list[dict[str, Any]]:
 def llm_api_events() -> list[dict[str, Any]]:
     """obs-llm --api: a call whose response the TLS probes read, one they never saw (its
     process's executable holds a TLS stack obs cannot read), one whose usage came from the
-    agent's transcript, and an HTTP/2 connection's streams."""
+    agent's transcript, a settings GET (no model call), and an HTTP/2 connection's streams."""
     transcripts = Transcripts(proc="/nonexistent")  # the fact is given, not found
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
@@ -239,6 +239,13 @@ def llm_api_events() -> list[dict[str, Any]]:
         off += len(piece)
     raws = net[:-1] + ssl + net[-1:] + llm_records(0x21, 5000 * MS, real_hello("api.openai.com"))
     raws += llm_records(0x22, 9000 * MS, real_hello("api.openai.com"))
+    t1 = 12000 * MS  # an agent's settings GET: a call marked model_call false
+    get = llm_records(0x23, t1, real_hello("api.anthropic.com"))
+    raws += get[:-1] + [
+        ssl_record(b"GET /api/claude_code/settings HTTP/1.1\r\nHost: api.anthropic.com\r\n\r\n",
+                   ts=t1 + 3 * MS, fn=WRITE_EX, pid=AGENT, ssl=6),
+        ssl_record(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", ts=t1 + 300 * MS,
+                   fn=READ_EX, off=0, pid=AGENT, ssl=6)] + get[-1:]
     h2, _ = h2_connection({1: 200, 3: 100}, t0=8000 * MS)  # two HTTP/2 streams
     raws += [raw for _, raw in sorted(h2, key=lambda r: r[0])]
     return [ev for raw in raws for ev in dec(raw)] + dec.tick(float("inf"))

@@ -194,6 +194,21 @@ def test_tokens_on_the_llmcall_itself_are_counted() -> None:
     assert s["llm"][0]["calls"] == 1
 
 
+def test_requests_that_are_no_model_calls_are_listed_apart() -> None:
+    """obs-llm --api marks an agent's settings GETs model_call: false: they are no LLM calls in
+    the session's llm rows, calls or bytes, but listed under other_requests."""
+    out = _merged([(0, _call(10**9, model=MODEL, prompt_tokens=23, completion_tokens=17,
+                             model_call=True, request="POST /v1/messages")),
+                   (0, _call(2 * 10**9, model=None, model_call=False,
+                             request="GET /api/claude_code/settings")),
+                   (0, _call(3 * 10**9, model=None, model_call=False,
+                             request="GET /api/claude_code/settings"))])
+    (s,) = out["sessions"]
+    assert [r["calls"] for r in s["llm"]] == [1]
+    assert s["other_requests"]["items"] == [{"request": "GET /api/claude_code/settings",
+                                              "count": 2}]
+
+
 @pytest.mark.parametrize("late_call", [False, True])
 def test_a_request_seen_as_llmcall_and_llmapi_counts_once(late_call: bool) -> None:
     """obs-llm --api and obs-ssl both ran: the call carries tokens, its response too. Also when
