@@ -172,6 +172,19 @@ def test_a_closed_stdout_is_said_once_counted_and_exits_1(tmp_path):
     assert last["event"]["CollectorHeartbeat"]["output_dropped"] >= 2  # heartbeats at least
 
 
+def test_a_heartbeat_file_that_cannot_be_written_is_said_and_observing_goes_on(tmp_path):
+    beat = tmp_path / "no-such-dir" / "beat.json"
+    p = subprocess.run(tool_cmd("obs-exec", "--duration", "1.5", "--format", "json",
+                                "--heartbeat-interval", "0.5", "--heartbeat-file", str(beat)),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    # Once (not at every heartbeat), naming the user's file (not its temporary).
+    assert p.stderr == (f"obs-exec: cannot write heartbeat file {beat}: No such file or "
+                        "directory\n"), p.stderr
+    beats = [ln for ln in p.stdout.splitlines() if "CollectorHeartbeat" in ln]
+    assert len(beats) >= 2  # the heartbeat events themselves still go out
+
+
 def test_ring_size_beyond_what_the_kernel_takes_is_a_usage_error():
     for size in ("4096", "3"):
         p = subprocess.run(tool_cmd("obs-exec", "--ring-size", size, "--duration", "1"),
