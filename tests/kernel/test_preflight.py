@@ -47,3 +47,19 @@ def test_a_tracepoint_this_kernel_lacks_is_named():
     assert host.preflight(["sched:sched_process_exec", "syscalls:sys_enter_obs_none",
                            "obs_none:x"]) == (
         "this kernel lacks the tracepoint(s) syscalls:sys_enter_obs_none, obs_none:x")
+
+
+@pytest.mark.parametrize("tool", ["obs-exec", "obs-fileguard", "obs-enforce"])
+def test_a_node_name_that_would_corrupt_every_event_is_a_usage_error(tool, tmp_path):
+    """A DaemonSet's OBS_NODE_NAME lands in every event's host: two words are refused before
+    anything is loaded, not written into the stream."""
+    deny = tmp_path / "deny"
+    deny.write_text("/nonexistent-obs\n" if tool == "obs-fileguard" else "127.0.0.99\n")
+    with cgroup() as cg:
+        args = {"obs-fileguard": [str(deny)], "obs-enforce": [str(cg), str(deny)]}.get(tool, [])
+        p = subprocess.run(tool_cmd(tool, *args, "--duration", "1"), capture_output=True,
+                           text=True, timeout=60, cwd=REPO,
+                           env={**os.environ, "OBS_NODE_NAME": "node a"})
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    assert p.stderr == (f"{tool}: OBS_NODE_NAME must be one printable word of 1-253 "
+                        "characters, not 'node a'\n")
