@@ -321,6 +321,20 @@ def test_a_full_disk_is_said_once_and_exits_1(conf, tmp_path):
                     "directory"]
 
 
+def test_head_1_exits_quietly(conf):
+    """`obs-fileguard | head -1`: the reader gone, the guard detaches and exits 0 with no
+    traceback (its closing tally is the only thing on stderr)."""
+    deny = conf / "deny"
+    deny.write_text("/nonexistent-obs\n")
+    cmd = " ".join(tool_cmd(TOOL, str(deny), "--format", "json", "--heartbeat-interval", "0.2"))
+    r = subprocess.run(["bash", "-c", cmd + ' | head -1; echo "status ${PIPESTATUS[0]}" >&2'],
+                       capture_output=True, text=True, timeout=60)
+    assert len(r.stdout.splitlines()) == 1 and "CollectorHeartbeat" in r.stdout
+    assert r.stderr.splitlines() == [
+        "obs-fileguard: answered 0 permission event(s): 0 denied, 0 let through on an error",
+        "status 0"], r.stderr
+
+
 def test_a_binary_denyfile_is_a_few_escaped_lines(conf):
     deny = conf / "deny"
     deny.write_bytes(bytes(range(256)) * 8 + b"/nonexistent-obs\n")
