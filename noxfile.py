@@ -17,6 +17,11 @@ ROOT = Path(__file__).parent
 VENV = ROOT / ".venv"
 PY = str(VENV / "bin" / "python")
 nox.options.sessions = ["tests"]
+# Line coverage of libobs/ and tools/, the tools' own processes included (pyproject's
+# [tool.coverage.*]), printed per file with the lines no test ran. The whole suite measured
+# 95.5%; it fails below 93% (a part of the suite, given as arguments, is not held to it).
+COVERAGE = ["--cov", "--cov-report=term-missing:skip-covered"]
+FAIL_UNDER = ["--cov-fail-under=93"]
 nox.options.default_venv_backend = "none"
 
 
@@ -52,7 +57,8 @@ def tests(session: nox.Session) -> None:
     """Setup, then every test (real BPF in the real kernel; needs root). Setup also installs
     the real agents the e2e tests drive (pinned, cached: ~30 s once, then nothing)."""
     _setup(session, "--agents")
-    session.run(PY, "-m", "pytest", *(session.posargs or ["tests"]), external=True)
+    session.run(PY, "-m", "pytest", *COVERAGE, *(session.posargs or ["tests", *FAIL_UNDER]),
+                external=True)
 
 
 @nox.session(venv_backend="venv")

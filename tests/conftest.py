@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -11,6 +12,21 @@ settings.load_profile("obs")
 
 # Soaks run for tens of minutes: only in `nox -s soak` (which sets OBS_SOAK=1).
 collect_ignore_glob = [] if os.environ.get("OBS_SOAK") else ["soak/*"]
+
+
+def pytest_configure(config):
+    """Under coverage (`nox -s tests`), tools that tests run as another user (setpriv
+    --reuid=65534) write their data files too: the data directory is sticky and world-writable
+    (like /tmp), the checkout itself is left alone."""
+    try:
+        import coverage
+    except ImportError:
+        return
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        data = Path(cov.config.data_file).resolve().parent
+        data.mkdir(exist_ok=True)
+        data.chmod(0o1777)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,7 +19,8 @@ from libobs.export.otlp import Export, default_protocol, exporters
 from libobs.export.pump import TOOL, Pump
 from libobs.merge.input import Reader
 from libobs.tool import options as cli
-from libobs.tool.heartbeat import new_collector_id, write_liveness
+from libobs.tool.heartbeat import Liveness, new_collector_id
+from libobs.tool.loop import err
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
 
 EPILOG = """Examples:
@@ -85,9 +86,11 @@ def main(
         signal.signal(sig, lambda *_: stop.__setitem__("now", True))
     sink = Sink("json", fd=1, lossless=True)
 
+    liveness = Liveness(Path(heartbeat_file) if heartbeat_file is not None else None)
+
     def emit(ev: dict) -> None:
-        if heartbeat_file is not None:  # first: whoever reads the line finds the file fresh
-            write_liveness(Path(heartbeat_file), ev)
+        if news := liveness.write(ev):  # first: whoever reads the line finds the file fresh
+            err(TOOL, news)
         sink.emit(ev)
 
     where = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or f"localhost ({proto})"

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from libobs.guard import fanotify
-from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
+from libobs.tool.heartbeat import Liveness, heartbeat_event, new_collector_id
 from libobs.tool.loop import LoopConfig, err
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
 
@@ -129,6 +129,7 @@ class GuardLoop:
                  *, tick_secs: float = 0.25, stall_secs: float = 5.0,
                  stats: Callable[[], dict[str, int]] | None = None) -> None:
         self.cfg = cfg
+        self.liveness = Liveness(cfg.heartbeat_file)
         self.groups = groups
         self.stats = stats
         self.outbox = outbox
@@ -236,11 +237,8 @@ class GuardLoop:
             counts=self.sink.counts, dropped=self.dropped(),
             output_dropped=self.sink.output_dropped + self.outbox.dropped,
             extra=self.stats() if self.stats else None)
-        if self.cfg.heartbeat_file:
-            try:
-                write_liveness(self.cfg.heartbeat_file, ev)
-            except OSError as e:
-                err(self.cfg.tool, f"cannot write heartbeat file: {e}")
+        if news := self.liveness.write(ev):
+            err(self.cfg.tool, news)
         if emit:
             self.sink.emit(ev)
 

@@ -17,7 +17,7 @@ from libobs.kernel import host
 from libobs.kernel.ringbuf import RingReader
 from libobs.kernel.source import bpf_dir, source_text
 
-_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # fullmatch: "$" would let "X\n" through
 
 
 def cflags(defines: Mapping[str, int | bool]) -> list[str]:
@@ -26,7 +26,7 @@ def cflags(defines: Mapping[str, int | bool]) -> list[str]:
     # calls to different helpers into one indirect call (opcode 0x8d), which BPF rejects.
     out = ["-w", f"-I{bpf_dir()}", "-mllvm", "-simplifycfg-sink-common=false"]
     for name, value in sorted(defines.items()):
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"bad BPF constant name {name!r}")
         if isinstance(value, bool):
             if value:

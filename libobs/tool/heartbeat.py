@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -47,5 +48,34 @@ def new_collector_id(tool: str, environ: Mapping[str, str] = os.environ) -> str:
 def write_liveness(path: Path, ev: dict[str, Any]) -> None:
     """Atomically replace the liveness file with the latest heartbeat (for probes/monitors)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(dumps(ev))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(dumps(ev))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class Liveness:
+    """--heartbeat-file, rewritten with each heartbeat. A write that fails does not stop the
+    tool (its events still flow); it is said once, naming the user's file, and said again only
+    after a write succeeded in between."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._failing = False
+
+    def write(self, ev: dict[str, Any]) -> str | None:
+        """The line to say on stderr, or None."""
+        if self.path is None:
+            return None
+        try:
+            write_liveness(self.path, ev)
+        except OSError as e:
+            if self._failing:
+                return None
+            self._failing = True
+            return f"cannot write heartbeat file {self.path}: {e.strerror or e}"
+        self._failing = False
+        return None

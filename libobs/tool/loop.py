@@ -18,7 +18,7 @@ from typing import Any
 from libobs.kernel.program import Program
 from libobs.kernel.records import in_time_order
 from libobs.terminal import quote
-from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
+from libobs.tool.heartbeat import Liveness, heartbeat_event, new_collector_id
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
 
 Event = dict[str, Any]
@@ -50,6 +50,7 @@ class Loop:
                  unreadable: Callable[[], list[dict[str, str]]] | None = None,
                  extra: Callable[[], dict[str, Any]] | None = None):
         self.cfg = cfg
+        self.liveness = Liveness(cfg.heartbeat_file)
         self.programs = programs
         self.decode = decode
         self.tick = tick
@@ -83,11 +84,8 @@ class Loop:
             counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped,
             unreadable=self.unreadable() if self.unreadable else None,
             extra=self.extra() if self.extra else None)
-        if self.cfg.heartbeat_file:
-            try:
-                write_liveness(self.cfg.heartbeat_file, ev)
-            except OSError as e:
-                err(self.cfg.tool, f"cannot write heartbeat file: {e}")
+        if news := self.liveness.write(ev):
+            err(self.cfg.tool, news)
         return ev
 
     def _say_write_error(self) -> None:

@@ -213,6 +213,16 @@ def test_every_source_failing_is_said_not_silent() -> None:
     assert res.stderr == b"obs-merge: <stdin>: read error: Bad file descriptor\n"
 
 
+def test_a_source_that_cannot_be_read_is_said_and_the_others_still_merged() -> None:
+    """A directory opens but cannot be read (EISDIR): said with its name, exit 1, and every
+    line of the good source still comes out."""
+    res = shell("$M --format json tests /dev/fd/3 3<tests/fixtures/agent_exec.ndjson")
+    assert res.returncode == 1
+    assert res.stderr == b"obs-merge: tests: read error: Is a directory\n"
+    fixture = (REPO / "tests/fixtures/agent_exec.ndjson").read_bytes().splitlines()
+    assert len(parse(res.stdout)) == len([ln for ln in fixture if ln.strip()])
+
+
 def test_a_closed_stderr_never_puts_diagnostics_into_the_stream() -> None:
     """fd 2 closed: the first file opened would take its number, and Python prints to stdout
     when sys.stderr is None. Diagnostics are discarded instead; the stream stays NDJSON."""

@@ -157,6 +157,34 @@ def test_a_full_disk_is_said_once_counted_and_exits_1(tmp_path):
     assert last["event"]["CollectorHeartbeat"]["output_dropped"] >= 2  # heartbeats at least
 
 
+def test_a_closed_stdout_is_said_once_counted_and_exits_1(tmp_path):
+    """`obs-net >&-`: stdout is no file at all (std_fds puts a read-only /dev/null there, so it
+    cannot be taken by the next file opened): said once, counted, exit 1, as for a full disk."""
+    beat = tmp_path / "beat.json"
+    p = subprocess.run(["bash", "-c", 'exec "$@" >&-', "-",
+                        *tool_cmd("obs-net", "--duration", "2", "--format", "json",
+                                  "--heartbeat-interval", "0.5", "--heartbeat-file", str(beat))],
+                       stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr == ("obs-net: cannot write output: Bad file descriptor; lines that cannot "
+                        "be written are counted (output_dropped), exit status will be 1\n")
+    last = orjson.loads(beat.read_bytes())
+    assert last["event"]["CollectorHeartbeat"]["output_dropped"] >= 2  # heartbeats at least
+
+
+def test_a_heartbeat_file_that_cannot_be_written_is_said_and_observing_goes_on(tmp_path):
+    beat = tmp_path / "no-such-dir" / "beat.json"
+    p = subprocess.run(tool_cmd("obs-exec", "--duration", "1.5", "--format", "json",
+                                "--heartbeat-interval", "0.5", "--heartbeat-file", str(beat)),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    # Once (not at every heartbeat), naming the user's file (not its temporary).
+    assert p.stderr == (f"obs-exec: cannot write heartbeat file {beat}: No such file or "
+                        "directory\n"), p.stderr
+    beats = [ln for ln in p.stdout.splitlines() if "CollectorHeartbeat" in ln]
+    assert len(beats) >= 2  # the heartbeat events themselves still go out
+
+
 def test_ring_size_beyond_what_the_kernel_takes_is_a_usage_error():
     for size in ("4096", "3"):
         p = subprocess.run(tool_cmd("obs-exec", "--ring-size", size, "--duration", "1"),

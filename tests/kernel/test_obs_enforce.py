@@ -267,6 +267,11 @@ def test_pin_keeps_the_guard_and_a_restart_takes_it_over(cgroup, denyfile):
     guards = [g for g in GUARDS if g != "cgroup_inet_ingress"]
     assert attached(cgroup) == guards  # fail-closed: still enforcing with nobody running
     assert client(cgroup, "tcp", "127.0.0.61", PORT)["errno"] == errno.EPERM
+    # A run without --pin guards beside the pinned links, and says they are still there.
+    p = run_tool(str(cgroup), str(denyfile), "--duration", "0.5")
+    assert p.returncode == 0 and "a pinned guard from an earlier --pin run is still attached " \
+        f"(remove {pins} to release it)" in p.stderr, p.stderr
+    assert attached(cgroup) == guards
     write(denyfile, "127.0.0.64\n")
     with running("obs-enforce", str(cgroup), str(denyfile), "--pin"):
         assert attached(cgroup) == GUARDS  # the pinned links were updated, not duplicated
@@ -434,6 +439,17 @@ def test_the_cgroup_v2_root_is_refused_without_whole_host(denyfile, arg):
     if arg != "/":  # "/" is the host's root directory, which is no cgroup at all
         assert "cgroup-v2 root" in p.stderr and "--whole-host" in p.stderr
     assert attached(Path("/sys/fs/cgroup/unified")) == []
+
+
+@pytest.mark.parametrize(("with_denyfile", "why"), [
+    (False, "give a DENYFILE, --allow-provider, or both"),
+    (True, "--deny-unclassified needs --allow-provider"),
+])
+def test_a_guard_without_what_it_needs_is_a_usage_error(cgroup, denyfile, with_denyfile, why):
+    args = [str(denyfile), "--deny-unclassified"] if with_denyfile else []
+    p = run_tool(str(cgroup), *args)
+    assert p.returncode == 2 and p.stderr == f"obs-enforce: {why}\n"
+    assert attached(cgroup) == []
 
 
 def test_root_is_checked_before_any_hostname_is_resolved(cgroup, denyfile):

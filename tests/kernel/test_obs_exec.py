@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tools import running
+from tests.support.tools import running, unmeasured_env
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
@@ -220,7 +220,7 @@ def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
         os.unlink("inner.txt", dir_fd=fd)                  # unlinkat relative to a dirfd
         os.rmdir("sub")
     """)
-    subprocess.run([PY, "-c", code], check=True, cwd=tmp_path)
+    subprocess.run([PY, "-c", code], check=True, cwd=tmp_path, env=unmeasured_env())
     pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
     tool.wait_events("ProcessExit", by_pid(pid))
     deletes = tool.wait_events("FileDelete", by_pid(pid), count=4)

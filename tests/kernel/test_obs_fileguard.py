@@ -302,6 +302,39 @@ def test_without_root_it_says_what_is_missing(conf):
                         "(fanotify permission events need CAP_SYS_ADMIN)\n")
 
 
+def test_a_full_disk_is_said_once_and_exits_1(conf, tmp_path):
+    """`obs-fileguard >/dev/full`, with a heartbeat file it cannot write either: each said on
+    stderr, no traceback, guarding goes on until --duration, exit 1 so systemd restarts it."""
+    deny = conf / "deny"
+    deny.write_text("/nonexistent-obs\n")
+    beat = tmp_path / "no-such-dir" / "beat.json"
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(tool_cmd(TOOL, str(deny), "--duration", "1.5", "--format", "json",
+                                    "--heartbeat-interval", "0.5", "--heartbeat-file", str(beat)),
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if "cannot write output" in ln]
+    assert said == ["obs-fileguard: cannot write output: No space left on device; lines that "
+                    "cannot be written are counted (output_dropped), exit status will be 1"]
+    said = [ln for ln in r.stderr.splitlines() if "heartbeat" in ln]
+    assert said == [f"obs-fileguard: cannot write heartbeat file {beat}: No such file or "
+                    "directory"]
+
+
+def test_head_1_exits_quietly(conf):
+    """`obs-fileguard | head -1`: the reader gone, the guard detaches and exits 0 with no
+    traceback (its closing tally is the only thing on stderr)."""
+    deny = conf / "deny"
+    deny.write_text("/nonexistent-obs\n")
+    cmd = " ".join(tool_cmd(TOOL, str(deny), "--format", "json", "--heartbeat-interval", "0.2"))
+    r = subprocess.run(["bash", "-c", cmd + ' | head -1; echo "status ${PIPESTATUS[0]}" >&2'],
+                       capture_output=True, text=True, timeout=60)
+    assert len(r.stdout.splitlines()) == 1 and "CollectorHeartbeat" in r.stdout
+    tally, status = r.stderr.splitlines()
+    assert tally.startswith("obs-fileguard: answered 0 permission event(s): 0 denied, 0 let "
+                            "through on an error") and status == "status 0", r.stderr
+
+
 def test_a_binary_denyfile_is_a_few_escaped_lines(conf):
     deny = conf / "deny"
     deny.write_bytes(bytes(range(256)) * 8 + b"/nonexistent-obs\n")

@@ -32,6 +32,14 @@ def tool_cmd(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", tool_module(name), *args]
 
 
+def unmeasured_env() -> dict[str, str]:
+    """os.environ without coverage's subprocess hook (`nox -s tests` measures every Python
+    child): for a watched workload whose every file write a test checks, since a measured one
+    would also write its coverage data file."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")}
+
+
 @dataclass
 class Running:
     proc: subprocess.Popen[bytes]

@@ -45,3 +45,55 @@ def test_key_changes_with_every_input():
     assert cache.key("a", b"blob", {"X": "t.x"}) != cache.key("a", b"blob2", {"X": "t.x"})
     assert cache.key("a", b"blob", {"X": "t.x"}) != cache.key("a", b"blob", {"X": "t.y"})
     assert cache.key("a", b"blob", {"X": "t.x"}) == cache.key("a", b"blob", {"X": "t.x"})
+
+
+def test_a_symlinked_entry_is_refused(root, tmp_path):
+    target = tmp_path / "elsewhere.json"
+    target.write_text('{"OFF_A": 2}')
+    (root / "btf").mkdir(parents=True)
+    (root / "btf" / "k.json").symlink_to(target)
+    assert cache.load_json("btf", "k") is None
+    assert cache.root_only(root / "btf" / "k.json").endswith("is a symbolic link")
+
+
+def test_a_path_that_is_gone_is_not_root_only(root):
+    assert "No such file" in cache.root_only(root / "absent" / "k.json")
+
+
+def test_a_corrupt_entry_is_said_once_recomputed_and_rewritten(root, capsys):
+    cache._warned.clear()
+    cache.store_json("btf", "k", {"OFF_A": 1})
+    (root / "btf" / "k.json").write_text('{"OFF_A": ')  # cut short, e.g. by a full disk
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"OFF_A": 3}
+
+    assert cache.cached_json("btf", "k", compute) == {"OFF_A": 3}
+    assert cache.load_json("btf", "k") == {"OFF_A": 3}  # rewritten whole
+    assert cache.cached_json("btf", "k", compute) == {"OFF_A": 3} and calls == [1]
+    (root / "btf" / "k.json").write_text("not json")
+    assert cache.load_json("btf", "k") is None and cache.load_json("btf", "k") is None
+    err = capsys.readouterr().err
+    assert err.count("ignoring a bad start-up cache entry") == 2, err  # once per distinct fault
+
+
+def test_an_unwritable_cache_is_said_once_and_the_value_still_computed(tmp_path, monkeypatch,
+                                                                        capsys):
+    cache._warned.clear()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(cache, "ROOT", blocker / "cache")  # mkdir under a file: ENOTDIR
+    for _ in range(2):
+        assert cache.cached_json("btf", "k", lambda: {"OFF_A": 4}) == {"OFF_A": 4}
+    err = capsys.readouterr().err
+    assert err.count("cannot write the start-up cache") == 1, err
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_a_cache_directory_others_can_write_is_not_written(root):
+    (root / "btf").mkdir(parents=True)
+    os.chmod(root / "btf", 0o777)
+    cache.store_json("btf", "k", {"OFF_A": 1})
+    assert not (root / "btf" / "k.json").exists()

@@ -1,6 +1,6 @@
 import orjson
 
-from libobs.tool.heartbeat import heartbeat_event, new_collector_id, write_liveness
+from libobs.tool.heartbeat import Liveness, heartbeat_event, new_collector_id, write_liveness
 
 
 def test_heartbeat_fields_follow_contract():
@@ -23,6 +23,23 @@ def test_liveness_file_atomic(tmp_path):
     write_liveness(p, ev)
     assert orjson.loads(p.read_bytes())["event"]["CollectorHeartbeat"]["tool"] == "t"
     assert [x.name for x in tmp_path.iterdir()] == ["hb.json"]
+
+
+def test_a_liveness_file_that_cannot_be_written_is_said_once_by_its_name(tmp_path):
+    ev = heartbeat_event(collector_id="c", tool="t", attached=[], features=[], interval=1,
+                         counts={}, dropped=0, output_dropped=0)
+    d = tmp_path / "later"
+    live = Liveness(d / "hb.json")
+    assert live.write(ev) == f"cannot write heartbeat file {d}/hb.json: No such file or directory"
+    assert live.write(ev) is None  # not again at every heartbeat
+    d.mkdir()
+    assert live.write(ev) is None and [x.name for x in d.iterdir()] == ["hb.json"]
+    (d / "hb.json").unlink()
+    d.chmod(0o500)
+    (d / "hb.json").mkdir()  # replacing a directory fails even for root: said again
+    assert live.write(ev) == f"cannot write heartbeat file {d}/hb.json: Is a directory"
+    assert [x.name for x in d.iterdir()] == ["hb.json"]  # no temporary left behind
+    assert Liveness(None).write(ev) is None
 
 
 def test_deployment_pins_node_name_and_collector_id(monkeypatch):

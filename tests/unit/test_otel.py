@@ -132,6 +132,16 @@ def test_what_could_not_be_exported_is_counted_and_said_once(run_file: Path) -> 
     assert len(lines) == 1 and lines[0].startswith(f"obs-otel: could not export to {endpoint}")
 
 
+def test_a_heartbeat_file_that_cannot_be_written_is_said_once(run_file: Path,
+                                                               tmp_path: Path) -> None:
+    beat = tmp_path / "no-such-dir" / "beat.json"
+    with grpc_receiver() as (endpoint, _):
+        rc, beats, err = obs_otel("--endpoint", endpoint, "--heartbeat-file", str(beat),
+                                  str(run_file))
+    assert rc == 0 and beats
+    assert err == f"obs-otel: cannot write heartbeat file {beat}: No such file or directory\n"
+
+
 def test_a_receiver_that_is_down_is_retried_then_counted(run_file: Path) -> None:
     with grpc_receiver() as (endpoint, _):
         pass  # now nothing listens there

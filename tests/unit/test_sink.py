@@ -2,8 +2,10 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -174,3 +176,41 @@ def test_a_write_error_is_news_once():
         os.close(fd)
     assert first is not None and first.startswith("cannot write output: No space left")
     assert sink.write_error_news() is None and sink.output_dropped == 2
+
+
+def test_an_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        Sink("xml", fd=1)
+
+
+def test_a_value_orjson_cannot_take_becomes_its_text():
+    assert orjson.loads(dumps(ev(x=Path("/a"), y={1, 2})))["event"]["ToolExec"]["x"] == "/a"
+
+
+def test_a_batching_sink_writes_once_its_buffer_is_full():
+    """autoflush off (the run loop flushes per batch): a full buffer is written before a line
+    would be dropped, so a reader that keeps up loses nothing."""
+    r, w = os.pipe()
+    try:
+        s = Sink("json", fd=w, max_buffer=1024, autoflush=False)
+        for i in range(40):
+            s.emit(ev(i))
+        assert s.output_dropped == 0 and s.counts["ToolExec"] == 40
+        written = os.read(r, 1 << 16)
+        assert 1024 >= len(s.pending) > 0 and written.endswith(b"\n")
+        s.flush()
+        written += os.read(r, 1 << 16)
+        assert [orjson.loads(ln)["event"]["ToolExec"]["pid"] for ln in written.splitlines()] \
+            == list(range(40))
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_sink_on_a_closed_fd_counts_instead_of_raising():
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    s = Sink("json", fd=w)  # fstat fails: no blocking mode to set
+    s.emit(ev(1))
+    assert s.output_dropped == 1 and s.write_error == os.strerror(9)  # EBADF
