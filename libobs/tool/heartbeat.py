@@ -18,8 +18,10 @@ def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None, unreadable: int | None = None,
+    programs: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl)."""
+    """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl).
+    `programs`: (loaded from the start-up cache, compiled) of the tool's BPF programs."""
     node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
@@ -29,6 +31,8 @@ def heartbeat_event(
     }
     if unreadable is not None:
         fields["unreadable"] = int(unreadable)
+    if programs is not None:
+        fields["programs_cached"], fields["programs_compiled"] = map(int, programs)
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)
 

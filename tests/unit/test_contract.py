@@ -287,7 +287,8 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
             heartbeat_event(collector_id="obs-ssl-host-1-2-abcdef02", tool="obs-ssl",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
-                            dropped=0, output_dropped=0, host="host-1", unreadable=1)]
+                            dropped=0, output_dropped=0, host="host-1", unreadable=1,
+                            programs=(1, 0))]
 
 
 # ---- everything the code emits ---------------------------------------------------------------
