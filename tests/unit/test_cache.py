@@ -45,3 +45,12 @@ def test_key_changes_with_every_input():
     assert cache.key("a", b"blob", {"X": "t.x"}) != cache.key("a", b"blob2", {"X": "t.x"})
     assert cache.key("a", b"blob", {"X": "t.x"}) != cache.key("a", b"blob", {"X": "t.y"})
     assert cache.key("a", b"blob", {"X": "t.x"}) == cache.key("a", b"blob", {"X": "t.x"})
+
+
+def test_keep_drops_the_least_recently_used(root):
+    for i in range(4):
+        cache.store_json("bpf", f"k{i}", i)
+        os.utime(root / "bpf" / f"k{i}.json", ns=(i * 10**9, i * 10**9))
+    cache.touch("bpf", "k0")  # used just now: kept
+    cache.store_json("bpf", "k4", 4, keep=3)
+    assert sorted(p.stem for p in (root / "bpf").glob("*.json")) == ["k0", "k3", "k4"]
