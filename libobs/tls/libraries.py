@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from libobs.tls import stacks
+from libobs.tls import judgements, stacks
 from libobs.tls.points import ProbePoint
 
 __all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
@@ -246,6 +246,15 @@ def file_probe_points(path: str | Path, exported_only: bool = False) -> tuple[Pr
     return result
 
 
+def judge_file(path: str | Path, exported_only: bool = False) -> stacks.Judgement:
+    """The TLS stack in a file on disk: exported OpenSSL first, then every other stack."""
+    points = file_probe_points(path, exported_only)
+    if points:
+        return stacks.Judgement("OpenSSL", points)
+    found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
+    return found
+
+
 def file_readable(path: str | Path) -> bool:
     """Whether obs has probes for a TLS stack in this file (any of those it reads)."""
     if file_probe_points(path):
@@ -315,6 +324,7 @@ class Finder:
         self.proc = proc
         self.exported_only = exported_only
         self._judged: dict[tuple[int, int], Library | None] = {}
+        self.memo = judgements.Memo(judge_file)  # kept between runs, by file identity
         self.unreadable: list[str] = []  # one line per file whose TLS stack obs cannot read
 
     def check(self, path: str) -> Library | None:
@@ -328,10 +338,7 @@ class Finder:
         return self._judged[key]
 
     def _judge(self, path: str, key: tuple[int, int]) -> Library | None:
-        points = file_probe_points(path, self.exported_only)
-        if points:
-            return Library(path, points, key)
-        found: stacks.Judgement = _with_file(path, stacks.judge, stacks.NONE)
+        found = self.memo.judge(path, self.exported_only)
         if found.problem:
             self.unreadable.append(f"{path}: {found.stack}: {found.problem}")
         if found.points and found.stack:
@@ -386,7 +393,9 @@ class Finder:
         return out
 
     def initial(self, extra: Iterable[str] = ()) -> list[Library]:
-        return self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+        found = self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+        self.memo.save()
+        return found
 
     def rescan(self) -> list[Library]:
         return self.new_libraries(self.from_processes())
