@@ -1,4 +1,4 @@
-"""Sessions: setup, run, tests, unit, lint, bench, soak, tls_matrix.
+"""Sessions: setup, run, tests, unit, lint, bench, soak, tls_matrix, agents_table.
 
 bcc comes from Debian (python3-bpfcc) and only Debian's /usr/bin/python3 sees it, so the project
 venv is made by deploy/setup-host.sh from that interpreter with --system-site-packages, and every
@@ -104,6 +104,18 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tls_matrix(session: nox.Session) -> None:
-    """Which TLS clients obs-ssl reads, measured: prints the README's table of stacks."""
+    """Which TLS clients obs-ssl reads, measured: prints the README's table of stacks and
+    puts it in README.md."""
     _setup(session)
-    session.run(PY, "-m", "tests.support.tls_matrix", external=True, env={"PYTHONPATH": str(ROOT)})
+    session.run(PY, "-m", "tests.support.tls_matrix", "--readme", external=True,
+                env={"PYTHONPATH": str(ROOT)})
+
+
+@nox.session(venv_backend="none")
+def agents_table(session: nox.Session) -> None:
+    """What obs sees of each real agent (Claude Code, Codex, Gemini CLI), measured against
+    stand-ins with and without Nagle: prints the tables and puts them in README.md."""
+    _setup(session, "--agents")
+    for nagle in ([], ["--nagle"]):
+        session.run(PY, "-m", "tests.support.agent_table", "--readme", *nagle, external=True,
+                    env={"PYTHONPATH": str(ROOT)})

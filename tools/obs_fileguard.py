@@ -13,6 +13,7 @@ import typer
 from libobs import cgroup as cgroups
 from libobs.events import hostname
 from libobs.guard import fanotify
+from libobs.guard.cache import DEFAULT_MAX_ENTRIES, Cache
 from libobs.guard.denyfile import DenyFileWatcher, line_errors_text, parse_paths
 from libobs.guard.fileguard import (
     EVENT_F_FLAGS,
@@ -24,7 +25,7 @@ from libobs.guard.fileguard import (
     Scope,
 )
 from libobs.guard.loop import Group, GuardLoop, Outbox
-from libobs.guard.marks import Marks
+from libobs.guard.marks import MASK, Marks
 from libobs.kernel import host
 from libobs.tool import options as cli
 from libobs.tool.loop import err
@@ -57,6 +58,14 @@ def main(
         help="Deny only processes in this cgroup-v2 directory or below it "
              "(absolute, or relative to the cgroup-v2 mount, not the mount itself); everyone "
              "else passes. Without it, every process on the host is guarded.")] = None,
+    cache_size: Annotated[int, typer.Option(
+        "--cache-size", envvar="OBS_FILEGUARD_CACHE_SIZE", min=0, metavar="N",
+        help="A listed directory makes every open on its filesystem wait for the guard; "
+             "remember up to N directories whose files no rule can match in the kernel "
+             "(fanotify ignore marks), so that opening those files again costs nothing. "
+             "Emptied on every rule change and every 2 s: a directory moved into a listed "
+             "one is fully denied within 2 s (a moved file at once). 0: check every "
+             "open.")] = DEFAULT_MAX_ENTRIES,
     fmt: cli.FormatOpt = None, heartbeat_interval: cli.HeartbeatOpt = 60.0,
     heartbeat_file: cli.HeartbeatFileOpt = None, duration: cli.DurationOpt = None,
 ) -> None:
@@ -75,7 +84,9 @@ def main(
         raise cli.usage_exit(GUARD, e) from None
 
     try:  # first: without root, say so rather than fail on the root-only deny-file
+        # Two groups (libobs/guard/cache.py says why): listed files, then directories + cache.
         fan = fanotify.init(INIT_FLAGS, EVENT_F_FLAGS)
+        dirs_fan = fanotify.init(INIT_FLAGS, EVENT_F_FLAGS)
     except OSError as e:
         err(GUARD, fanotify.init_failure(e))
         raise typer.Exit(1) from None
@@ -88,25 +99,27 @@ def main(
         err(GUARD, line)
 
     outbox = Outbox()
-    group = Group(fan)
+    group, dirs = Group(fan), Group(dirs_fan)
     enricher = Enricher(hostname(), str(root) if root else None)
-    guard = Guard(fan, outbox, enricher, scope)
+    guard = Guard(fan, outbox, enricher, scope, cache=Cache(dirs, MASK, cache_size))
     enricher.facts(os.getpid())  # warm every lazy import up while nothing is marked yet
     if scope:
         scope.lookup(os.getpid())
-    marks = Marks(group)  # one O_PATH fd per listed file: make room for long lists
+    marks = Marks(group, dirs)  # one O_PATH fd per listed file: make room for long lists
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     reloader = Reloader(watcher, first.rules, marks, guard, lambda m: err(GUARD, m))
-    loop = GuardLoop(cfg, group, outbox, guard.answer, reloader.tick,
+    loop = GuardLoop(cfg, [group, dirs], outbox, guard.answer, reloader.tick,
                      dropped=lambda: guard.counters.fail_open,
-                     attached=["fanotify:open_perm", "fanotify:open_exec_perm"])
+                     attached=["fanotify:open_perm", "fanotify:open_exec_perm"],
+                     stats=guard.stats)
     status = loop.run()
     guard.close()
     marks.close()
     c = guard.counters
     err(GUARD, f"answered {c.answered} permission event(s): {c.denied} denied, "
-        f"{c.fail_open} let through on an error")
+        f"{c.fail_open} let through on an error, {c.cached} allowed directory(ies) cached "
+        f"(cache emptied {guard.stats().get('cache_flushes', 0)} time(s))")
     raise typer.Exit(status)
 
 

@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from libobs.events import Clock, hostname
-from libobs.net.apijoin import JoinedDecoder
+from libobs.events import NS, Clock, hostname
+from libobs.net.apijoin import ApiJoin, JoinedDecoder
 from libobs.net.decode import untracker
 from libobs.net.llmcalls import LlmCallDecoder
+from libobs.net.transcripts import Transcripts
 from libobs.tls import attach
 from libobs.tool import options, start
-from libobs.tool.loop import Loop
+from libobs.tool.loop import Loop, err
 
 TOOL = "obs-llm"
 EXAMPLES = """Examples:
@@ -25,6 +26,7 @@ EXAMPLES = """Examples:
   sudo obs-llm --pid 1841 --idle-flush 30             # an agent; long pauses inside responses
   sudo obs-llm --providers my-llms.toml               # extra hostname -> provider rules
   sudo obs-llm --api | jq -c '.event.LlmCall | {model, prompt_tokens, completion_tokens, ttft}'
+  sudo obs-llm --api --no-transcripts                 # tokens from the wire only
 """
 TRACEPOINTS = ["syscalls:sys_enter_connect", "syscalls:sys_exit_connect",
                "syscalls:sys_enter_close", "syscalls:sys_enter_write",
@@ -48,7 +50,17 @@ def main(
     api: Annotated[bool, typer.Option(
         "--api", envvar="OBS_API",
         help="Also read TLS plaintext through OpenSSL uprobes (as obs-ssl does) and add the "
-             "model and token counts to each LlmCall.")] = False,
+             "model and token counts to each LlmCall; one LlmCall per HTTP/2 stream, timed "
+             "from the plaintext (timing: tls).")] = False,
+    transcripts: Annotated[bool, typer.Option(
+        "--transcripts/--no-transcripts", envvar="OBS_TRANSCRIPTS",
+        help="With --api: where the wire cannot be read (Codex's rustls), take model and "
+             "tokens from the transcript the agent has open (Codex's rollout-*.jsonl, Claude "
+             "Code's project .jsonl); usage_source says which.")] = True,
+    transcript_wait: Annotated[float, typer.Option(
+        "--transcript-wait", envvar="OBS_TRANSCRIPT_WAIT", min=0, max=60,
+        help="With --api: seconds a call of an agent with a transcript open waits for its "
+             "usage line before it goes out with nulls.")] = 2.0,
     lib: options.TlsLibOpt = None, rescan: options.RescanOpt = 10.0,
     providers: options.ProvidersOpt = None,
     pid: options.PidOpt = None, comm: options.CommOpt = None, cgroup: options.CgroupOpt = None,
@@ -64,7 +76,8 @@ def main(
         options.checked(TOOL, lambda: attach.check_libs(lib or []))
     common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
                           ring_size)
-    features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else [])
+    features = ["llm"] + (["all-tls"] if all_tls else []) + (["api"] if api else []) \
+        + (["transcripts"] if api and transcripts else [])
     job = start.prepare(TOOL, common, features, TRACEPOINTS)
     prog = job.program("net.bpf.c", {"SNI": True, "LLM": True})
     clock = Clock.now()
@@ -73,7 +86,9 @@ def main(
     if not api:
         raise typer.Exit(Loop(job.cfg, [prog], decoder, tick=decoder.tick).run())
     ssl = attach.attach(TOOL, job, lib or [], required=False)
-    joined = JoinedDecoder(decoder, attach.SslApi(clock))
+    join = ApiJoin(transcripts=Transcripts(lambda m: err(TOOL, m)) if transcripts else None,
+                   transcript_wait_ns=int(transcript_wait * NS))
+    joined = JoinedDecoder(decoder, attach.SslApi(clock), join)
     rescanner = attach.Rescanner(TOOL, ssl, rescan)
 
     def tick(now: float) -> list[dict[str, Any]]:
@@ -82,7 +97,7 @@ def main(
 
     raise typer.Exit(Loop(job.cfg, [prog, ssl.program], joined, tick=tick,
                           attached=prog.attached() + ssl.probe_names,
-                          unreadable=lambda: ssl.unreadable).run())
+                          unreadable=lambda: ssl.unreadable, extra=join.heartbeat).run())
 
 
 def run() -> None:

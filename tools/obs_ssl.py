@@ -36,7 +36,8 @@ def main(
         "--content/--no-content", envvar="OBS_CONTENT",
         help="Emit SslContent (the plaintext of every call).")] = True,
     api_only: Annotated[bool, typer.Option(
-        "--api-only", help="Only LlmApi events, no SslContent.")] = False,
+        "--api-only", envvar="OBS_API_ONLY",
+        help="Only LlmApi events, no SslContent.")] = False,
     redact: Annotated[bool, typer.Option(
         "--redact/--no-redact", envvar="OBS_REDACT",
         help="Replace credentials (Authorization, x-api-key, sk-... keys) in SslContent.")] = True,

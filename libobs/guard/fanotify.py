@@ -42,6 +42,22 @@ starred points):
   airtight denies plain opens of the listed binaries too.
 - (*) If the group fd is closed with events still unanswered, the kernel allows them: a guard
   that dies fails open, it never wedges the machine.
+- (*) Ignore masks are per group: an inode mark whose ignore mask holds ``FAN_OPEN_PERM``
+  silences that inode's events from the *same* group's filesystem mark (``ignore`` on an
+  event fd: no second event for that inode), and the same group's own inode mark on it too
+  -- but never another group's marks. ``FAN_MARK_FLUSH`` without a mark-type flag removes a
+  group's inode marks (ignore marks included) and keeps its filesystem marks.
+- (*) A directory's plain ignore mask (``FAN_MARK_IGNORED_MASK``) silences the directory's own
+  opens only. A ``FAN_MARK_IGNORE`` mask with ``FAN_EVENT_ON_CHILD`` (``ignore_children``)
+  silences the opens of the files directly in it, not those of the directory itself, its
+  sub-directories or deeper files. A file renamed or hard-linked from it into another directory is not its child under
+  the new name: opens through that name are events again. A directory renamed elsewhere
+  keeps its mark, children and all.
+- (*) Without ``FAN_MARK_IGNORED_SURV_MODIFY`` the kernel quietly adds *no* ignore mask while
+  the inode is open for writing (the answered opener's own ``O_WRONLY`` open included) and
+  clears it at the next write.
+- (*) With two groups, a permission event goes to one group after the other, and a denial by
+  the first ends the open: the second group gets no event for it.
 - The event's ``pid`` is the thread-group id of the opener (no ``FAN_REPORT_TID``), and
   ``fd_path`` gives the resolved path (symlinks followed, " (deleted)" appended when the file
   was unlinked), so deny rules should be compared against resolved paths.
@@ -85,7 +101,10 @@ FAN_MARK_ADD = 0x00000001
 FAN_MARK_REMOVE = 0x00000002
 FAN_MARK_DONT_FOLLOW = 0x00000004
 FAN_MARK_ONLYDIR = 0x00000008
+FAN_MARK_IGNORED_MASK = 0x00000020
+FAN_MARK_IGNORED_SURV_MODIFY = 0x00000040
 FAN_MARK_FLUSH = 0x00000080
+FAN_MARK_IGNORE = 0x00000400  # 6.0+: an ignore mask whose FAN_ONDIR/FAN_EVENT_ON_CHILD count
 FAN_MARK_INODE = 0x00000000
 FAN_MARK_MOUNT = 0x00000010
 FAN_MARK_FILESYSTEM = 0x00000100
@@ -189,6 +208,30 @@ def mark_inode(fd: int, path: str | bytes, mask: int, *, children: bool = False)
 def mark_filesystem(fd: int, path: str | bytes, mask: int) -> None:
     """Mark the whole filesystem holding ``path``: every open on it becomes an event."""
     mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, AT_FDCWD, path)
+
+
+def ignore(fd: int, target_fd: int, mask: int, *, survive_modify: bool = True) -> None:
+    """Add ``mask`` to the ignore mask of the inode behind ``target_fd`` (an event's fd, or an
+    O_PATH fd): the group's marks then send no such event for that inode (module docstring)."""
+    flags = (FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORED_MASK
+             | (FAN_MARK_IGNORED_SURV_MODIFY if survive_modify else 0))
+    mark(fd, flags, mask, target_fd, None)
+
+
+def ignore_children(fd: int, dir_fd: int, mask: int) -> None:
+    """Ignore ``mask`` events on the direct children of the directory behind ``dir_fd`` (not
+    on the directory itself, nor on sub-directories: no ``FAN_ONDIR``). The kernel wants
+    ``FAN_MARK_IGNORED_SURV_MODIFY`` with ``FAN_MARK_IGNORE`` on a directory. ``dir_fd`` may
+    be an O_PATH fd (which fanotify_mark's own dirfd refuses): it is marked through its
+    /proc/self/fd link."""
+    flags = FAN_MARK_ADD | FAN_MARK_INODE | FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY
+    mark(fd, flags, mask | FAN_EVENT_ON_CHILD, AT_FDCWD, f"/proc/self/fd/{dir_fd}")
+
+
+def flush_inode_marks(fd: int) -> None:
+    """Remove every inode mark of the group (ignore marks included); filesystem and mount
+    marks stay."""
+    mark(fd, FAN_MARK_FLUSH | FAN_MARK_INODE, 0)
 
 
 def parse_events(buf: bytes) -> list[Event]:

@@ -11,13 +11,19 @@ Marks (libobs/guard/fanotify.py records what was measured on this kernel):
   filesystem mounted beneath it), with ``FAN_ONDIR`` so listing it is denied too. Every open
   on those filesystems, by every process, is then a round trip to the guard, decided by the
   resolved path fanotify reports (``Rules.match``: ``PathIndex`` semantics, one dict lookup
-  per path component).
+  per path component). Directories whose files no rule can match are then remembered in the
+  kernel, so that those files cost no event again (libobs/guard/cache.py).
 - ``plan()`` turns the rules and what is on disk now into the marks wanted; ``Marks.apply``
   adds what is missing and removes (``FAN_MARK_REMOVE``) what no rule needs any more. It runs
   on every housekeeping tick, so a reload never leaves an unguarded window, and a listed file
   that is replaced (an editor's rename, rm + create) or created later is marked within a tick.
   A listed file stays guarded while its line stays and it has a name anywhere (renamed away,
   another hard link): renames are no opens, fanotify would not see the escape.
+
+Two fanotify groups: *files* for the inode marks of listed files, *dirs* for the filesystem
+marks of listed directories and the kernel cache of allowed inodes (libobs/guard/cache.py,
+which argues why that cache is safe). An open refused by the first group asked is ended there,
+so it is one Denied event whichever groups watch it.
 
 Answering (``Guard.answer``, the one thread that answers -- libobs/guard/loop.py): the guard's
 own events are allowed first; every other event is decided by inode, then by name, then by
@@ -42,6 +48,7 @@ from typing import Any, Literal, Protocol
 from libobs import cgroup as cg
 from libobs.events import envelope
 from libobs.guard import fanotify
+from libobs.guard.cache import Cache
 from libobs.guard.denyfile import DenyFileWatcher, PathRule, line_errors_text
 from libobs.guard.fanotify import Event
 from libobs.guard.marks import Key, Marks, Rules, observe, plan, read_mounts
@@ -189,6 +196,11 @@ class Counters:
     denied: int = 0
     fail_open: int = 0  # allowed because of an error, a vanished pid or a queue overflow
     vanished: int = 0  # of which: the opener was gone before its cgroup could be read
+    cached: int = 0  # allowed, and its directory added to the kernel cache
+
+
+Pass = Literal["pass"]
+PASS: Pass = "pass"  # a rule matched, but the opener is out of scope or gone: allow, never cache
 
 
 @dataclass(frozen=True)
@@ -202,19 +214,22 @@ class Hit:
 class Guard:
     """Decides and answers batches of permission events (on the answering thread only).
 
-    ``rules`` is replaced whole by the housekeeping thread; a batch uses one snapshot.
+    ``rules`` is replaced whole by the housekeeping thread (``set_rules``); a batch uses one
+    snapshot. Events of the ``cache``'s group that match no rule are cached.
     """
 
     MAX_REPORTED_ERRORS = 20
 
     def __init__(self, fan: int, outbox: Outbox, enricher: Enricher, scope: Scope | None = None,
-                 *, me: int | None = None) -> None:
+                 *, me: int | None = None, cache: Cache | None = None) -> None:
         self.fan = fan
+        self.cache = cache
         self.outbox = outbox
         self.enricher = enricher
         self.scope = scope
         self.me = os.getpid() if me is None else me
         self.rules = Rules()
+        self._basis: object = None
         self.counters = Counters()
         self._errors = 0
         # readlinkat() on this beats readlink("/proc/self/fd/N"): no walk through /proc/self.
@@ -223,25 +238,40 @@ class Guard:
     def close(self) -> None:
         os.close(self._fd_dir)
 
-    def answer(self, events: list[Event]) -> None:
+    def set_rules(self, rules: Rules, basis: object = None) -> None:
+        """New rules from the housekeeper. When they, or ``basis`` (what else cached answers
+        depend on: the filesystem marks), differ from the current ones, the cache is emptied
+        before anything new is marked."""
+        if rules == self.rules and basis == self._basis:
+            return
+        self.rules, self._basis = rules, basis
+        if self.cache is not None:
+            self.cache.reset(rules)
+
+    def answer(self, events: list[Event], fan: int | None = None) -> None:
+        """Answer a batch read from group ``fan`` (default: ``self.fan``)."""
+        fan = self.fan if fan is None else fan
         rules = self.rules
+        cache = self.cache if self.cache is not None and fan == self.cache.fd else None
         ts = time.time_ns()
         denied: list[tuple[Event, Hit]] = []
         for ev in events:
             if ev.fd < 0 or not ev.is_perm:
                 if ev.mask & fanotify.FAN_Q_OVERFLOW:
                     self.counters.fail_open += 1  # the kernel let those through unasked
-                self._respond(ev, True)
+                self._respond(fan, ev, True)
                 continue
             try:
-                hit = None if ev.pid == self.me else self.check(ev, rules)
+                hit = PASS if ev.pid == self.me else self.check(ev, rules)
             except Exception as e:  # a bug here must not leave the opener blocked
                 self._failed(f"allowed an open after an error: {e!r}")
-                hit = None
-            if hit is None:
-                self._respond(ev, True)
-            else:
+                hit = PASS
+            if isinstance(hit, Hit):
                 denied.append((ev, hit))
+                continue
+            if isinstance(hit, bytes) and cache is not None and not ev.mask & fanotify.FAN_ONDIR:
+                self._cache(cache, hit, rules)
+            self._respond(fan, ev, True)
         # Allowed openers are already running; the denied ones are still blocked, so their
         # /proc entries are there to read.
         for ev, hit in denied:
@@ -252,33 +282,54 @@ class Guard:
                 self._failed(f"could not describe a denial: {e!r}", fail_open=False)
                 out = None
             self.counters.denied += 1
-            self._respond(ev, False)
+            self._respond(fan, ev, False)
             if out is not None:
                 self.outbox.event(out)
 
-    def check(self, ev: Event, rules: Rules) -> Hit | None:
-        """The rule this event breaks, if the opener is in scope; None to allow."""
+    def check(self, ev: Event, rules: Rules) -> Hit | Pass | bytes:
+        """The rule this event breaks, if the opener is in scope; ``PASS`` when one matched
+        but the opener is out of scope or gone; the path when no rule matches (the only
+        answer that may be cached)."""
         st = os.fstat(ev.fd)
         path = os.readlink(b"%d" % ev.fd, dir_fd=self._fd_dir)
         rule = rules.match((st.st_dev, st.st_ino), path)
         if rule is None:
-            return None
+            return path
         cgroup = None
         if self.scope is not None:
             found = self.scope.lookup(ev.pid)
             if found is None:  # gone before we could tell: nothing left to protect from
                 self.counters.vanished += 1
                 self.counters.fail_open += 1
-                return None
+                return PASS
             inside, cgroup = found
             if not inside:
-                return None
+                return PASS
         return Hit(rule, path, action_of(ev.mask), cgroup)
 
-    def _respond(self, ev: Event, allow: bool) -> None:
+    def _cache(self, cache: Cache, path: bytes, rules: Rules) -> None:
+        try:
+            self.counters.cached += cache.add(path, rules)
+        except OSError as e:  # costs speed, not safety: those files stay round trips
+            if e.errno == errno.EINVAL:  # no FAN_MARK_IGNORE before Linux 6.0: stop trying
+                cache.max_entries = 0
+                self.outbox.error("this kernel cannot cache allowed directories (fanotify "
+                                  "FAN_MARK_IGNORE, Linux 6.0): every open is checked")
+            elif cache.failed == 1:
+                self.outbox.error(f"cannot cache an allowed directory: {e.strerror}; "
+                                  "counted in the heartbeat's cache_failed")
+
+    def stats(self) -> dict[str, int]:
+        """The heartbeat's obs-fileguard fields."""
+        out = {"answered": self.counters.answered, "cached": self.counters.cached}
+        if self.cache is not None:
+            out |= self.cache.stats()
+        return out
+
+    def _respond(self, fan: int, ev: Event, allow: bool) -> None:
         self.counters.answered += ev.fd >= 0
         try:
-            fanotify.answer_and_close(self.fan, ev, allow)
+            fanotify.answer_and_close(fan, ev, allow)
         except OSError as e:
             # ENOENT: the opener was killed while waiting and the kernel forgot the event.
             if e.errno != errno.ENOENT:
@@ -297,7 +348,9 @@ class Guard:
 class Reloader:
     """The housekeeping tick: re-read the deny-file when it changed, look at the disk, hand the
     answering thread new rules, then bring the marks in step (rules first: a new mark's first
-    event already finds its rule; a removed rule stops denying before its mark goes).
+    event already finds its rule; a removed rule stops denying before its mark goes). New
+    rules or filesystem marks empty the kernel cache before any mark changes; the cache also
+    expires here (libobs/guard/cache.py).
 
     Looking at the disk is skipped until ``BUDGET`` times its last cost has passed, so a long
     list cannot keep the housekeeper (and the GIL) busy; a changed deny-file is applied at once.
@@ -318,6 +371,8 @@ class Reloader:
         self._due = float("-inf")
 
     def tick(self, now: float) -> None:
+        if self.guard.cache is not None:
+            self.guard.cache.expire(now)
         update = self.watcher.poll()
         changed = False
         if update is not None:
@@ -337,7 +392,7 @@ class Reloader:
         dirs = any(s is not None and s.is_dir for s in seen.values())
         mounts = read_mounts() if dirs or self.marks.filesystems else []
         wanted = plan(self.rules, seen, mounts, self.marks.kept())
-        self.guard.rules = wanted.rules
+        self.guard.set_rules(wanted.rules, wanted.fs_marks)
         for msg in self.marks.apply(wanted, mounts):
             self.report(msg)
         if len(self._resolved) > 4 * len(self.rules) + 64:

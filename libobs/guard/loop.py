@@ -55,6 +55,16 @@ class Group:
             if not self.closed:
                 fanotify.mark(self.fd, flags, mask, path=path)
 
+    def ignore_children(self, dir_fd: int, mask: int) -> None:
+        with self._lock:
+            if not self.closed:
+                fanotify.ignore_children(self.fd, dir_fd, mask)
+
+    def flush_inode_marks(self) -> None:
+        with self._lock:
+            if not self.closed:
+                fanotify.flush_inode_marks(self.fd)
+
     def close(self) -> None:
         with self._lock:
             if not self.closed:
@@ -108,16 +118,19 @@ class Watchdog:
 
 
 class GuardLoop:
-    """Runs a guard: ``answer`` on the main thread for every batch of events, ``tick`` on the
-    housekeeper every ``tick_secs`` (its first run must place the marks: the heartbeat file
-    is written right after it), heartbeats and output on the housekeeper too."""
+    """Runs a guard: ``answer(events, group fd)`` on the main thread for every batch of events
+    of any of ``groups``, ``tick`` on the housekeeper every ``tick_secs`` (its first run must
+    place the marks: the heartbeat file is written right after it), heartbeats (with the
+    tool's own ``stats`` fields) and output on the housekeeper too."""
 
-    def __init__(self, cfg: LoopConfig, group: Group, outbox: Outbox,
-                 answer: Callable[[list[fanotify.Event]], None], tick: Callable[[float], None],
-                 dropped: Callable[[], int], attached: list[str], *, tick_secs: float = 0.25,
-                 stall_secs: float = 5.0) -> None:
+    def __init__(self, cfg: LoopConfig, groups: list[Group], outbox: Outbox,
+                 answer: Callable[[list[fanotify.Event], int], None],
+                 tick: Callable[[float], None], dropped: Callable[[], int], attached: list[str],
+                 *, tick_secs: float = 0.25, stall_secs: float = 5.0,
+                 stats: Callable[[], dict[str, int]] | None = None) -> None:
         self.cfg = cfg
-        self.group = group
+        self.groups = groups
+        self.stats = stats
         self.outbox = outbox
         self.answer = answer
         self.tick = tick
@@ -169,7 +182,8 @@ class GuardLoop:
 
     def _serve(self) -> None:
         poller = select.poll()
-        poller.register(self.group.fd, select.POLLIN)
+        for group in self.groups:
+            poller.register(group.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         start = time.monotonic()
         while not self.stop:
@@ -178,16 +192,16 @@ class GuardLoop:
                 if fd == self._wake_r:
                     self._drain_wake()
                 else:
-                    self._answer_pending()
+                    self._answer_pending(fd)
             if self.cfg.duration is not None and time.monotonic() - start >= self.cfg.duration:
                 break
 
-    def _answer_pending(self) -> None:
+    def _answer_pending(self, fd: int) -> None:
         for _ in range(MAX_READS_PER_TURN):
-            events = fanotify.read_events(self.group.fd)
+            events = fanotify.read_events(fd)
             if not events:
                 return
-            self.answer(events)
+            self.answer(events, fd)
             self.turns += 1
 
     def _drain_wake(self) -> None:
@@ -198,19 +212,20 @@ class GuardLoop:
             pass
 
     def _allow_pending_and_close(self) -> None:
-        if self.group.closed:
-            return
-        try:  # a bounded drain: under a steady stream, closing lets the rest through
-            for _ in range(MAX_READS_PER_TURN):
-                events = fanotify.read_events(self.group.fd)
-                if not events:
-                    break
-                for ev in events:
-                    with contextlib.suppress(OSError):
-                        fanotify.answer_and_close(self.group.fd, ev, True)
-        except OSError:
-            pass  # closing lets them through anyway
-        self.group.close()
+        for group in self.groups:
+            if group.closed:
+                continue
+            try:  # a bounded drain: under a steady stream, closing lets the rest through
+                for _ in range(MAX_READS_PER_TURN):
+                    events = fanotify.read_events(group.fd)
+                    if not events:
+                        break
+                    for ev in events:
+                        with contextlib.suppress(OSError):
+                            fanotify.answer_and_close(group.fd, ev, True)
+            except OSError:
+                pass  # closing lets them through anyway
+            group.close()
 
     # --- the housekeeper ---
 
@@ -219,7 +234,8 @@ class GuardLoop:
             collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached,
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,
             counts=self.sink.counts, dropped=self.dropped(),
-            output_dropped=self.sink.output_dropped + self.outbox.dropped)
+            output_dropped=self.sink.output_dropped + self.outbox.dropped,
+            extra=self.stats() if self.stats else None)
         if self.cfg.heartbeat_file:
             try:
                 write_liveness(self.cfg.heartbeat_file, ev)

@@ -79,6 +79,14 @@ class Rules:
 
     inodes: Mapping[Key, PathRule] = field(default_factory=dict)
     names: Mapping[bytes, PathRule] = field(default_factory=dict)  # normalised paths
+    parents: frozenset[bytes] = frozenset()  # the directory of every name but directories'
+
+    def may_cache_children(self, directory: bytes) -> bool:
+        """Whether "no rule matches" holds for every file directly in ``directory`` (a
+        canonical path), whatever its name: neither it nor a directory above it is a rule,
+        and no rule names a file directly in it, nor a path that does not exist yet.
+        A listed directory in it is no obstacle: opens of directories are never cached."""
+        return directory not in self.parents and _by_name(self.names, directory) is None
 
     def match(self, key: Key, path: bytes) -> PathRule | None:
         """The rule an open of ``path`` (inode ``key``) breaks, if any."""
@@ -150,7 +158,15 @@ def plan(rules: Iterable[PathRule], seen: Mapping[bytes, Seen | None],
         if owner is not None:
             inodes.setdefault(key, owner)
             inode_marks.setdefault(key, listed)
-    return Plan(Rules(inodes, names), inode_marks, fs_marks)
+    dirs = {name for path, s in seen.items() if s is not None and s.is_dir
+            for name in (path, s.resolved)}
+    parents = frozenset(parent_of(name) for name in names if name not in dirs)
+    return Plan(Rules(inodes, names, parents), inode_marks, fs_marks)
+
+
+def parent_of(path: bytes) -> bytes:
+    """The directory of a canonical absolute path ("/" for "/x")."""
+    return path.rpartition(b"/")[0] or b"/"
 
 
 def observe(paths: Iterable[bytes],
@@ -198,11 +214,13 @@ class Marks:
     names the file has by then, and tells whether the file still has any (``kept``). It holds
     no data open, but like any open fd it keeps that filesystem from being unmounted (lazy
     unmounts work). Filesystem marks hold nothing; they are removed through any path on that
-    filesystem, and vanish with it when it is unmounted.
+    filesystem, and vanish with it when it is unmounted. They go to ``fs_group`` when given
+    (obs-fileguard's *dirs* group, the one with the cache), else to ``group``.
     """
 
-    def __init__(self, group: MarkTarget) -> None:
+    def __init__(self, group: MarkTarget, fs_group: MarkTarget | None = None) -> None:
         self.group = group
+        self.fs_group = group if fs_group is None else fs_group
         self.inodes: dict[Key, tuple[int, bytes]] = {}  # → (O_PATH fd, listed path)
         self.filesystems: dict[int, bytes] = {}
         self._reported: set[str] = set()
@@ -280,7 +298,8 @@ class Marks:
     def _mark(self, errors: list[str], flags: int, fd: int, path: bytes) -> bool:
         on_fs = bool(flags & fanotify.FAN_MARK_FILESYSTEM)
         try:
-            self.group.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
+            target = self.fs_group if on_fs else self.group
+            target.mark(flags, FS_MASK if on_fs else MASK, f"/proc/self/fd/{fd}")
         except OSError as e:
             if flags & fanotify.FAN_MARK_REMOVE:
                 return True  # nothing to remove: either way it is not ours any more

@@ -225,9 +225,13 @@ class Joiner:
             return
         best.used = True
         fields["api_ts"] = best.ts
+        copied = False
         for key in _API_COPY:
             if fields.get(key) is None and best.fields.get(key) is not None:
                 fields[key] = best.fields[key]
+                copied = True
+        if copied and "usage_source" in fields and fields["usage_source"] is None:
+            fields["usage_source"] = "wire"  # obs-llm --api had none; obs-ssl's wire did
         self.joined["LlmCall"] += 1
 
     def _index_dns(self, ev: dict[str, Any], fields: dict[str, Any]) -> None:

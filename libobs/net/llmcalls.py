@@ -29,6 +29,14 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   neither ends an exchange nor starts one. When the peer closes, one trailing alert-sized
   segment (its close_notify) is not counted as response.
 
+Known limit: a server with Nagle on sends its first session ticket at once and holds the
+second until the client acknowledges the first; a client done sending delays that ACK
+(40 ms or more), so the ticket arrives outside the window, after the server had the whole
+request, and is taken for the first response byte. Nothing the kernel reports tells it
+apart: TLS 1.3 encrypts the record type, the segment's ack and sequence numbers are those of
+its transmission (after the request, like a response's), and its size and timing are those
+of a short, fast answer. Only the plaintext can say (obs-llm --api: libobs.net.apijoin).
+
 `Connection` is pure (records in, `Exchange`s out) and tested without root;
 `LlmCallDecoder` wires it to bpf/net.bpf.c records and the event envelope.
 """
@@ -38,7 +46,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from libobs.events import NS, Clock, duration, envelope
 from libobs.identity import Identities
@@ -71,6 +79,9 @@ _SEQ = 1 << 32
 # switch interval) and network jitter; no LLM API answers that fast.
 POST_HS_SLACK_NS = 20_000_000
 POST_HS_MAX_BYTES = 4096
+# Arrivals closer than this are one burst (obs-llm --api's join; see Exchange.bursts).
+BURST_GAP_NS = 10_000_000
+MAX_BURSTS = 64
 
 
 def seq_before(a: int, b: int) -> bool:
@@ -147,6 +158,20 @@ class Exchange:
     # In-window segments acking the request (ts, bytes): tickets if a response follows later,
     # else they were the response of a server faster than the window (settle()).
     held: list[tuple[int, int]] = field(default_factory=list)
+    # [first, last] arrival of each run of data segments less than BURST_GAP apart, of every
+    # segment that arrived while this exchange was current (for obs-llm --api's join: when
+    # the bytes a TLS read returned had arrived); only the first MAX_BURSTS runs
+    bursts: list[list[int]] = field(default_factory=list)
+    bursts_cut: bool = False
+    until: int = 0  # when it stopped being the connection's current exchange
+
+    def arrived(self, ts: int) -> None:
+        if self.bursts and ts - self.bursts[-1][1] <= BURST_GAP_NS:
+            self.bursts[-1][1] = ts
+        elif len(self.bursts) < MAX_BURSTS:
+            self.bursts.append([ts, ts])
+        else:
+            self.bursts_cut = True
 
     @property
     def ttft_ns(self) -> int:
@@ -194,6 +219,7 @@ class Connection:
     count: int = 0
     rcv_end: int | None = None          # highest sequence number received + 1
     last_ts: int = 0
+    bursts: bool = False                # record Exchange.bursts (obs-llm --api only)
 
     def _finished(self, ts: int) -> None:
         """The client's TLS 1.3 Finished left at ts: the server's answer to it is coming."""
@@ -221,6 +247,7 @@ class Connection:
         if s.nbytes <= CONTROL_MAX:
             return []  # close_notify, an HTTP/2 WINDOW_UPDATE mid-response: not a request
         if cur is not None and cur.answered():
+            cur.until = s.start_ts or s.ts
             done.append(cur)
         self.count += 1
         self.current = Exchange(self.count, s.start_ts or s.ts, s.ts, s.nbytes, s.seq_end)
@@ -259,6 +286,8 @@ class Connection:
                 self.hello_answered, self.hs_rtt = True, seg.ts - self.hello_ts
             return []
         cur = self.current
+        if cur is not None and self.bursts:
+            cur.arrived(seg.ts)
         if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
             self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
             if cur is not None and cur.first_resp_ts is None and not seq_before(seg.ack,
@@ -280,6 +309,7 @@ class Connection:
         cur, self.current = self.current, None
         if cur is None or not cur.answered():
             return []
+        cur.until = c.ts or self.last_ts
         if c.by_peer:
             cur.drop_trailing_alert()
         return [cur]
@@ -292,7 +322,38 @@ class Connection:
         if cur is None or cur.last_resp_ts is None or now_ns - cur.last_resp_ts < idle_ns:
             return []
         self.current = None
+        cur.until = now_ns
         return [cur] if cur.answered() else []
+
+
+class SocketView(NamedTuple):
+    """An emitted exchange's connection and instants (wall ns), for the plaintext join:
+    which connection it was on, and when its request started and ended and its response's
+    first and last segment arrived."""
+
+    conn: tuple[int, int]  # (sock pointer, connect time): one connection, reuse or not
+    start: int
+    request_end: int
+    first_resp: int
+    last_resp: int
+    bursts: tuple[tuple[int, int], ...]  # Exchange.bursts
+    bursts_cut: bool
+    until: int  # every arrival before this instant is in bursts (unless bursts_cut)
+
+    def arrived_by(self, t: int, whole: bool) -> int:
+        """When the bytes a TLS read returned at t had all arrived: the last segment arrival
+        at or before t — or t itself where the socket cannot say. `whole`: every byte such a
+        read can return came in this exchange (HTTP/1.1); else (HTTP/2) only arrivals up to
+        the exchange's last one are known."""
+        if not self.bursts:
+            return t
+        if (self.bursts_cut and t > self.bursts[-1][1]) or (t > self.until and not whole):
+            return t  # segments the exchange did not see may have come before t
+        before = [end for start, end in self.bursts if start <= t]
+        return min(t, before[-1]) if before else t
+
+
+SOCKET_KEY = "_socket"  # envelope key of the SocketView; the join removes it before output
 
 
 # ---- records → events --------------------------------------------------------------------------
@@ -317,8 +378,9 @@ class LlmCallDecoder:
 
     def __init__(self, clock: Clock, host: str, rules: Rules, untrack: Callable[[int], None],
                  all_tls: bool = False, idle: float = 10.0,
-                 identities: Identities | None = None):
+                 identities: Identities | None = None, instants: bool = False):
         self.clock = clock
+        self.instants = instants  # add SOCKET_KEY for libobs.net.apijoin (obs-llm --api)
         self.host = host
         self.rules = rules
         self.untrack = untrack
@@ -358,7 +420,8 @@ class LlmCallDecoder:
         if not is_tls or (provider is None and not self.all_tls):
             self.untrack(p.sk)
             return
-        self.tracked[p.sk] = _Tracked(conn, sni, provider, Connection(last_ts=p.h.ts))
+        self.tracked[p.sk] = _Tracked(conn, sni, provider,
+                                      Connection(last_ts=p.h.ts, bursts=self.instants))
         while len(self.tracked) > self.MAX_CONNS:
             sk, _ = self.tracked.popitem(last=False)
             self.untrack(sk)
@@ -393,8 +456,26 @@ class LlmCallDecoder:
                   "latency": duration(e.latency_ns), "ttft": duration(e.ttft_ns),
                   "exchange": e.index}
         identity, process = self.ids.of(c.h)
-        return envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
-                        identity=identity, process=process, provider=t.provider)
+        ev = envelope("LlmCall", fields, ts=self.clock.wall(e.start_ts), host=self.host,
+                      identity=identity, process=process, provider=t.provider)
+        if self.instants:
+            wall = self.clock.wall
+            ev[SOCKET_KEY] = SocketView((c.sk, c.h.ts), wall(e.start_ts), wall(e.req_end_ts),
+                                        wall(e.first_resp_ts or e.req_end_ts),
+                                        wall(e.last_resp_ts or e.req_end_ts),
+                                        tuple((wall(a), wall(b)) for a, b in e.bursts),
+                                        e.bursts_cut, wall(e.until or e.last_resp_ts or 0))
+        return ev
+
+    def live(self) -> dict[int, list[int]]:
+        """Processes with a followed connection open now → wall-clock starts of their
+        exchanges in progress (calls not reported yet)."""
+        out: dict[int, list[int]] = {}
+        for t in self.tracked.values():
+            cur = t.exchanges.current
+            out.setdefault(t.conn.h.pid, []).extend(
+                [self.clock.wall(cur.start_ts)] if cur is not None else [])
+        return out
 
     def tick(self, now: float) -> Iterator[dict[str, Any]]:
         """Exchanges idle for `idle` (now: monotonic s; inf flushes every open exchange)."""

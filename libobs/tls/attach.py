@@ -32,7 +32,15 @@ import typer
 from libobs.events import Clock
 from libobs.kernel.records import HDR
 from libobs.tls import libraries
-from libobs.tls.decode import CALL_WAIT, K_SSL, ApiFact, ApiTracker, CallAssembler, decode_chunk
+from libobs.tls.decode import (
+    CALL_WAIT,
+    K_SSL,
+    ApiFact,
+    ApiTracker,
+    CallAssembler,
+    Timing,
+    decode_chunk,
+)
 from libobs.tool.loop import err
 from libobs.tool.options import UsageError
 from libobs.tool.start import Prepared
@@ -50,6 +58,8 @@ class LlmFact:
     provider: str | None
     host: str | None
     fields: dict[str, Any]  # LlmApi fields: model, *_tokens, stream, path (None = unknown)
+    stream: int = 0   # HTTP/2 stream id; 0 on HTTP/1.x
+    timing: Timing | None = None  # the plaintext's own clock, wall ns (decode.Timing)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -93,8 +103,14 @@ class SslApi:
         return out
 
     def _fact(self, f: ApiFact) -> LlmFact:
-        return LlmFact(f.h.pid, f.h.tid, f.is_request, self.clock.wall(f.ts),
-                       self.clock.wall(f.request_ts), f.provider, f.host, dict(f.fields))
+        wall = self.clock.wall
+        t = f.timing
+        timing = None if t is None else t._replace(
+            request_end=wall(t.request_end),
+            first_resp=None if t.first_resp is None else wall(t.first_resp),
+            last_resp=None if t.last_resp is None else wall(t.last_resp))
+        return LlmFact(f.h.pid, f.h.tid, f.is_request, wall(f.ts), wall(f.request_ts),
+                       f.provider, f.host, dict(f.fields), f.stream, timing)
 
 
 def check_libs(libs: Sequence[Path]) -> None:

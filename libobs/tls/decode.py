@@ -172,11 +172,26 @@ def _chunks(captured: int) -> int:
 
 # ---- LLM API facts per connection -----------------------------------------------------------
 
+class Timing(NamedTuple):
+    """An exchange as the application saw it through its SSL calls (kernel monotonic ns; a
+    write is stamped when it was entered, a read when it returned): the request's last
+    byte written, the response's first and last byte read, and each message's size in
+    plaintext (HTTP/1.1: head and framed body; HTTP/2: that stream's frames). On a response
+    fact only: the request's end is known, the response's first and last byte too."""
+
+    request_end: int
+    first_resp: int | None = None
+    last_resp: int | None = None
+    req_bytes: int = 0
+    resp_bytes: int = 0
+
+
 @dataclass
 class ApiFact:
     """One LlmApi fact. `ts` is the kernel's monotonic ns of the message's first byte for a
     request, of its last byte for a response; `request_ts` is the request's first byte in both
-    halves of an exchange (the key to join on). `fields` are LlmApi's, without pid/is_request."""
+    halves of an exchange (the key to join on). `fields` are LlmApi's, without pid/is_request.
+    `stream` is the HTTP/2 stream id (0 on HTTP/1.x and WebSocket)."""
 
     h: Hdr
     ssl: int
@@ -185,6 +200,8 @@ class ApiFact:
     request_ts: int
     host: str | None
     fields: dict[str, Any]
+    stream: int = 0
+    timing: Timing | None = None
 
     @property
     def provider(self) -> str | None:
@@ -317,7 +334,8 @@ class ApiTracker:
             return []
         fields = {"model": req.get("model"), **dict.fromkeys(TOKEN_FIELDS),
                   "stream": bool(req.get("stream")), "path": req.get("path")}
-        return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields)]
+        return [ApiFact(conn.h, ssl, True, msg.ts_first, msg.ts_first, conn.host, fields,
+                        msg.stream, Timing(msg.ts_last or msg.ts_first, req_bytes=msg.wire_len))]
 
     def _start(self, call: SslCall) -> HttpStream | Http2Stream | None:
         if call.is_read:
@@ -348,8 +366,11 @@ class ApiTracker:
         fields = {"model": resp.get("model"), **{k: resp.get(k) for k in TOKEN_FIELDS},
                   "stream": bool(resp.get("stream")), "path": req.get("path")}
         host = request.headers.get("host", conn.host)
-        return [ApiFact(conn.h, ssl, False, msg.ts_last or msg.ts_first, request.ts_first,
-                        host, fields)]
+        last = msg.ts_last or msg.ts_first
+        timing = Timing(request.ts_last or request.ts_first, msg.ts_first, last,
+                        request.wire_len, msg.wire_len)
+        return [ApiFact(conn.h, ssl, False, last, request.ts_first, host, fields, msg.stream,
+                        timing)]
 
     def expire(self, now: float) -> list[ApiFact]:
         """Close connections idle since before now - idle_secs (all of them at now=inf)."""

@@ -18,9 +18,10 @@ def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None, unreadable: int | None = None,
-    programs: tuple[int, int] | None = None,
+    programs: tuple[int, int] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl).
+    """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl); `extra`:
+    a tool's own documented fields (obs-llm --api's `transcripts`, obs-fileguard's cache).
     `programs`: (loaded from the start-up cache, compiled) of the tool's BPF programs."""
     node = host or hostname()
     fields = {
@@ -33,6 +34,7 @@ def heartbeat_event(
         fields["unreadable"] = int(unreadable)
     if programs is not None:
         fields["programs_cached"], fields["programs_compiled"] = map(int, programs)
+    fields.update(extra or {})
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)
 

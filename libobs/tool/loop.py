@@ -47,7 +47,8 @@ class Loop:
                  decode: Callable[[bytes], Iterable[Event]],
                  tick: Callable[[float], Iterable[Event]] | None = None,
                  lost: Callable[[], int] | None = None, attached: list[str] | None = None,
-                 unreadable: Callable[[], int] | None = None):
+                 unreadable: Callable[[], int] | None = None,
+                 extra: Callable[[], dict[str, Any]] | None = None):
         self.cfg = cfg
         self.programs = programs
         self.decode = decode
@@ -61,6 +62,7 @@ class Loop:
         self.sink = Sink(cfg.fmt, max_buffer=cfg.max_output_buffer, autoflush=False)
         self._attached = attached
         self.unreadable = unreadable  # the heartbeat's count of TLS stacks found but not read
+        self.extra = extra  # more heartbeat fields of the tool's own
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:
         self.stop = True
@@ -87,7 +89,8 @@ class Loop:
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,
             counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped,
             unreadable=self.unreadable() if self.unreadable else None,
-            programs=self.program_sources())
+            programs=self.program_sources(),
+            extra=self.extra() if self.extra else None)
         if self.cfg.heartbeat_file:
             try:
                 write_liveness(self.cfg.heartbeat_file, ev)

@@ -1,8 +1,11 @@
 /* Load generator for the bench session: open(O_WRONLY|O_CREAT)+close at a target rate.
- * usage: openloop PATH RATE_PER_SEC SECONDS [COUNT]   (RATE 0 = as fast as possible;
- *        COUNT: stop after exactly that many opens)
+ * usage: openloop PATH RATE_PER_SEC SECONDS [COUNT [NFILES]]   (RATE 0 = as fast as
+ *        possible; COUNT: stop after exactly that many opens, 0 = no limit; NFILES: PATH is a
+ *        printf pattern with one %d, and open i opens PATH % (i mod NFILES): a different file
+ *        each time)
  * Prints the number of opens done and the achieved rate. */
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -17,19 +20,26 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && argc != 5) {
-        fprintf(stderr, "usage: openloop PATH RATE SECONDS [COUNT]\n");
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: openloop PATH RATE SECONDS [COUNT [NFILES]]\n");
         return 2;
     }
     const char *path = argv[1];
     double rate = atof(argv[2]), secs = atof(argv[3]);
-    long count = argc == 5 ? atol(argv[4]) : 0;
+    long count = argc >= 5 ? atol(argv[4]) : 0;
+    long nfiles = argc == 6 ? atol(argv[5]) : 0;
+    char name[PATH_MAX];
     double start = now(), end = start + secs;
     long n = 0;
     for (;;) {
         /* batches of 64 between clock reads keep the loop tight */
         for (int i = 0; i < 64 && (!count || n < count); i++) {
-            int fd = open(path, O_WRONLY | O_CREAT, 0600);
+            const char *p = path;
+            if (nfiles > 0) {
+                snprintf(name, sizeof name, path, (int)(n % nfiles));
+                p = name;
+            }
+            int fd = open(p, O_WRONLY | O_CREAT, 0600);
             if (fd >= 0)
                 close(fd);
             n++;

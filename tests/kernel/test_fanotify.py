@@ -42,10 +42,14 @@ Decide = Callable[[Event, bytes], bool]
 
 
 class Listener:
-    """Answers permission events from a thread and records (mask, pid, path) for each."""
+    """Answers permission events from a thread and records (mask, pid, path) for each.
+    ``cache``: ignore the inode of every allowed event from then on (what obs-fileguard's
+    cache does), with ``FAN_MARK_IGNORED_SURV_MODIFY`` unless ``survive_modify`` is False."""
 
-    def __init__(self, decide: Decide) -> None:
+    def __init__(self, decide: Decide, cache: bool = False, survive_modify: bool = True) -> None:
         self.decide = decide
+        self.cache = cache
+        self.survive_modify = survive_modify
         self.fan = fanotify.init(
             fanotify.FAN_CLASS_CONTENT | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK
         )
@@ -70,6 +74,9 @@ class Listener:
             path = fanotify.fd_path(ev.fd)
             self.seen.append((ev.mask, ev.pid, path))
             allow = self.decide(ev, path)
+            if allow and self.cache:
+                fanotify.ignore(self.fan, ev.fd, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM,
+                                survive_modify=self.survive_modify)
         except BaseException as e:
             self.errors.append(e)
         finally:
@@ -89,11 +96,11 @@ class Listener:
 
 
 @pytest.fixture
-def listen() -> Iterator[Callable[[Decide], Listener]]:
+def listen() -> Iterator[Callable[..., Listener]]:
     listeners: list[Listener] = []
 
-    def start(decide: Decide) -> Listener:
-        listeners.append(Listener(decide))
+    def start(decide: Decide, **kw: bool) -> Listener:
+        listeners.append(Listener(decide, **kw))
         return listeners[-1]
 
     yield start
@@ -275,6 +282,147 @@ def test_mount_mark_misses_a_bind_mount_filesystem_mark_does_not(tmpfs, tmp_path
         assert on_fs.paths() == [path.encode(), via_bind.encode()]
     finally:
         subprocess.run(["umount", str(bind)], check=True)
+
+
+# --- ignore masks (obs-fileguard's cache) and two groups --------------------------------------
+
+# Opens (r), opens for writing (w) and opens that write (a) of each "how:path" argument.
+OPS = """
+import os, sys
+for arg in sys.argv[1:]:
+    how, _, p = arg.partition(":")
+    try:
+        fd = os.open(p, os.O_RDONLY if how == "r" else os.O_WRONLY)
+        if how == "a":
+            os.write(fd, b"more")
+        os.close(fd)
+        print("ok")
+    except OSError as e:
+        print(e.errno)
+"""
+
+
+def ops_in_child(*ops: str) -> list[str]:
+    return run_child(OPS, *ops)[2]
+
+
+def test_an_ignore_mask_on_the_event_fd_silences_that_inode_for_the_filesystem_mark(
+        tmpfs, listen):
+    a, b = touch(f"{tmpfs}/a"), touch(f"{tmpfs}/b")
+    d = f"{tmpfs}/d"
+    inside = touch(f"{d}/inside")
+    lst = listen(lambda ev, path: ev.pid != os.getpid(), cache=True)
+    mark_filesystem(lst.fan, tmpfs, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | fanotify.FAN_ONDIR)
+    assert ops_in_child(f"r:{a}", f"r:{a}", f"w:{a}", f"r:{b}", f"r:{d}", f"r:{d}",
+                        f"r:{inside}", f"r:{inside}") == ["ok"] * 8
+    # One event per inode, and the directory's ignore mask does not cover the file in it.
+    assert lst.paths() == [a.encode(), b.encode(), d.encode(), inside.encode()]
+
+
+def test_flushing_inode_marks_empties_the_cache_and_keeps_the_filesystem_mark(tmpfs, listen):
+    a = touch(f"{tmpfs}/a")
+    lst = listen(lambda ev, path: ev.pid != os.getpid(), cache=True)
+    mark_filesystem(lst.fan, tmpfs, FAN_OPEN_PERM)
+    assert ops_in_child(f"r:{a}", f"r:{a}") == ["ok", "ok"]
+    fanotify.flush_inode_marks(lst.fan)
+    assert ops_in_child(f"r:{a}", f"r:{a}") == ["ok", "ok"]
+    assert lst.paths() == [a.encode()] * 2  # one event again after the flush, then cached
+
+
+def test_an_ignore_mask_silences_its_own_groups_inode_mark_but_not_another_groups(
+        tmp_path, listen):
+    secret = touch(tmp_path / "secret")
+    mine = listen(allow_all, cache=True)
+    mark_inode(mine.fan, secret, FAN_OPEN_PERM)
+    assert ops_in_child(f"r:{secret}", f"r:{secret}") == ["ok", "ok"]
+    assert mine.paths() == [secret.encode()]  # why listed files need a group of their own
+    other = listen(deny_all)
+    mark_inode(other.fan, secret, FAN_OPEN_PERM)
+    assert ops_in_child(f"r:{secret}") == [EPERM]
+    assert other.paths() == [secret.encode()] and mine.paths() == [secret.encode()]
+
+
+def test_a_denial_by_the_first_group_asked_ends_the_open(tmpfs, listen):
+    secret = touch(f"{tmpfs}/secret")
+    files, dirs = listen(deny_all), listen(deny_all)
+    mark_inode(files.fan, secret, FAN_OPEN_PERM)
+    mark_filesystem(dirs.fan, tmpfs, FAN_OPEN_PERM)
+    assert ops_in_child(f"r:{secret}") == [EPERM]
+    assert len(files.paths() + dirs.paths()) == 1  # one Denied event per refused open
+    files_first = bool(files.paths())
+    files.decide = allow_all
+    assert ops_in_child(f"r:{secret}") == [EPERM]
+    if files_first:  # allowed by the first, so asked of the second, which denies
+        assert (len(files.paths()), len(dirs.paths())) == (2, 1)
+    else:
+        assert (len(files.paths()), len(dirs.paths())) == (0, 2)
+
+
+def o_path(path: str) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def test_a_children_ignore_mask_silences_the_files_directly_in_a_directory_only(tmpfs, listen):
+    d = f"{tmpfs}/d"
+    a, b, deeper = touch(f"{d}/a"), touch(f"{d}/b"), touch(f"{d}/sub/c")
+    lst = listen(allow_all)
+    mark_filesystem(lst.fan, tmpfs, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | fanotify.FAN_ONDIR)
+    fd = o_path(d)
+    try:
+        fanotify.ignore_children(lst.fan, fd, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)
+    finally:
+        os.close(fd)
+    assert ops_in_child(f"r:{a}", f"w:{b}", f"r:{d}", f"r:{d}/sub", f"r:{deeper}") == ["ok"] * 5
+    # Not the directory itself, not its sub-directory, not a file deeper down.
+    assert lst.paths() == [d.encode(), f"{d}/sub".encode(), deeper.encode()]
+
+
+def test_a_file_renamed_or_linked_out_of_a_cached_directory_is_an_event_again(tmpfs, listen):
+    d, listed = f"{tmpfs}/d", f"{tmpfs}/listed"
+    moved, linked = touch(f"{d}/moved"), touch(f"{d}/linked")
+    os.mkdir(listed)
+    lst = listen(lambda ev, path: not path.startswith(listed.encode() + b"/"))
+    mark_filesystem(lst.fan, tmpfs, FAN_OPEN_PERM | fanotify.FAN_ONDIR)
+    fd = o_path(d)
+    try:
+        fanotify.ignore_children(lst.fan, fd, FAN_OPEN_PERM)
+    finally:
+        os.close(fd)
+    os.rename(moved, f"{listed}/moved")
+    os.link(linked, f"{listed}/linked")
+    assert ops_in_child(f"r:{listed}/moved", f"r:{listed}/linked", f"r:{linked}") == [
+        EPERM, EPERM, "ok"]  # the old name of the link: still a child of the cached directory
+    assert lst.paths() == [f"{listed}/moved".encode(), f"{listed}/linked".encode()]
+    os.rename(d, f"{listed}/d")  # the directory keeps its mark, wherever it goes
+    assert ops_in_child(f"r:{listed}/d/linked", f"r:{listed}/d") == ["ok", EPERM]
+    assert lst.paths()[2:] == [f"{listed}/d".encode()]
+
+
+def test_a_children_ignore_mask_does_not_silence_another_groups_inode_mark(tmpfs, listen):
+    d = f"{tmpfs}/d"
+    secret = touch(f"{d}/secret")
+    dirs, files = listen(allow_all), listen(deny_all)
+    mark_filesystem(dirs.fan, tmpfs, FAN_OPEN_PERM)
+    fd = o_path(d)
+    try:
+        fanotify.ignore_children(dirs.fan, fd, FAN_OPEN_PERM)
+    finally:
+        os.close(fd)
+    mark_inode(files.fan, secret, FAN_OPEN_PERM)
+    assert ops_in_child(f"r:{secret}") == [EPERM]
+    assert files.paths() == [secret.encode()] and dirs.paths() == []
+
+
+def test_without_surv_modify_nothing_open_for_writing_is_cached_and_a_write_uncaches(
+        tmpfs, listen):
+    a, b = touch(f"{tmpfs}/a"), touch(f"{tmpfs}/b")
+    lst = listen(allow_all, cache=True, survive_modify=False)
+    mark_filesystem(lst.fan, tmpfs, FAN_OPEN_PERM)
+    # The opener's own O_WRONLY open counts: the kernel quietly adds no ignore mask.
+    assert ops_in_child(f"w:{a}", f"w:{a}", f"r:{b}", f"r:{b}", f"a:{b}", f"r:{b}") == ["ok"] * 6
+    # a: no caching; b: cached by the read, the cache cleared by the write (its open was
+    # cached, so no event), then one event again.
+    assert lst.paths() == [a.encode(), a.encode(), b.encode(), b.encode()]
 
 
 def test_closing_the_group_with_an_event_pending_fails_open(tmp_path):

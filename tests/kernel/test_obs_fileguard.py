@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from libobs.guard.cache import TTL
 from libobs.kernel.host import cgroup2_root
 from tests.support.clients import EXECER, OPENER
 from tests.support.tools import REPO, running, tool_cmd, wait_for
@@ -363,7 +364,8 @@ def test_burst_of_10000_opens_on_a_marked_filesystem(conf, tmpfs):
     touch(tmpfs / "secret" / "file")
     files = [str(touch(tmpfs / "pub" / f"f{i}")) for i in range(50)]
     procs, per_proc = 4, 2500
-    with running(TOOL, str(deny), "--heartbeat-interval", "1") as tool:
+    # Without the cache: every open is a round trip (with it, 50 would be).
+    with running(TOOL, str(deny), "--heartbeat-interval", "1", "--cache-size", "0") as tool:
         start = time.monotonic()
         workers = [child(BURST, str(per_proc), *files) for _ in range(procs)]
         done = [w.communicate(timeout=120)[0].split() for w in workers]
@@ -380,3 +382,139 @@ def test_burst_of_10000_opens_on_a_marked_filesystem(conf, tmpfs):
     [summary] = [ln for ln in tool.stderr().splitlines() if "permission event(s)" in ln]
     answered = int(summary.split("answered ")[1].split()[0])
     assert answered >= procs * per_proc  # every one of them was a round trip to the guard
+
+
+# --- the kernel cache of allowed files (libobs/guard/cache.py) ---------------------------------
+
+
+def summary(tool) -> dict[str, int]:
+    """The counts of the exit summary on stderr."""
+    [line] = [ln for ln in tool.stderr().splitlines() if "permission event(s)" in ln]
+    words = line.replace("(", " ").split()
+    return {"answered": int(words[words.index("answered") + 1]),
+            "cached": int(words[words.index("allowed") - 1]),
+            "flushes": int(words[words.index("emptied") + 1])}
+
+
+def test_repeated_opens_in_an_allowed_directory_are_one_event(conf, tmpfs):
+    deny = conf / "deny"
+    deny.write_text(f"{tmpfs}/secret\n")
+    (tmpfs / "secret").mkdir()
+    dirs = [tmpfs / "pub" / "a", tmpfs / "pub" / "b"]
+    files = [str(touch(d / f"f{i}")) for d in dirs for i in range(5)]
+    n = 2000
+    with running(TOOL, str(deny)) as tool:
+        start = time.monotonic()
+        w = child(BURST, str(n), *files)
+        assert w.communicate(timeout=120)[0].split() == [str(n)]
+        took = time.monotonic() - start
+        assert open_in_child(tmpfs / "secret")[1] == [EPERM]  # never cached: a rule matched
+        assert open_in_child(tmpfs / "secret")[1] == [EPERM]
+    assert tool.status == 0, tool.stderr()
+    got = summary(tool)
+    print(f"{n} opens of {len(files)} files in {len(dirs)} directories in {took:.2f} s: {got}")
+    # Two events per directory (it is cached at the second), again after each time the cache
+    # was emptied or forgot what it saw once (every TTL), plus the two refused opens.
+    assert got["cached"] >= len(dirs)
+    windows = 2 + got["flushes"] + int(took / TTL)
+    assert got["answered"] <= 2 * len(dirs) * windows + 2
+    assert got["answered"] < n
+
+
+def test_a_cached_file_newly_listed_is_denied_after_the_reload(conf, tmpfs):
+    deny = conf / "deny"
+    deny.write_text(f"{tmpfs}/secret\n")
+    (tmpfs / "secret").mkdir()  # a directory rule: the filesystem is marked
+    x, y = touch(tmpfs / "pub" / "x"), touch(tmpfs / "pub2" / "sub" / "y")
+    with running(TOOL, str(deny)) as tool:
+        assert open_in_child(x, x, y, y)[1] == ["ok"] * 4  # their directories cached now
+        write_denyfile(deny, f"{tmpfs}/secret\n{x}\n")  # a file rule for a cached file
+        wait_for(lambda: open_in_child(x)[1] == [EPERM], timeout=RELOAD_BOUND + 3,
+                 what="the cached file to be denied")
+        write_denyfile(deny, f"{tmpfs}/secret\n{x}\n{tmpfs}/pub2\n")  # a directory above one
+        wait_for(lambda: open_in_child(y)[1] == [EPERM], timeout=RELOAD_BOUND + 3,
+                 what="the cached file beneath the new directory rule to be denied")
+        assert open_in_child(x, tmpfs / "secret")[1] == [EPERM, EPERM]
+    assert tool.status == 0, tool.stderr()
+    assert summary(tool)["cached"] >= 2
+
+
+def test_cached_files_moved_or_linked_into_a_listed_directory(conf, tmpfs):
+    """What libobs/guard/cache.py (point 3) argues: a file renamed or hard-linked into a
+    listed directory is denied at once; a whole cached directory moved in, within 2 s."""
+    deny = conf / "deny"
+    deny.write_text(f"{tmpfs}/secret\n")
+    (tmpfs / "secret").mkdir()
+    moved, linked = touch(tmpfs / "pub" / "moved"), touch(tmpfs / "pub" / "linked")
+    inner = touch(tmpfs / "pub" / "d" / "inner")
+    with running(TOOL, str(deny)) as tool:
+        assert open_in_child(moved, linked, inner, inner)[1] == ["ok"] * 4  # cached
+        os.rename(moved, tmpfs / "secret" / "moved")
+        os.link(linked, tmpfs / "secret" / "linked")
+        assert open_in_child(tmpfs / "secret" / "moved", tmpfs / "secret" / "linked",
+                             linked)[1] == [EPERM, EPERM, "ok"]
+        start = time.monotonic()
+        os.rename(tmpfs / "pub" / "d", tmpfs / "secret" / "d")
+        assert open_in_child(tmpfs / "secret" / "d")[1] == [EPERM]  # listing it: at once
+        print("right after: a file in the moved directory:",
+              open_in_child(tmpfs / "secret" / "d" / "inner")[1])
+        wait_for(lambda: open_in_child(tmpfs / "secret" / "d" / "inner")[1] == [EPERM],
+                 timeout=10, what="the files of the moved directory to be denied")
+        took = time.monotonic() - start
+        print(f"files of the moved directory denied after {took * 1000:.0f} ms")
+        assert took < RELOAD_BOUND + 0.5  # TTL (2 s) and a housekeeping tick
+    assert tool.status == 0, tool.stderr()
+
+
+def test_next_to_a_listed_directory_files_are_cached_and_the_directory_stays_denied(conf, tmpfs):
+    deny = conf / "deny"
+    deny.write_text(f"{tmpfs}/secret\n{tmpfs}/pub/later\n")
+    inside = touch(tmpfs / "secret" / "s")
+    a, other = touch(tmpfs / "a"), touch(tmpfs / "pub" / "other")
+    with running(TOOL, str(deny)) as tool:
+        # The filesystem's root holds the listed directory: its files may still be cached.
+        assert open_in_child(a, a, other, other)[1] == ["ok"] * 4
+        assert open_in_child(tmpfs / "secret", inside)[1] == [EPERM, EPERM]
+        # pub holds a listed path that does not exist yet: never cached, so it is denied the
+        # moment it appears, as without the cache.
+        os.rename(touch(tmpfs / "staging"), tmpfs / "pub" / "later")
+        assert open_in_child(tmpfs / "pub" / "later")[1] == [EPERM]
+    assert tool.status == 0, tool.stderr()
+    got = summary(tool)
+    assert got["cached"] >= 1 and got["answered"] >= 5
+
+
+LOOP = """
+import os, sys
+stop, paths = sys.argv[1], sys.argv[2:]
+results = {p: set() for p in paths}
+while not os.path.exists(stop):
+    for p in paths:
+        try:
+            os.close(os.open(p, os.O_RDONLY))
+            results[p].add("ok")
+        except OSError as e:
+            results[p].add(str(e.errno))
+print(repr(results))
+"""
+
+
+def test_listed_files_stay_denied_throughout_reloads(conf, tmpfs, tmp_path):
+    deny = conf / "deny"
+    listed, beneath = touch(tmpfs / "listed"), touch(tmpfs / "secret" / "file")
+    public = [touch(tmpfs / "pub" / f"p{i}") for i in range(3)]
+    base = f"{listed}\n{tmpfs}/secret\n"
+    deny.write_text(base)
+    stop = tmp_path / "stop"
+    with running(TOOL, str(deny)) as tool:
+        opener = child(LOOP, str(stop), str(listed), str(beneath), *map(str, public))
+        for i in range(12):  # each rewrite changes the rules: the cache is emptied each time
+            extra = f"{tmpfs}/pub/p{i % 3}\n" if i % 2 else f"{tmpfs}/other{i}\n"
+            write_denyfile(deny, base + extra)
+            time.sleep(0.3)
+        stop.touch()
+        results = eval(opener.communicate(timeout=60)[0])  # noqa: S307 -- our own repr
+        assert results[str(listed)] == {EPERM} and results[str(beneath)] == {EPERM}
+        assert all("ok" in results[str(p)] for p in public)
+    assert tool.status == 0, tool.stderr()
+    assert summary(tool)["flushes"] >= 1

@@ -80,10 +80,10 @@ with connect(url, ssl=ctx, compression=None if compression == "none" else compre
 """
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run a client to completion under the comm COMM; its pid."""
+def run(cmd: list[str], env: dict[str, str] | None = None, comm: str = COMM) -> int:
+    """Run a client to completion under the comm `comm`; its pid."""
     target = Path(shutil.which(cmd[0]) or cmd[0]).resolve()
-    link = _CLIENT_DIR / target.name / COMM
+    link = _CLIENT_DIR / target.name / comm
     if not link.exists():
         link.parent.mkdir(exist_ok=True)
         link.symlink_to(target)
@@ -112,7 +112,8 @@ def request_of(api: str, stream: bool, encoding: str = "gzip") -> list[Any]:
             ps.request_body(api, stream).decode()]
 
 
-def run_h2(client: str, server: hs.Server, host: str, requests: list[list[Any]]) -> int:
+def run_h2(client: str, server: hs.Server, host: str, requests: list[list[Any]],
+           comm: str = COMM) -> int:
     origin = f"https://{host}:{server.port(host)}"
     if client == "curl":  # the same request n times, multiplexed (--parallel) on one connection
         path, headers, body = requests[0]
@@ -120,19 +121,19 @@ def run_h2(client: str, server: hs.Server, host: str, requests: list[list[Any]])
                "--parallel-max", "10", "--data-binary", body]
         for k, v in headers.items():
             cmd += ["-H", f"{k}: {v}"]
-        for _ in requests:
-            cmd += ["-o", "/dev/null", origin + path]
-        return run(cmd)
+        for other, _, _ in requests:  # the paths may differ (query), the rest may not
+            cmd += ["-o", "/dev/null", origin + other]
+        return run(cmd, comm=comm)
     if client == "httpx":
         return run([sys.executable, "-c", HTTPX_CLIENT, origin, str(server.ca),
-                    json.dumps(requests)], env=VENV_PACKAGES)
+                    json.dumps(requests)], env=VENV_PACKAGES, comm=comm)
     reason = node_skip_reason()
     if reason:
         pytest.skip(reason)
     node = node_path()
     assert node
     return run([node, "-e", NODE_CLIENT, origin, json.dumps(requests)],
-               env={"NODE_EXTRA_CA_CERTS": str(server.ca)})
+               env={"NODE_EXTRA_CA_CERTS": str(server.ca)}, comm=comm)
 
 
 def assert_http2(obs: Running, pid: int) -> None:

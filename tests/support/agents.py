@@ -27,6 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 AGENTS_SH = REPO / "deploy" / "agents.sh"
 AGENTS = ("claude", "codex", "gemini")
 API_OF = {"claude": "anthropic", "codex": "openai-responses", "gemini": "gemini"}
+# What each pinned agent's HTTPS goes through (docs/real-agents.md has how this was found).
+STACK_OF = {"claude": "BoringSSL, static in a stripped Bun executable",
+            "codex": "rustls, static musl Rust, stripped",
+            "gemini": "OpenSSL in Node"}
 PROMPT = "Run the shell command the tool call asks for, then say done."
 
 

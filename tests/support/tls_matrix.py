@@ -1,10 +1,10 @@
 """What obs-ssl sees, measured: every TLS client kind this host has makes one streamed
 Anthropic request to the provider stand-in under obs-ssl, and the README's table of stacks is
-printed as Markdown with what came out — whether the model asked for and the model and tokens
+printed as Markdown (and, with ``--readme``, put in README.md) with what came out — whether the model asked for and the model and tokens
 served were exact, and which file the plaintext came from. Stacks obs cannot read are run too:
 their row says whether they were named (stderr and the heartbeat's `unreadable`).
 
-    sudo .venv/bin/python -m tests.support.tls_matrix      # or: nox -s tls_matrix
+    sudo .venv/bin/python -m tests.support.tls_matrix [--readme]   # or: nox -s tls_matrix
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support import fakestack, gobuild
+from tests.support import fakestack, gobuild, readme
 from tests.support import provider_server as ps
 from tests.support.stack_clients import COMM, LIBCURL, as_client, headers_for, run_curl, run_go
 from tests.support.tools import Running, running
@@ -111,6 +111,8 @@ def main() -> int:
                          f"{'named on stderr' if named else 'NOT NAMED'}, "
                          f"{'counted in the heartbeat' if counted else 'NOT COUNTED'} |")
     print("\n".join(lines))
+    if "--readme" in sys.argv:
+        readme.write("tls-matrix", "\n".join(lines))
     return 1 if failed else 0
 
 

@@ -36,10 +36,11 @@ from libobs.exec.decode import (
     ExecDecoder,
 )
 from libobs.guard import egress
+from libobs.guard.cache import Cache
 from libobs.guard.denyfile import parse_paths
 from libobs.guard.fanotify import FAN_OPEN_EXEC_PERM, Event
 from libobs.guard.fileguard import Enricher, Guard
-from libobs.guard.marks import observe, plan
+from libobs.guard.marks import MASK, observe, plan
 from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import HDR, PATH_SLOT
@@ -47,9 +48,10 @@ from libobs.merge.input import decode as decode_line
 from libobs.merge.merger import Merge
 from libobs.merge.sessions import Sessions
 from libobs.merge.summary import Summary
-from libobs.net.apijoin import JoinedDecoder
+from libobs.net.apijoin import ApiJoin, JoinedDecoder
 from libobs.net.decode import K_DATA, K_DNS, K_HELLO, K_SEND, K_STATE, NetDecoder
 from libobs.net.llmcalls import LlmCallDecoder
+from libobs.net.transcripts import TranscriptFact, Transcripts
 from libobs.providers import load_rules
 from libobs.tls.attach import SslApi
 from libobs.tls.decode import SslDecoder
@@ -57,6 +59,7 @@ from libobs.tool.heartbeat import heartbeat_event
 from libobs.tool.sink import dumps
 from tests.support.contract import Contract, Seen, load, parse
 from tests.support.tools import REPO, tool_cmd
+from tests.unit.test_llmjoin_wire import h2_connection
 from tests.unit.test_netevents import (
     APP_HEAD,
     FIN_HEAD,
@@ -215,10 +218,15 @@ def ssl_events() -> list[dict[str, Any]]:
 
 
 def llm_api_events() -> list[dict[str, Any]]:
-    """obs-llm --api: a call whose response the TLS probes read, and one they never saw."""
+    """obs-llm --api: a call whose response the TLS probes read, one they never saw, one
+    whose usage came from the agent's transcript, and an HTTP/2 connection's streams."""
+    transcripts = Transcripts(proc="/nonexistent")  # the fact is given, not found
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
-        SslApi(CLOCK))
+        SslApi(CLOCK), ApiJoin(transcripts=transcripts))
+    transcripts.add(TranscriptFact(AGENT, CLOCK.wall(9000 * MS + 350 * MS), {
+        "model": "gpt-5-codex", "prompt_tokens": 4601, "completion_tokens": 467,
+        "cache_read_tokens": 49, "cache_creation_tokens": None}))
     t0 = 1000 * MS
     net = llm_records(0x20, t0, real_hello("api.anthropic.com"))
     ssl = [ssl_record(anthropic_request(True), ts=t0 + 3 * MS, fn=WRITE_EX, pid=AGENT, ssl=5)]
@@ -228,6 +236,9 @@ def llm_api_events() -> list[dict[str, Any]]:
                               ssl=5))
         off += len(piece)
     raws = net[:-1] + ssl + net[-1:] + llm_records(0x21, 5000 * MS, real_hello("api.openai.com"))
+    raws += llm_records(0x22, 9000 * MS, real_hello("api.openai.com"))
+    h2, _ = h2_connection({1: 200, 3: 100}, t0=8000 * MS)  # two HTTP/2 streams
+    raws += [raw for _, raw in sorted(h2, key=lambda r: r[0])]
     return [ev for raw in raws for ev in dec(raw)] + dec.tick(float("inf"))
 
 
@@ -256,20 +267,46 @@ class Outbox:
         raise AssertionError(msg)
 
 
+class DirsGroup:
+    """The cache's fanotify group, without a kernel: the contract only needs its counters."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def ignore_children(self, dir_fd: int, mask: int) -> None:
+        pass
+
+    def flush_inode_marks(self) -> None:
+        pass
+
+
+FILEGUARD_STATS: dict[str, int] = {}
+
+
 def fileguard_events(tmp: Path) -> list[dict[str, Any]]:
     """A real denial through Guard.answer (the opener: this test's parent process, as
-    /proc shows it), and one for a process /proc no longer has."""
+    /proc shows it), and one for a process /proc no longer has; the guard's heartbeat
+    counters go to FILEGUARD_STATS."""
     secret = tmp / "secret"
     secret.write_text("s")
     rules, errors = parse_paths(f"{secret}\n")
     assert errors == []
     r, w = os.pipe()
     box = Outbox()
-    guard = Guard(w, box, Enricher("host-1", None), None, me=os.getpid())
+    dirs = DirsGroup(w)
+    guard = Guard(w, box, Enricher("host-1", None), None, me=os.getpid(),
+                  cache=Cache(dirs, MASK, 8))
     try:
-        guard.rules = plan(rules, observe(rule.path for rule in rules)).rules
+        guard.set_rules(plan(rules, observe(rule.path for rule in rules)).rules)
         guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(secret, os.O_RDONLY),
                             pid=os.getppid())])
+        fine = tmp / "pub" / "fine"
+        fine.parent.mkdir()
+        fine.write_text("f")
+        guard.answer([Event(mask=FAN_OPEN_EXEC_PERM, fd=os.open(fine, os.O_RDONLY),
+                            pid=os.getppid()) for _ in range(2)], dirs.fd)  # then cached
+        assert guard.counters.cached == 1
+        FILEGUARD_STATS.update(guard.stats())
     finally:
         guard.close()
         os.close(r)
@@ -288,7 +325,17 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
                             dropped=0, output_dropped=0, host="host-1", unreadable=1,
-                            programs=(1, 0))]
+                            programs=(1, 0)),
+            heartbeat_event(collector_id="obs-llm-host-1-3-abcdef03", tool="obs-llm",
+                            attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
+                            features=["llm", "api", "transcripts"], interval=60.0,
+                            counts=Counter(), dropped=0, output_dropped=0, host="host-1",
+                            unreadable=1, extra=ApiJoin(transcripts=Transcripts(counts={
+                                "files": 1, "usage_lines": 2})).heartbeat()),
+            heartbeat_event(collector_id="obs-fileguard-host-1-4-abcdef04", tool="obs-fileguard",
+                            attached=["fanotify:open_perm"], features=["open", "exec"],
+                            interval=60.0, counts=Counter(), dropped=0, output_dropped=0,
+                            host="host-1", extra=FILEGUARD_STATS)]
 
 
 # ---- everything the code emits ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libobs.guard import fanotify
+from libobs.guard.cache import Cache
 from libobs.guard.denyfile import DenyFileWatcher, PathRule, parse_paths
 from libobs.guard.fanotify import FAN_ALLOW, FAN_DENY, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM, Event
 from libobs.guard.fileguard import (
@@ -500,3 +501,168 @@ def test_watchdog_counts_only_time_the_housekeeper_was_awake():
     assert not w.stuck(1, 0.0)
     assert not w.stuck(1, 60.0)  # the whole process was stopped for a minute: count afresh
     assert not w.stuck(2, 64.0) and not w.stuck(2, 66.0)  # progress resets it
+
+
+# --- the kernel cache of allowed directories (libobs/guard/cache.py) -------------------------
+
+
+class FakeDirs:
+    """The *dirs* group without a kernel: records which directories were marked, by path."""
+
+    def __init__(self, fd: int = 99) -> None:
+        self.fd = fd
+        self.marked: list[bytes] = []
+        self.flushes = 0
+
+    def ignore_children(self, dir_fd: int, mask: int) -> None:
+        assert mask == MASK
+        self.marked.append(os.readlink(f"/proc/self/fd/{dir_fd}").encode())
+
+    def flush_inode_marks(self) -> None:
+        self.flushes += 1
+
+
+def rules_for(text: str) -> Rules:
+    rules = rules_of(text)
+    return plan(rules, observe(r.path for r in rules)).rules
+
+
+def test_may_cache_children_only_where_no_rule_can_match_a_child():
+    rules = rules_for("/srv/secret\n/home/me/.ssh/id_rsa\n/opt/later/not-there-yet\n")
+    assert rules.may_cache_children(b"/srv/public")
+    assert rules.may_cache_children(b"/")
+    assert not rules.may_cache_children(b"/srv")  # /srv/secret itself is a child
+    assert not rules.may_cache_children(b"/srv/secret")
+    assert not rules.may_cache_children(b"/srv/secret/deep")
+    assert not rules.may_cache_children(b"/home/me/.ssh")  # a listed file lives there
+    assert not rules.may_cache_children(b"/opt/later")  # a listed name that may appear
+    assert rules.may_cache_children(b"/home/me")
+    assert rules_for("/nonexistent-obs\n").parents == frozenset({b"/"})
+
+
+def test_a_listed_directory_does_not_keep_its_parent_from_the_cache(tmp_path):
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    rules = rules_for(f"{tmp_path}/secret\n{tmp_path}/link/file\n")
+    here = os.fsencode(tmp_path)
+    assert rules.may_cache_children(here)  # directories are never cached, only files
+    assert not rules.may_cache_children(here + b"/secret")
+    assert not rules.may_cache_children(here + b"/sub")  # the listed file, resolved
+    assert rules.parents == frozenset({here + b"/link", here + b"/sub"})
+
+
+def test_cache_marks_each_directory_once_and_only_under_the_current_rules(tmp_path):
+    (tmp_path / "pub").mkdir()
+    group = FakeDirs()
+    cache = Cache(group, MASK, 8)
+    old, new = rules_for(f"{tmp_path}/a\n"), rules_for(f"{tmp_path}/b\n")
+    f = os.fsencode(tmp_path / "pub" / "f")
+    assert not cache.add(f, old)  # the first allowed open in a directory: not yet
+    assert not cache.add(f, old)  # no rules handed over yet
+    cache.reset(old)
+    assert cache.add(f, old) and not cache.add(f + b"2", old)  # one mark per directory
+    assert group.marked == [os.fsencode(tmp_path / "pub")] and cache.entries == 1
+    cache.reset(new)  # a rule change empties the cache ...
+    assert group.flushes == 1 and cache.entries == 0
+    assert not cache.add(f, old)  # ... and an answer decided under the old rules stays out
+    assert cache.add(f, new) and cache.added == 2  # seen twice already: marked again at once
+    (tmp_path / "x").mkdir()
+    for _ in range(2):  # twice: past "seen once"
+        assert not cache.add(os.fsencode(tmp_path / "a"), new)  # a listed name lives there
+        assert not cache.add(os.fsencode(tmp_path / "x" / "f (deleted)"), new)
+    assert group.marked == [os.fsencode(tmp_path / "pub")] * 2
+
+
+def test_cache_never_marks_through_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "up").symlink_to(tmp_path)
+    group = FakeDirs()
+    cache = Cache(group, MASK, 8)
+    rules = rules_for(f"{tmp_path}/other\n")
+    cache.reset(rules)
+    for _ in range(2):
+        assert not cache.add(os.fsencode(tmp_path / "link" / "f"), rules)
+        assert not cache.add(os.fsencode(tmp_path / "up" / "real" / "f"), rules)
+        assert not cache.add(os.fsencode(tmp_path / "gone" / "f"), rules)
+    assert group.marked == []
+
+
+def test_cache_is_bounded_and_expires(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    clock = Clock()
+    group = FakeDirs()
+    cache = Cache(group, MASK, 1, ttl=2.0, clock=clock)
+    rules = rules_for(f"{tmp_path}/x\n")
+    cache.reset(rules)
+    for d in ("a", "b"):
+        assert not cache.add(os.fsencode(tmp_path / d / "f"), rules)  # once: not yet
+    assert cache.add(os.fsencode(tmp_path / "a" / "f"), rules)
+    assert cache.add(os.fsencode(tmp_path / "b" / "f"), rules)  # full: emptied, then added
+    assert group.flushes == 1 and cache.entries == 1
+    cache.expire(1.0)
+    assert group.flushes == 1
+    cache.expire(2.5)
+    assert group.flushes == 2 and cache.entries == 0
+    assert cache.stats() == {"cache_entries": 0, "cache_flushes": 2, "cache_failed": 0}
+    assert Cache(FakeDirs(), MASK, 0).add(os.fsencode(tmp_path / "a" / "f"), rules) is False
+
+
+def test_guard_caches_only_unmatched_files_of_the_dirs_group(tmp_path, answered):
+    fan, responses = answered
+    pub, sec, sub = tmp_path / "pub", tmp_path / "sec", tmp_path / "pub" / "sub"
+    sub.mkdir(parents=True)
+    sec.mkdir()
+    for p in (pub / "f", sec / "s"):
+        p.write_text("x")
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    fake_proc(proc, 11, "/host")
+    group = FakeDirs(fan)
+    box = Box()
+    files_r, files_w = os.pipe()  # the files group
+    g = Guard(files_w, box, Enricher("host", None), Scope("/agent", proc=str(proc)), me=ME,
+              cache=Cache(group, MASK, 8))
+    g.set_rules(rules_for(f"{sec}\n"))
+    g.answer([event_for(pub / "f", pid=11)])  # from the files group: never cached
+    assert len(os.read(files_r, 100)) == 8
+    os.close(files_r)
+    os.close(files_w)
+    outside = event_for(sec / "s", pid=11)  # a rule matched; allowed only as out of scope
+    mine = event_for(pub / "f", pid=ME)  # the guard's own open: not checked
+    a_dir = Event(FAN_OPEN_PERM | fanotify.FAN_ONDIR, os.open(sub, os.O_RDONLY), 11)
+    g.answer([outside, mine, a_dir], fan)
+    assert group.marked == [] and g.counters.cached == 0
+    g.answer([event_for(pub / "f", pid=11), event_for(pub / "f", pid=11)], fan)
+    assert group.marked == [os.fsencode(pub)] and g.counters.cached == 1
+    assert [r for _, r in responses()] == [FAN_ALLOW] * 5 and box.events == []
+    assert g.stats() == {"answered": 6, "cached": 1, "cache_entries": 1, "cache_flushes": 0,
+                         "cache_failed": 0}
+    g.set_rules(rules_for(f"{sec}\n"))  # the same rules again: the cache stays
+    assert group.flushes == 0
+    g.close()
+
+
+@pytest.mark.parametrize("err, stays_on", [(22, False), (12, True)])
+def test_a_refused_cache_mark_is_said_once_and_allows_anyway(tmp_path, answered, err, stays_on):
+    fan, responses = answered
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+
+    class Refusing(FakeDirs):
+        def ignore_children(self, dir_fd: int, mask: int) -> None:
+            raise OSError(err, os.strerror(err))
+
+    box = Box()
+    cache = Cache(Refusing(fan), MASK, 8)
+    g = Guard(fan, box, Enricher("host", None), me=ME, cache=cache)
+    g.set_rules(rules_for(f"{tmp_path}/x\n"))
+    g.answer([event_for(tmp_path / d / "f", pid=11) for d in ("a", "a", "b", "b")], fan)
+    assert [r for _, r in responses()] == [FAN_ALLOW] * 4
+    assert len(box.errors) == 1 and g.counters.cached == 0
+    assert (cache.max_entries > 0) == stays_on and cache.failed == (2 if stays_on else 1)
+    g.close()

@@ -1,5 +1,8 @@
+import os
+
 from libobs.events import envelope
 from libobs.net.apijoin import API_FIELDS, ApiJoin
+from libobs.net.transcripts import Tail, TranscriptFact, Transcripts
 from libobs.tls.attach import LlmFact
 
 MS = 1_000_000
@@ -67,3 +70,98 @@ def test_other_events_pass_through_and_memory_is_bounded():
     for i in range(10_000):
         j.add_fact(fact(i % 7, i * 10 * MS))
     assert j.n_facts <= 100 and sum(len(v) for v in j.facts.values()) == j.n_facts
+
+
+# ---- the transcript source (libobs.net.transcripts): where the wire cannot be read ----------
+
+def timed_call(pid, ts, latency_ms):
+    ev = call(pid, ts)
+    ev["event"]["LlmCall"]["latency"] = {"secs": latency_ms // 1000,
+                                         "nanos": latency_ms % 1000 * MS}
+    return ev
+
+
+def usage(pid, ts, p):
+    return TranscriptFact(pid, ts, {"model": "gpt-5-codex", "prompt_tokens": p,
+                                    "completion_tokens": 2, "cache_read_tokens": 1,
+                                    "cache_creation_tokens": None})
+
+
+def transcript_join(tmp_path, pids=()):
+    """An ApiJoin whose transcript source follows a real (empty) file for each pid."""
+    t = Transcripts(proc=str(tmp_path / "no-proc"))
+    for pid in pids:
+        f = tmp_path / f"t{pid}"
+        f.write_bytes(b"")
+        t.tails[(pid, 1)] = Tail.at_end(os.open(f, os.O_RDONLY), "codex")
+    return ApiJoin(grace_ns=100 * MS, transcripts=t, transcript_wait_ns=1000 * MS), t
+
+
+def test_a_call_without_wire_facts_takes_its_transcript_usage_after_the_grace(tmp_path):
+    j, t = transcript_join(tmp_path)
+    t.add(usage(7, 1300 * MS, p=4601))
+    assert j.add_call(timed_call(7, 1000 * MS, 300), now_ns=0) == []
+    assert j.tick(now_ns=50 * MS) == []  # the wire may still speak
+    [ev] = j.tick(now_ns=100 * MS)
+    c = ev["event"]["LlmCall"]
+    assert (c["usage_source"], c["model"], c["prompt_tokens"]) == ("transcript", "gpt-5-codex",
+                                                                   4601)
+    assert j.heartbeat() == {"transcripts": {"joined": 1}}
+
+
+def test_the_wire_wins_over_the_transcript(tmp_path):
+    j, t = transcript_join(tmp_path, pids=[7])
+    t.add(usage(7, 1300 * MS, p=4601))
+    j.add_fact(fact(7, 1000 * MS))
+    [ev] = j.add_call(timed_call(7, 1000 * MS + 5, 300), now_ns=0)
+    assert ev["event"]["LlmCall"]["usage_source"] == "wire"
+    assert ev["event"]["LlmCall"]["prompt_tokens"] == 10
+
+
+def test_a_usage_line_belongs_to_the_last_call_started_before_it(tmp_path):
+    """A short request (Codex's WebSocket upgrade attempts) before the model call does not
+    take the model call's usage, whether that call is reported or still in progress."""
+    for running in (False, True):
+        j, t = transcript_join(tmp_path)
+        t.add(usage(7, 1400 * MS, p=4601))
+        j.add_call(timed_call(7, 1000 * MS, 5), now_ns=0)  # the GET
+        if running:
+            j.running = {7: [1100 * MS]}
+        else:
+            j.add_call(timed_call(7, 1100 * MS, 300), now_ns=0)
+        out = j.tick(now_ns=10**10)
+        got = {e["event"]["LlmCall"]["latency"]["nanos"] // MS:
+               e["event"]["LlmCall"]["prompt_tokens"] for e in out}
+        assert got == ({5: None} if running else {5: None, 300: 4601})
+
+
+def test_a_usage_line_before_the_call_or_long_after_it_is_not_its(tmp_path):
+    j, t = transcript_join(tmp_path)
+    t.add(usage(7, 900 * MS, p=1))           # the previous call's
+    t.add(usage(7, 1300 * MS + 1001 * MS, p=2))  # later than the call's end + the wait
+    t.add(usage(8, 1200 * MS, p=3))          # another process's
+    j.add_call(timed_call(7, 1000 * MS, 300), now_ns=0)
+    [ev] = j.tick(now_ns=10**10)
+    assert ev["event"]["LlmCall"]["prompt_tokens"] is None
+    assert ev["event"]["LlmCall"]["usage_source"] is None
+
+
+def test_a_call_of_a_process_with_a_transcript_waits_for_its_line_then_counts_late(tmp_path):
+    j, t = transcript_join(tmp_path, pids=[7, 9])
+    j.add_call(timed_call(7, 1000 * MS, 300), now_ns=0)
+    j.add_call(timed_call(9, 1000 * MS, 300), now_ns=0)
+    assert j.tick(now_ns=500 * MS) == []     # past the wire's grace, within the wait
+    t.add(usage(7, 1250 * MS, p=4601))       # the line comes
+    [ev] = j.tick(now_ns=600 * MS)
+    assert ev["event"]["LlmCall"]["prompt_tokens"] == 4601
+    assert j.tick(now_ns=999 * MS) == []
+    [ev] = j.tick(now_ns=1000 * MS)          # pid 9's never came: bounded, counted
+    assert ev["event"]["LlmCall"]["usage_source"] is None
+    assert j.heartbeat()["transcripts"] == {"joined": 1, "late": 1}
+
+
+def test_without_a_transcript_source_nothing_changes_but_the_field():
+    j = ApiJoin(grace_ns=0)
+    j.add_call(timed_call(7, 1000 * MS, 300), now_ns=0)
+    [ev] = j.tick(now_ns=1)
+    assert ev["event"]["LlmCall"]["usage_source"] is None and j.heartbeat() == {}

@@ -199,3 +199,15 @@ def test_a_call_with_its_own_tokens_is_still_joined_and_marked() -> None:
     fields(api)["cache_read_tokens"] = 7
     (joined,) = calls(run([llmcall(T0), api]))
     assert (joined["prompt_tokens"], joined["cache_read_tokens"]) == (11, 7)
+
+
+def test_usage_source_follows_what_filled_the_call() -> None:
+    """obs-llm --api's usage_source: a call it left null and obs-merge fills from obs-ssl's
+    wire says `wire`; a transcript's numbers are kept, and so is what it says."""
+    nulls = {"model": None, "prompt_tokens": None, "completion_tokens": None}
+    out = run([llmcall(T0, usage_source=None, **nulls), llmapi(T0 + 3 * NS),
+               llmcall(T0 + 10 * NS, pid=12, usage_source="transcript", model="gpt-5-codex",
+                       prompt_tokens=5, completion_tokens=6),
+               llmapi(T0 + 13 * NS, pid=12)])
+    got = {c["pid"]: (c["usage_source"], c["model"], c["prompt_tokens"]) for c in calls(out)}
+    assert got == {10: ("wire", "claude-x", 11), 12: ("transcript", "gpt-5-codex", 5)}
