@@ -33,9 +33,10 @@ class LinkError(OSError):
     """A bpf(2) link/pin call failed; str() is one line."""
 
 
-def _bpf(cmd: int, attr: bytes, what: str) -> int:
-    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
-    ret = _libc.syscall(SYS_BPF, cmd, buf, _ATTR_SIZE)
+def call(cmd: int, attr: bytes, what: str, size: int = _ATTR_SIZE) -> int:
+    """bpf(cmd, attr) with attr zero-padded to `size` bytes; the result, or LinkError."""
+    buf = ctypes.create_string_buffer(attr.ljust(size, b"\0"), size)
+    ret = _libc.syscall(SYS_BPF, cmd, buf, size)
     if ret < 0:
         e = ctypes.get_errno()
         raise LinkError(e, f"{what}: {os.strerror(e)}")
@@ -45,12 +46,12 @@ def _bpf(cmd: int, attr: bytes, what: str) -> int:
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """A new link fd attaching prog_fd to target_fd (a cgroup directory fd)."""
     attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, 0)
-    return _bpf(BPF_LINK_CREATE, attr, f"BPF_LINK_CREATE (attach type {attach_type})")
+    return call(BPF_LINK_CREATE, attr, f"BPF_LINK_CREATE (attach type {attach_type})")
 
 
 def link_update(link_fd: int, prog_fd: int) -> None:
     """Swap the program behind a link atomically: no instant without a program attached."""
-    _bpf(BPF_LINK_UPDATE, struct.pack("<IIII", link_fd, prog_fd, 0, 0), "BPF_LINK_UPDATE")
+    call(BPF_LINK_UPDATE, struct.pack("<IIII", link_fd, prog_fd, 0, 0), "BPF_LINK_UPDATE")
 
 
 def _path_attr(path: Path, fd: int) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
@@ -60,13 +61,13 @@ def _path_attr(path: Path, fd: int) -> tuple[bytes, ctypes.Array[ctypes.c_char]]
 
 def obj_pin(fd: int, path: Path) -> None:
     attr, keep = _path_attr(path, fd)
-    _bpf(BPF_OBJ_PIN, attr, f"pin {path}")
+    call(BPF_OBJ_PIN, attr, f"pin {path}")
     del keep
 
 
 def obj_get(path: Path) -> int:
     attr, keep = _path_attr(path, 0)
-    fd = _bpf(BPF_OBJ_GET, attr, f"open pinned {path}")
+    fd = call(BPF_OBJ_GET, attr, f"open pinned {path}")
     del keep
     return fd
 

@@ -74,8 +74,10 @@ def load_json(kind: str, name: str) -> Any | None:
         return None
 
 
-def store_json(kind: str, name: str, value: Any) -> None:
-    """Write an entry (root only, atomically); a cache that cannot be written is no error."""
+def store_json(kind: str, name: str, value: Any, keep: int | None = None) -> None:
+    """Write an entry (root only, atomically); a cache that cannot be written is no error.
+    With `keep`, only the `keep` newest entries of this kind stay (keys that change with
+    options, a --pid for example, would otherwise pile up)."""
     if os.geteuid() != 0:
         return
     d = ROOT / kind
@@ -88,10 +90,31 @@ def store_json(kind: str, name: str, value: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f)
         os.replace(tmp, d / f"{name}.json")
+        if keep is not None:
+            _prune(d, keep)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
         _warn(f"cannot write the start-up cache under {d}: {e.strerror}")
+
+
+def _prune(d: Path, keep: int) -> None:
+    entries = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in entries[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def touch(kind: str, name: str) -> None:
+    """Mark an entry as just used (pruning drops the least recently used first)."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.utime(ROOT / kind / f"{name}.json")
+
+
+def warn(msg: str) -> None:
+    """One line on stderr about the cache, said once per process."""
+    _warn(msg)
 
 
 def cached_json(kind: str, name: str, compute: Callable[[], Any]) -> Any:

@@ -7,6 +7,7 @@ reason and exit non-zero instead of failing later inside clang or bcc.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -141,16 +142,42 @@ def preflight(tracepoints: list[str] = ()) -> str | None:  # type: ignore[assign
 
 
 @functools.cache
+def btf_digest() -> str:
+    """The running kernel's BTF, hashed: names what was computed from its types."""
+    return hashlib.sha256(btf.VMLINUX.read_bytes()).hexdigest()
+
+
+@functools.cache
 def struct_offsets() -> dict[str, int]:
     """STRUCT_FIELDS' offsets in the running kernel. Parsing BTF took 0.2 s of every start: the
     result is cached, named by the BTF blob's hash (libobs/kernel/cache.py)."""
-    blob = btf.VMLINUX.read_bytes()
-    name = cache.key("btf-offsets", blob, STRUCT_FIELDS)
-    value = cache.cached_json("btf", name, lambda: btf.offsets(blob, STRUCT_FIELDS))
+    name = cache.key("btf-offsets", btf_digest(), STRUCT_FIELDS)
+    value = cache.cached_json("btf", name,
+                              lambda: btf.offsets(btf.VMLINUX.read_bytes(), STRUCT_FIELDS))
     if not isinstance(value, dict) or set(value) != set(STRUCT_FIELDS) or not all(
             isinstance(v, int) for v in value.values()):
-        value = btf.offsets(blob, STRUCT_FIELDS)  # a malformed entry is recomputed
+        value = btf.offsets(btf.VMLINUX.read_bytes(), STRUCT_FIELDS)  # malformed: recomputed
     return value
+
+
+def kernel_identity() -> dict[str, object]:
+    """What a compiled program depends on besides its source and flags: the running kernel
+    (release, build, BTF) and the headers bcc compiles against (bcc rewrites kernel struct
+    reads at compile time, and takes LINUX_VERSION_CODE and the config from those headers)."""
+    u = os.uname()
+    headers: list[list[object]] = []
+    mods = Path("/lib/modules") / u.release
+    for p in (mods / "build", mods / "source", Path("/sys/kernel/kheaders.tar.xz")):
+        headers.append([str(p), os.path.realpath(p)])
+        for rel in ("include/generated/autoconf.h", "include/generated/utsrelease.h",
+                    "include/generated/uapi/linux/version.h", "Makefile", ""):
+            try:
+                st = (p / rel).stat() if rel else p.stat()
+            except OSError:
+                continue
+            headers.append([rel, st.st_size, st.st_mtime_ns])
+    return {"release": u.release, "build": u.version, "machine": u.machine,
+            "btf": btf_digest(), "headers": headers}
 
 
 def possible_cpus() -> int:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from libobs.kernel import host
+from libobs.kernel import host, objcache
 from libobs.kernel.ringbuf import RingReader
 from libobs.kernel.source import bpf_dir, source_text
 
@@ -57,15 +57,24 @@ def release_freed_memory() -> None:
 
 
 class Program:
-    """A loaded BPF program: its ring buffer, lost counter and attachments."""
+    """A loaded BPF program: its ring buffer, lost counter and attachments.
+
+    `from_cache`: whether it was loaded from the start-up cache (objcache.py) rather than
+    compiled; the heartbeat counts both kinds."""
 
     def __init__(self, source: str, defines: Mapping[str, int | bool]):
         from bcc import BPF  # imported late: preflight reports a missing bcc first
 
         self.source = source
         self.flags = cflags(defines)
-        self.bpf: Any = BPF(text=source_text(source).encode(), cflags=self.flags)
-        release_freed_memory()
+        text = source_text(source)
+        key = objcache.entry_key(text, self.flags)
+        self.bpf: Any = objcache.load(key)
+        self.from_cache = self.bpf is not None
+        if self.bpf is None:
+            self.bpf = BPF(text=text.encode(), cflags=self.flags)
+            objcache.store(key, self.bpf)
+            release_freed_memory()
         self._rings: list[tuple[RingReader, Callable[[bytes], None]]] = []
 
     def open_ring(self, name: str, callback: Callable[[bytes], None]) -> None:

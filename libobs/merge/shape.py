@@ -83,7 +83,8 @@ FIELDS: dict[str, dict[str, Want]] = {
     "CollectorHeartbeat": {
         "collector_id": _STR, "tool": _STR, "version": _STR, "node_name": _STR,
         "attached_probes": _STRS, "enabled_features": _STRS, "interval_secs": _NUMBER,
-        "counts": _OBJECT, "dropped": _INT, "output_dropped": _INT},
+        "counts": _OBJECT, "dropped": _INT, "output_dropped": _INT, "unreadable": _INT,
+        "programs_cached": _INT, "programs_compiled": _INT},
 }
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from libobs.tls import stacks
+from libobs.tls import judgements, stacks
 from libobs.tls.points import ProbePoint
 
 __all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
@@ -262,6 +262,14 @@ def file_stack(path: str | Path) -> stacks.Judgement:
     return found
 
 
+def judge_file(path: str | Path, exported_only: bool = False) -> stacks.Judgement:
+    """The TLS stack in a file on disk: exported OpenSSL first, then every other stack."""
+    points = file_probe_points(path, exported_only)
+    if points:
+        return stacks.Judgement("OpenSSL", points)
+    return file_stack(path)
+
+
 def file_readable(path: str | Path) -> bool:
     """Whether obs has probes for a TLS stack in this file (any of those it reads)."""
     return bool(file_probe_points(path)) or bool(file_stack(path).points)
@@ -350,6 +358,7 @@ class Finder:
         # pid -> identity of its executable, as the last two scans saw them: a process that
         # has exited since can still be told (its last call ends when it closes the socket)
         self.exe_keys: list[dict[int, tuple[int, int]]] = [{}, {}]
+        self.memo = judgements.Memo(judge_file)  # kept between runs, by file identity
 
     def check(self, path: str) -> Library | None:
         """The Library at `path` if it holds a TLS stack obs reads, else None (cached per
@@ -362,10 +371,7 @@ class Finder:
         return self._judged[key]
 
     def _judge(self, path: str, key: tuple[int, int]) -> Library | None:
-        points = file_probe_points(path, self.exported_only)
-        if points:
-            return Library(path, points, key)
-        found = file_stack(path)
+        found = self.memo.judge(path, self.exported_only)
         if found.problem:
             self.unreadable.append(Unreadable(path, found.stack or "unknown", found.problem,
                                               key))
@@ -443,7 +449,9 @@ class Finder:
         return out
 
     def initial(self, extra: Iterable[str] = ()) -> list[Library]:
-        return self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+        found = self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+        self.memo.save()
+        return found
 
     def rescan(self) -> list[Library]:
         return self.new_libraries(self.from_processes())

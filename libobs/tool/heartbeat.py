@@ -19,12 +19,13 @@ def heartbeat_event(
     *, collector_id: str, tool: str, attached: list[str], features: list[str],
     interval: float, counts: Mapping[str, int], dropped: int, output_dropped: int,
     host: str | None = None, unreadable: list[dict[str, str]] | None = None,
-    extra: Mapping[str, Any] | None = None,
+    programs: tuple[int, int] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`unreadable`: files whose TLS stack the tool found but cannot read (obs-ssl, obs-llm
     --api), each {path, stack, problem}: counted in `unreadable`, listed in
     `unreadable_files`; `extra`: a tool's own documented fields (obs-llm --api's
-    `transcripts`, obs-fileguard's cache)."""
+    `transcripts`, obs-fileguard's cache). `programs`: (loaded from the start-up cache,
+    compiled) of the tool's BPF programs."""
     node = host or hostname()
     fields = {
         "collector_id": collector_id, "tool": tool, "version": __version__, "node_name": node,
@@ -35,6 +36,8 @@ def heartbeat_event(
     if unreadable is not None:
         fields["unreadable"] = len(unreadable)
         fields["unreadable_files"] = [dict(u) for u in unreadable]
+    if programs is not None:
+        fields["programs_cached"], fields["programs_compiled"] = map(int, programs)
     fields.update(extra or {})
     return envelope("CollectorHeartbeat", fields, ts=time.time_ns(), host=node,
                     identity=null_identity(), provider=None)

@@ -77,12 +77,20 @@ class Loop:
             return self._attached
         return [a for p in self.programs for a in p.attached()]
 
+    def program_sources(self) -> tuple[int, int] | None:
+        """(from the start-up cache, compiled) of the BPF programs, None without any."""
+        if not self.programs:
+            return None
+        cached = sum(1 for p in self.programs if getattr(p, "from_cache", False))
+        return cached, len(self.programs) - cached
+
     def heartbeat(self) -> Event:
         ev = heartbeat_event(
             collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached(),
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,
             counts=self.sink.counts, dropped=self.lost(), output_dropped=self.sink.output_dropped,
             unreadable=self.unreadable() if self.unreadable else None,
+            programs=self.program_sources(),
             extra=self.extra() if self.extra else None)
         if news := self.liveness.write(ev):
             err(self.cfg.tool, news)

@@ -1,4 +1,6 @@
-"""Start-up and memory, per tool: launch → every probe attached, launch → first event, and
+"""Start-up and memory, per tool: launch → every probe attached with an empty start-up cache
+(cold: clang compiles) and with the entry the cold start left (warm: the compiled program is
+loaded, checked in the heartbeat), each OBS_BENCH_STARTS times (default 3), launch → first event, and
 private/shared RSS right after start and after OBS_BENCH_RSS_MINUTES (default 10) of a light
 steady workload (default 1 min; 10 with OBS_BENCH_LONG=1). Baseline: a bare bcc program
 (`BPF(text=...)` with one tracepoint) started and measured in the same run, so the ratios show
@@ -8,12 +10,16 @@ what obs adds to what bcc itself costs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from harness import LONG, PY, REPO, Tool, median, save, table
 
@@ -56,6 +62,51 @@ def first_event(name: str) -> dict[str, float]:
         tool.cleanup()
 
 
+STARTS = int(os.environ.get("OBS_BENCH_STARTS", 3))
+
+
+@contextlib.contextmanager
+def cache_dir(d: Path):
+    """The tools started inside use `d` as their start-up cache."""
+    old = os.environ.get("OBS_CACHE_DIR")
+    os.environ["OBS_CACHE_DIR"] = str(d)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["OBS_CACHE_DIR"]
+        else:
+            os.environ["OBS_CACHE_DIR"] = old
+
+
+def attached_once(name: str) -> tuple[float, int]:
+    """Launch → attached, and how many programs the heartbeat says came from the cache."""
+    tool = Tool(name)
+    try:
+        hb = json.loads(tool.hb.read_text())["event"]["CollectorHeartbeat"]
+        return tool.ready_s, int(hb.get("programs_cached", 0))
+    finally:
+        tool.stop()
+        tool.cleanup()
+
+
+def cold_warm(name: str) -> dict[str, list[float]]:
+    """Each round: an empty cache (cold), then the same cache again (warm)."""
+    cold, warm = [], []
+    for _ in range(STARTS):
+        d = Path(tempfile.mkdtemp(prefix="obs-bench-cache-"))
+        d.chmod(0o755)  # the cache is used only when root alone can write it
+        with cache_dir(d):
+            t, hits = attached_once(name)
+            assert hits == 0, f"{name}: a cold start loaded {hits} cached programs"
+            cold.append(t)
+            t, hits = attached_once(name)
+            assert hits > 0, f"{name}: the warm start compiled"
+            warm.append(t)
+        shutil.rmtree(d, ignore_errors=True)
+    return {"cold_s": cold, "warm_s": warm}
+
+
 def bare_bcc_ready() -> float:
     """Launch → attached of the bare bcc program: the baseline of launch→attached."""
     t0 = time.monotonic()
@@ -94,14 +145,16 @@ def main() -> None:
     bare = []
     for name in tools:  # each tool next to a bare bcc start, so load drift hits both alike
         bare.append(bare_bcc_ready())
-        r = first_event(name)
+        r = first_event(name) | cold_warm(name)
         result["tools"][name] = r
     bare_ready = median(bare)
     for name in tools:
         r = result["tools"][name]
-        rows.append([name, f"{r['attached_s']:.2f}", f"{r['attached_s'] / bare_ready:.2f}",
+        cold, warm = median(r["cold_s"]), median(r["warm_s"])
+        rows.append([name, f"{cold:.2f}", f"{warm:.2f}", f"{warm / bare_ready:.2f}",
                      f"{r['first_event_s']:.2f}"])
-    print(table(rows, ["tool", "launch→attached s", "vs bare bcc", "launch→first event s"]))
+    print(table(rows, ["tool", f"launch→attached s, cold (median of {STARTS})",
+                       "warm (cached program)", "warm vs bare bcc", "launch→first event s"]))
     print(f"bare bcc program launch→attached: median {bare_ready:.2f} s of {len(bare)}")
     result["bare_bcc_ready_s"] = bare
 

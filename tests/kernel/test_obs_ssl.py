@@ -23,6 +23,7 @@ TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_crea
 # Every client runs under this comm (through a symlink of that name) and the module's obs-ssl
 # filters on it: its output stays small whatever else the host is doing over TLS.
 COMM = "obs-ssl-client"
+SYSTEM_LIBSSL_NAME = "libssl.so"
 _CLIENT_DIR = Path(tempfile.mkdtemp(prefix="obs-ssl-clients-"))
 
 PY_CLIENT = r"""
@@ -344,6 +345,29 @@ def test_rescan_finds_a_private_libssl_loaded_later(server, tmp_path):
     assert strip(resp) == expected_response("anthropic", False)
     libs = {f["lib"] for f in obs.of_kind("SslContent") if f["pid"] == proc.pid}
     assert libs == {f"{private}/libssl.so.3"}
+
+
+def test_twice_cold_then_warm_from_the_start_up_cache(server, tmp_path):
+    """The second start loads the compiled program and the TLS library judgements from the
+    start-up cache (counted in the heartbeat) and reads the same plaintext."""
+    cache = tmp_path / "cache"
+    api = ps.APIS[0]
+    stderr = []
+    for want in ((0, 1), (1, 0)):
+        with running("obs-ssl", "--heartbeat-interval", "0.5", "--comm", COMM,
+                     env={"OBS_CACHE_DIR": str(cache)}) as r:
+            pid = run_client("curl", server, api, False, "identity")
+            req, resp = api_events(r, pid)
+            assert strip(req) == expected_request(api, False)
+            assert strip(resp) == expected_response(api, False)
+            [hb] = r.wait_events("CollectorHeartbeat")
+            assert (hb["programs_cached"], hb["programs_compiled"]) == want
+            assert any(SYSTEM_LIBSSL_NAME in p for p in hb["attached_probes"])
+        assert r.status == 0, r.stderr()
+        stderr.append(r.stderr())
+        assert len(list((cache / "tls").glob("*.json"))) == 1
+    # the system library found and named both times, the second from the judgements kept
+    assert all(SYSTEM_LIBSSL_NAME in e and "(OpenSSL" in e for e in stderr), stderr
 
 
 def test_record_layout_matches_the_c_struct():

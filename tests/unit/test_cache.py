@@ -97,3 +97,12 @@ def test_a_cache_directory_others_can_write_is_not_written(root):
     os.chmod(root / "btf", 0o777)
     cache.store_json("btf", "k", {"OFF_A": 1})
     assert not (root / "btf" / "k.json").exists()
+
+
+def test_keep_drops_the_least_recently_used(root):
+    for i in range(4):
+        cache.store_json("bpf", f"k{i}", i)
+        os.utime(root / "bpf" / f"k{i}.json", ns=(i * 10**9, i * 10**9))
+    cache.touch("bpf", "k0")  # used just now: kept
+    cache.store_json("bpf", "k4", 4, keep=3)
+    assert sorted(p.stem for p in (root / "bpf").glob("*.json")) == ["k0", "k3", "k4"]

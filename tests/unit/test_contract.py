@@ -338,7 +338,7 @@ def heartbeat_events(counts: Counter[str]) -> list[dict[str, Any]]:
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm-api"], interval=60.0, counts=Counter(),
                             dropped=0, output_dropped=0, host="host-1",
-                            unreadable=UNREADABLE),
+                            unreadable=UNREADABLE, programs=(1, 0)),
             heartbeat_event(collector_id="obs-llm-host-1-3-abcdef03", tool="obs-llm",
                             attached=["uprobe:/usr/lib/libssl.so.3:SSL_read"],
                             features=["llm", "api", "transcripts"], interval=60.0,
