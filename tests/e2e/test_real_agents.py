@@ -60,6 +60,13 @@ def ttft_right(r: dict[str, Any]) -> bool:
             <= r["server_ttft_max_ms"] + TOLERANCE_MS)
 
 
+def latency_right(r: dict[str, Any]) -> bool:
+    """obs's latency within TOLERANCE_MS of the server's bracket: the last byte arrived while
+    the server's last write ran, however late a loaded server read its clock after it."""
+    return (r["server_latency_min_ms"] - TOLERANCE_MS <= r["obs_latency_ms"]
+            <= r["server_latency_ms"] + TOLERANCE_MS)
+
+
 def model_rows(o: Observed) -> list[dict[str, Any]]:
     return [r for r in compare(o.run.log, o.calls, o.offset_ns) if r["model_call"]]
 
@@ -83,7 +90,7 @@ def test_one_llmcall_per_request_with_true_ttft_and_latency(agent: str) -> None:
     assert not agent_obs.shared_calls(rows), "two requests merged into one LlmCall"
     for r in model_rows(o):
         assert ttft_right(r), r
-        assert abs(r["obs_latency_ms"] - r["server_latency_ms"]) <= TOLERANCE_MS, r
+        assert latency_right(r), r
 
 
 @pytest.mark.parametrize("agent", [xfail_for(a, NO_PLAINTEXT) for a in AGENTS])
