@@ -71,7 +71,8 @@ class Running:
             if ln.strip():
                 ev = orjson.loads(ln)
                 contract.load().check_event(ev)
-                self._events.append(ev)
+                if ev["ts"] >= self.since_ns:
+                    self._events.append(ev)
         self._parsed += len(data)
         return list(self._events)
 
@@ -79,15 +80,17 @@ class Running:
         return self.err_path.read_text(errors="replace")
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [e["event"][kind] | {"_env": e} for e in self.events()
-                if kind in e["event"] and e["ts"] >= self.since_ns]
+        return [e["event"][kind] | {"_env": e} for e in self.events() if kind in e["event"]]
 
     def fresh_events(self) -> None:
-        """From now on, of_kind and wait_events leave out earlier events. A tool watching the
-        whole host for a module's tests sees pids come round again (pid_max is 32768 on a
-        small machine, and a shared one cycles through them in minutes): an earlier test's,
-        or another program's, process with the same pid must not pass for this test's."""
+        """From now on, events, of_kind and wait_events leave out earlier events (and memory
+        stops holding them). A tool watching the whole host for a module's tests sees pids
+        come round again (pid_max is 32768 on a small machine, and a shared one cycles through
+        them in minutes): an earlier test's, or another program's, process with the same pid
+        must not pass for this test's."""
         self.since_ns = time.time_ns()
+        self.events()  # parse what is there, and keep only what can still match
+        self._events = [e for e in self._events if e["ts"] >= self.since_ns]
 
     def wait_events(self, kind: str, pred: Any = lambda f: True, count: int = 1,
                     timeout: float = 30) -> list[dict[str, Any]]:
