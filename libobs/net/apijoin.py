@@ -6,8 +6,10 @@ Both sides name the exchange by (pid, request start): LlmCall's `ts` is the entr
 request's first send, an LlmFact's `request_ts` the entry of the SSL_write carrying its first
 byte — the same moment seen from two layers, microseconds apart. A call is matched with the
 nearest response fact of its pid within `tolerance`. The response fact normally arrives first
-(the client reads the whole response before the socket layer can end the exchange); a call
-whose fact has not arrived waits up to `grace` and then goes out without it (fields null).
+(the client reads the whole response before the socket layer can end the exchange), though
+up to libobs.tls.order's WRITE_WAIT later than the read that completed it; a call whose fact
+has not arrived waits up to `grace` (half a second after that wait), judged by the time up to
+which every record has been decoded, and then goes out without it (fields null).
 Memory is bounded: facts older than `keep` are dropped.
 
 Which clock (`timing`). A TLS read returns bytes that arrived before it; the socket knows
@@ -55,6 +57,7 @@ from libobs.net.llmcalls import SOCKET_KEY, SocketView
 from libobs.net.transcripts import Transcripts
 from libobs.tls.attach import LlmFact, is_ssl_record
 from libobs.tls.decode import host_name
+from libobs.tls.order import WRITE_WAIT_NS
 
 API_FIELDS = ("model", "prompt_tokens", "completion_tokens", "cache_read_tokens",
               "cache_creation_tokens")
@@ -69,7 +72,7 @@ Event = dict[str, Any]
 @dataclass
 class ApiJoin:
     tolerance_ns: int = NS // 2
-    grace_ns: int = NS // 2
+    grace_ns: int = NS // 2 + WRITE_WAIT_NS
     keep_ns: int = 120 * NS
     max_facts: int = 65536
     claim_keep_ns: int = 3600 * NS  # a claimed stream waits this long for its response
@@ -367,7 +370,7 @@ class JoinedDecoder:
     def tick(self, now: float) -> list[dict[str, Any]]:
         final = now == float("inf")
         done = [ev for fact in self.api.tick(now) for ev in self.join.add_fact(fact)]
-        now_ns = time.monotonic_ns() if not final else 2**63
+        now_ns = int(now * NS) if not final else 2**63  # the loop's time from before its poll
         tr = self.join.transcripts
         if tr is not None and not final:
             # while an agent has a provider connection open it is alive: look at its files

@@ -29,7 +29,7 @@ from typing import Any
 
 import typer
 
-from libobs.events import Clock
+from libobs.events import NS, Clock
 from libobs.kernel.records import HDR
 from libobs.tls import libraries
 from libobs.tls.decode import (
@@ -41,6 +41,7 @@ from libobs.tls.decode import (
     Timing,
     decode_chunk,
 )
+from libobs.tls.order import CallOrder
 from libobs.tool.loop import err
 from libobs.tool.options import UsageError
 from libobs.tool.start import Prepared
@@ -83,6 +84,7 @@ class SslApi:
     def __init__(self, clock: Clock, tracker: ApiTracker | None = None):
         self.clock = clock
         self.calls = CallAssembler()
+        self.order = CallOrder()
         self.tracker = tracker or ApiTracker()
         self._expired = 0.0
 
@@ -91,13 +93,16 @@ class SslApi:
         if chunk is None:
             return []
         return [self._fact(f) for call in self.calls.feed(chunk)
-                for f in self.tracker.feed(call)]
+                for ordered in self.order.feed(call) for f in self.tracker.feed(ordered)]
 
     def tick(self, now: float) -> list[LlmFact]:
-        """Call with time.monotonic() now and then (float("inf") at exit)."""
+        """Call with the time.monotonic() taken before the ring buffers were last polled, now
+        and then (float("inf") at exit)."""
         final = now == float("inf")
-        out = [self._fact(f) for call in self.calls.flush(None if final else now - CALL_WAIT)
-               for f in self.tracker.feed(call)]
+        calls = [o for call in self.calls.flush(None if final else now - CALL_WAIT)
+                 for o in self.order.feed(call)]
+        calls += self.order.flush(None if final else int(now * NS))
+        out = [self._fact(f) for call in calls for f in self.tracker.feed(call)]
         if final or now - self._expired >= 1.0:  # idle connections: once a second is plenty
             self._expired = now
             out += [self._fact(f) for f in self.tracker.expire(now)]

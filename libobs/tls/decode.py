@@ -4,7 +4,9 @@ Three stages, each usable alone:
 
 1. `decode_chunk`: one ring-buffer record → `SslChunk` (a piece of one SSL call).
 2. `CallAssembler`: chunks → `SslCall`, the bytes one SSL_read/SSL_write call moved.
-3. `ApiTracker`: calls → `ApiFact`s, by reassembling each TLS connection (pid, SSL*) into
+3. `CallOrder` (libobs.tls.order): each connection's calls in kernel time order (a write's
+   record can reach the ring buffer after the reply another thread read).
+4. `ApiTracker`: calls → `ApiFact`s, by reassembling each TLS connection (pid, SSL*) into
    HTTP/1.1 messages (libobs.tls.http1), HTTP/2 streams (libobs.tls.http2) or, after an
    upgrade, WebSocket messages (libobs.tls.websocket), and reading LLM API facts from them
    (libobs.tls.llmapi).
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from libobs.events import Clock, envelope, text
+from libobs.events import NS, Clock, envelope, text
 from libobs.identity import Identities
 from libobs.kernel import layout
 from libobs.kernel.records import KIND, Hdr
@@ -39,6 +41,7 @@ from libobs.tls.http1 import HttpStream
 from libobs.tls.http2 import PREFACE, Http2Stream
 from libobs.tls.llmapi import other_request, request_facts, response_facts
 from libobs.tls.message import HttpMessage
+from libobs.tls.order import CallOrder
 from libobs.tls.redact import redact
 from libobs.tls.websocket import WebSocketStream
 
@@ -425,6 +428,7 @@ class SslDecoder:
         self.scrub: Callable[[bytes], bytes] = redact if redact_content else bytes
         self.ids = identities or Identities()
         self.calls = CallAssembler()
+        self.order = CallOrder()
         self.tracker = ApiTracker()
         self._expired = 0.0
 
@@ -435,14 +439,20 @@ class SslDecoder:
             return []
         out: list[Event] = []
         for call in self.calls.feed(chunk):
-            self._call(call, out)
+            for ordered in self.order.feed(call):
+                self._call(ordered, out)
         return out
 
     def tick(self, now: float) -> list[Event]:
+        """now: time.monotonic() taken before the ring buffers were last polled (inf at exit):
+        held reads that returned long enough before it go out."""
         out: list[Event] = []
         final = now == float("inf")
         for call in self.calls.flush(None if final else now - CALL_WAIT):
-            self._call(call, out)
+            for ordered in self.order.feed(call):
+                self._call(ordered, out)
+        for ordered in self.order.flush(None if final else int(now * NS)):
+            self._call(ordered, out)
         if self.api and (final or now - self._expired >= 1.0):
             self._expired = now
             out += [self.llm_api(fact) for fact in self.tracker.expire(now) if fact.model_call]

@@ -133,13 +133,18 @@ class Loop:
         status = 0
         try:
             while not self.stop:
+                # The tick's time: every record committed before it has been decoded when
+                # the tick runs (a time taken after the drain would not promise that: a
+                # record can arrive while a loaded loop decodes), so what a tick decides
+                # by kernel timestamps (held TLS reads, idle exchanges) is never premature.
+                polled = time.monotonic()
                 for i, p in enumerate(self.programs):
                     p.poll(self.cfg.poll_ms if i == 0 else 0)
                 self._drain()
-                now = time.monotonic()
                 if self.tick:
-                    for ev in self.tick(now):
+                    for ev in self.tick(polled):
                         self.sink.emit(ev)
+                now = time.monotonic()
                 self.sink.flush()
                 self._say_write_error()
                 lost = self.lost()

@@ -25,6 +25,13 @@ def tool():
     assert r.status == 0, r.stderr()
 
 
+@pytest.fixture(autouse=True)
+def _fresh(request):
+    """Each test matches its own processes by pid: only events from its start on."""
+    if "tool" in request.fixturenames:
+        request.getfixturevalue("tool").fresh_events()
+
+
 def start_ticks(pid: int) -> int:
     data = Path(f"/proc/{pid}/stat").read_bytes()
     return int(data[data.rindex(b")") + 2:].split()[19])

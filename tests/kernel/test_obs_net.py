@@ -42,6 +42,13 @@ def tool():
     assert r.status == 0, r.stderr()
 
 
+@pytest.fixture(autouse=True)
+def _fresh(request):
+    """Each test matches its own processes by pid: only events from its start on."""
+    if "tool" in request.fixturenames:
+        request.getfixturevalue("tool").fresh_events()
+
+
 def egress(tool, pid: int, count: int = 1) -> list[dict]:
     tool.wait_events("Egress", lambda f: f["pid"] == pid, count=count)
     time.sleep(0.5)  # one event per connection: a second one would show up now

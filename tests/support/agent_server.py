@@ -10,7 +10,9 @@ hosts file). Beyond provider_server's JSON/SSE bodies it plays one agent turn:
 
 Each answered request waits `--delay` ms before its first byte and is logged (one JSON line,
 written before the next request on that connection can start) with the server's own clock:
-monotonic ns of request end (`t_req`), first and last response write (`t_first`, `t_last`),
+monotonic ns of request end (`t_req`), of the first response write's start and return
+(`t_first`, `t_first_done`) and of the last one's (`t_last_start`, `t_last`: the client's kernel
+receives each write's bytes between the two, however late a loaded server reads its clock),
 method, path, HTTP version, body sizes, the client's port, whether it was a model call and,
 for model calls, the model and usage served (each model call gets distinct token counts).
 Non-model requests (settings, limits, count_tokens, WebSocket upgrades) get small answers and
@@ -191,15 +193,18 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.nagle:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sent: list[bytes] = []
-        self.t_first = 0
+        self.t_first = self.t_first_done = self.t_last_start = 0
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _write(self, data: bytes) -> None:
+        self.t_last_start = time.monotonic_ns()
         if not self.t_first:
-            self.t_first = time.monotonic_ns()
+            self.t_first = self.t_last_start
         self.wfile.write(data)
+        if not self.t_first_done:
+            self.t_first_done = time.monotonic_ns()
         self.sent.append(data)
 
     def _answer(self, status: int, ctype: str, pieces: list[bytes], delay: bool) -> None:
@@ -218,7 +223,8 @@ class Handler(BaseHTTPRequestHandler):
         self._write(b"0\r\n\r\n")
 
     def _handle(self) -> None:
-        self.sent, self.t_first, self.t_head = [], 0, time.monotonic_ns()
+        self.sent, self.t_head = [], time.monotonic_ns()
+        self.t_first = self.t_first_done = self.t_last_start = 0
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         t_req = time.monotonic_ns()
@@ -264,7 +270,9 @@ class Stand(ThreadingHTTPServer):
         self.seq = itertools.count()
 
     def record(self, h: Handler, raw: bytes, t_req: int, facts: dict[str, Any]) -> None:
-        line = {"t_head": h.t_head, "t_req": t_req, "t_first": h.t_first, "t_last": time.monotonic_ns(),
+        line = {"t_head": h.t_head, "t_req": t_req, "t_first": h.t_first,
+                "t_first_done": h.t_first_done, "t_last_start": h.t_last_start,
+                "t_last": time.monotonic_ns(),
                 "wall": time.time_ns(), "method": h.command, "path": h.path,
                 "version": h.request_version, "host": h.headers.get("Host"),
                 "client_port": h.client_address[1], "req_body": len(raw),

@@ -65,3 +65,15 @@ def test_two_requests_in_one_call_are_seen_as_merged() -> None:
 
 def test_a_request_no_call_covers_has_none() -> None:
     assert covering(req(50, 60, 70), [call(100, 10, 5)], 0) is None
+
+
+def test_a_server_that_reads_its_clock_late_after_its_last_write_is_still_covered() -> None:
+    """The stand-in was preempted for 80 ms after its last write (the write woke the client):
+    the call still covers the request, and its latency lies in the bracket of that write."""
+    r = req(102, 112, 200) | {"t_first_done": 113 * MS, "t_last_start": 120 * MS}
+    calls = [call(100, 21, 12)]  # ends at 121, while the last write ran
+    assert covering(r, calls, 0) == 0
+    [row] = compare([r], calls, 0)
+    assert row["server_latency_min_ms"] <= row["obs_latency_ms"] <= row["server_latency_ms"]
+    assert row["server_ttft_ms"] <= row["obs_ttft_ms"] <= row["server_ttft_max_ms"]
+    assert covering(r | {"t_last_start": 150 * MS}, calls, 0) is None  # it ended too soon

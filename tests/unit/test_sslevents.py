@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.events import Clock
+from libobs.events import NS, Clock
 from libobs.kernel.records import HDR
 from libobs.kernel.records import hdr as parse_hdr
 from libobs.tls import attach
@@ -26,6 +26,7 @@ from libobs.tls.decode import (
     decode_chunk,
     host_name,
 )
+from libobs.tls.order import WRITE_WAIT_NS
 
 PID, SSL = 4242, 0x5555_0000_1000
 READ_EX, WRITE_EX, READ, WRITE = 1, 3, 0, 2
@@ -293,6 +294,9 @@ def test_ssl_content_and_llm_api_events_redacted():
     resp = json_response({"model": "claude-x", "usage": {"input_tokens": 3, "output_tokens": 4}})[0]
     raws.append(record(resp, ts=3000, fn=READ, off=0))
     events = [e for raw in raws for e in dec(raw)]
+    assert len(events) == 2  # the read waits for a write that may have entered before it
+    assert dec.tick((3000 + WRITE_WAIT_NS - 1000) / NS) == []
+    events += dec.tick((3000 + WRITE_WAIT_NS + 1000) / NS)
     kinds = [next(iter(e["event"])) for e in events]
     assert kinds == ["SslContent", "LlmApi", "SslContent", "LlmApi"]
     write = events[0]["event"]["SslContent"]
@@ -319,7 +323,8 @@ def test_no_redact_and_api_only():
 
 def test_truncated_call_is_flagged():
     data = b"x" * 100
-    [ev] = list(decoder(api=False)(record(data, ts=1, fn=READ, total=5000, captured=100)))
+    dec = decoder(api=False)
+    [ev] = dec(record(data, ts=1, fn=READ, total=5000, captured=100)) + dec.tick(float("inf"))
     fields = ev["event"]["SslContent"]
     assert fields["truncated"] is True and fields["len"] == 5000 and len(fields["content"]) == 100
 
