@@ -113,7 +113,8 @@ def _serve_conn(conn: ssl.SSLSocket, log: Any, lock: threading.Lock) -> None:
                 return
 
 
-def serve(addr: str, port: int, cert: str, key: str, log_path: str, tickets: int) -> None:
+def serve(addr: str, port: int, cert: str, key: str, log_path: str, tickets: int,
+          nagle: bool = False) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["http/1.1"])
@@ -128,7 +129,8 @@ def serve(addr: str, port: int, cert: str, key: str, log_path: str, tickets: int
     with open(log_path, "a") as log:
         while True:
             raw, _ = lsock.accept()
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not nagle:  # with Nagle a second ticket waits for the client's delayed ACK
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=_accept_tls, args=(ctx, raw, log, lock), daemon=True).start()
 
 
@@ -167,10 +169,10 @@ class TlsServer:
 
 @contextlib.contextmanager
 def tls_server(hostnames: list[str], addr: str = "127.0.0.1", tickets: int = 2,
-               port: int = 0) -> Iterator[TlsServer]:
+               port: int = 0, nagle: bool = False) -> Iterator[TlsServer]:
     """An HTTPS server on addr with a fresh test CA; certificates name every host in
     `hostnames` and the address itself. `tickets`: TLS 1.3 session tickets sent after the
-    handshake (OpenSSL's default is 2)."""
+    handshake (OpenSSL's default is 2); `nagle`: leave Nagle on (many servers do)."""
     import trustme  # test dependency only
 
     tmp = Path(tempfile.mkdtemp(prefix="obs-tls-"))
@@ -186,7 +188,8 @@ def tls_server(hostnames: list[str], addr: str = "127.0.0.1", tickets: int = 2,
     log = tmp / "requests.ndjson"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.tls_server", "--addr", addr, "--port", str(port),
-         "--cert", str(cert), "--key", str(key), "--log", str(log), "--tickets", str(tickets)],
+         "--cert", str(cert), "--key", str(key), "--log", str(log), "--tickets", str(tickets)]
+        + (["--nagle"] if nagle else []),
         cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert proc.stdout is not None
@@ -207,8 +210,9 @@ def main() -> None:
     ap.add_argument("--key", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--tickets", type=int, default=2)
+    ap.add_argument("--nagle", action="store_true")
     a = ap.parse_args()
-    serve(a.addr, a.port, a.cert, a.key, a.log, a.tickets)
+    serve(a.addr, a.port, a.cert, a.key, a.log, a.tickets, a.nagle)
 
 
 if __name__ == "__main__":
