@@ -81,7 +81,7 @@ class ApiJoin:
     # HTTP/2 requests (pid -> facts) that no exchange has claimed yet
     h2_requests: dict[int, list[LlmFact]] = field(default_factory=dict)
     # claimed HTTP/2 streams awaiting their response fact: key -> (claimed at, the exchange)
-    claims: OrderedDict[tuple[int, int], tuple[int, Event]] = field(default_factory=OrderedDict)
+    claims: OrderedDict[tuple[int, int, int], tuple[int, Event]] = field(default_factory=OrderedDict)
     h2_conns: OrderedDict[tuple[int, int], None] = field(default_factory=OrderedDict)
     # exchanges that claimed streams: (pid, from, to, the exchange), for a request fact that
     # comes after its exchange went (the plaintext's ring read later than the socket's)

@@ -64,8 +64,9 @@ class LlmFact:
     model_call: bool = True  # False: a request that is no LLM API call; fields: method, path
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.pid, self.request_ts)
+    def key(self) -> tuple[int, int, int]:
+        # the stream too: one write can carry several HTTP/2 requests (same request_ts)
+        return (self.pid, self.request_ts, self.stream)
 
     @property
     def model(self) -> str | None:

@@ -155,6 +155,16 @@ def test_one_llmcall_per_http2_stream_timed_by_the_plaintext(order):
         assert (c["sni"], c["exchange"]) == (h2wire.AUTH, 1)
 
 
+@pytest.mark.parametrize("order", ["time", "ssl-late"])
+def test_http2_streams_sent_at_the_same_instant_are_each_reported(order):
+    """httpx writes several requests at once: their facts share a request_ts, and each stream
+    is still its own call (a claim keyed by pid and request_ts alone lost all but one)."""
+    recs, sent = h2_connection({1: 300, 3: 100, 5: 200}, sends={1: 0, 3: 0, 5: 0})
+    calls = run(recs, order)
+    assert sorted(c["stream"] for c in calls) == [1, 3, 5]
+    assert {c["model"] for c in calls} == {"served-1", "served-3", "served-5"}
+
+
 def test_http2_streams_across_exchanges_and_exchanges_without_a_stream():
     """Stream 3 goes out after stream 1's response: the socket starts a second exchange
     there; a later control burst and the server's answer make a third exchange that holds no
