@@ -5,7 +5,7 @@ fast, and how many tokens.
 Both sides name the exchange by (pid, request start): LlmCall's `ts` is the entry of the
 request's first send, an LlmFact's `request_ts` the entry of the SSL_write carrying its first
 byte — the same moment seen from two layers, microseconds apart. A call is matched with the
-nearest response fact of its pid within `tolerance`. The response fact normally arrives first
+nearest response fact of its pid within `tolerance` (50 ms). The response fact normally arrives first
 (the client reads the whole response before the socket layer can end the exchange), though
 up to libobs.tls.order's WRITE_WAIT later than the read that completed it; a call whose fact
 has not arrived waits up to `grace` (half a second after that wait), judged by the time up to
@@ -71,7 +71,10 @@ Event = dict[str, Any]
 
 @dataclass
 class ApiJoin:
-    tolerance_ns: int = NS // 2
+    # The two layers see one instant microseconds apart (a preempted writer: milliseconds); a
+    # wider tolerance let a call take a neighbour's fact while its own was still held
+    # (libobs.tls.order), e.g. a model call 350 ms after an agent's settings GET.
+    tolerance_ns: int = 50 * NS // 1000
     grace_ns: int = NS // 2 + WRITE_WAIT_NS
     keep_ns: int = 120 * NS
     max_facts: int = 65536
