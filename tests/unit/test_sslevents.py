@@ -338,7 +338,7 @@ def test_sslapi_facts_keyed_by_request():
         off += len(piece)
     facts = [f for raw in raws for f in api.feed(raw)] + api.tick(float("inf"))
     req, resp = facts
-    assert req.key == resp.key == (PID, 110)
+    assert req.key == resp.key == (PID, 110, 0)  # pid, request_ts, HTTP/2 stream (0: HTTP/1.x)
     assert req.model == "claude-opus-4-1" and resp.model == "claude-opus-4-1-2025"
     assert resp.fields["completion_tokens"] == 42 and resp.provider == "Anthropic"
     assert resp.ts > resp.request_ts
