@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from libobs.events import NS, duration
+from libobs.events import NS, duration, duration_ns
 from libobs.net.llmcalls import SOCKET_KEY, SocketView
 from libobs.net.transcripts import Transcripts
 from libobs.tls.attach import LlmFact, is_ssl_record
@@ -188,7 +188,7 @@ class ApiJoin:
             tr.poll(pid, now_ns)
         start = ev["ts"]
         lat = call.get("latency")
-        end = start + (lat["secs"] * NS + lat["nanos"] if lat else 0)
+        end = start + (duration_ns(lat) if lat else 0)
         later = [s for s in (*self.starts.get(pid, ()), *self.running.get(pid, ()))
                  if s > start]
         fact = tr.take(pid, start - self.SLACK_NS, end + self.transcript_wait_ns,
@@ -196,8 +196,6 @@ class ApiJoin:
         if fact is None:
             return False
         call.update({k: fact.fields.get(k) for k in API_FIELDS}, usage_source="transcript")
-        for k in CALL_FIELDS:
-            call.setdefault(k, None)
         self._bump("joined")
         return True
 
