@@ -146,6 +146,16 @@ JSON = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3)
                         max_size=5), c, max_size=3), max_leaves=8) | st.integers(60, 300).map(nested)
 
 
+def same_event(ev: dict[str, Any], where: tuple[str, int]) -> Any:
+    """What makes two lines one event to obs-merge's Dedup (all but identity, canonically); a
+    line orjson cannot write canonically (a huge int) is never a duplicate."""
+    try:
+        return orjson.dumps({k: v for k, v in ev.items() if k != "identity"},
+                            option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return where
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(SPOT, JSON), min_size=1, max_size=12))
@@ -174,9 +184,12 @@ def test_any_json_in_any_field_never_breaks_the_merge(tmp_path: Path, changes) -
             stream, summary = lines[:-1], orjson.loads(lines[-1])
             assert set(summary) == {"summary"}
             stamps = sorted(orjson.loads(x)["ts"] for x in stream)
-            want = sorted(e["ts"] for n, evs in events.items() for i, e in enumerate(evs)
-                          if accepted[(n, i)])
-            assert stamps == want  # every good line out, once
+            # every good line out, once; two lines a change made identical (but for identity)
+            # are one event to obs-merge, a duplicate it drops by design
+            good = {same_event(e, (n, i)): e["ts"]
+                    for n, evs in events.items() for i, e in enumerate(evs) if accepted[(n, i)]}
+            want = sorted(good.values())
+            assert stamps == want
         else:
             assert b"obs-merge summary:" in out
             assert out.count(b"\n") > sum(accepted.values())
