@@ -29,13 +29,17 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   neither ends an exchange nor starts one. When the peer closes, one trailing alert-sized
   segment (its close_notify) is not counted as response.
 
-Known limit: a server with Nagle on sends its first session ticket at once and holds the
-second until the client acknowledges the first; a client done sending delays that ACK
-(40 ms or more), so the ticket arrives outside the window, after the server had the whole
-request, and is taken for the first response byte. Nothing the kernel reports tells it
-apart: TLS 1.3 encrypts the record type, the segment's ack and sequence numbers are those of
-its transmission (after the request, like a response's), and its size and timing are those
-of a short, fast answer. Only the plaintext can say (obs-llm --api: libobs.net.apijoin).
+- A server with Nagle on sends its first session ticket at once and holds the rest until the
+  client acknowledges the first; a client done sending delays that ACK (40 ms or more), so
+  they arrive after the request, outside the window, acking it, like a fast answer's first
+  segment: TLS 1.3 encrypts the record type. What sets them apart: Nagle let exactly one
+  segment through in the window; the tickets of one server are records of one length, so the
+  late segment is a whole number of that segment's size; and more data follows. Such a
+  segment, arriving within 2 handshake round trips + LATE_TICKET_NS of the Finished, is held
+  like an in-window one: tickets if more data comes, the response if nothing does. Known
+  limit: a real first response segment of exactly that size, followed by more within that
+  time, is taken for a ticket (ttft then ends at the next segment); obs-llm --api corrects
+  it from the plaintext (libobs.net.apijoin).
 
 `Connection` is pure (records in, `Exchange`s out) and tested without root;
 `LlmCallDecoder` wires it to bpf/net.bpf.c records and the event envelope.
@@ -79,6 +83,11 @@ _SEQ = 1 << 32
 # switch interval) and network jitter; no LLM API answers that fast.
 POST_HS_SLACK_NS = 20_000_000
 POST_HS_MAX_BYTES = 4096
+# A Nagle server's held-back tickets come when the client's delayed ACK releases them: within
+# Linux's largest delayed-ACK time (200 ms) and some slack of 2 handshake round trips from
+# the Finished; one segment of at most this many tickets.
+LATE_TICKET_NS = 250_000_000
+LATE_TICKETS_MAX = 8
 # Arrivals closer than this are one burst (obs-llm --api's join; see Exchange.bursts).
 BURST_GAP_NS = 10_000_000
 MAX_BURSTS = 64
@@ -215,6 +224,8 @@ class Connection:
     hs_rtt: int = 0                     # ClientHello sent → server's first flight arrived
     post_hs_until: int = 0              # TLS 1.3: end of the post-handshake window
     post_hs_bytes: int = 0
+    ticket_len: int = 0                 # the only in-window segment's bytes (a ticket); -1: more
+    late_until: int = 0                 # a held-back ticket can arrive until then
     current: Exchange | None = None
     count: int = 0
     rcv_end: int | None = None          # highest sequence number received + 1
@@ -224,6 +235,14 @@ class Connection:
     def _finished(self, ts: int) -> None:
         """The client's TLS 1.3 Finished left at ts: the server's answer to it is coming."""
         self.post_hs_until = ts + self.hs_rtt * 3 // 2 + POST_HS_SLACK_NS
+        self.late_until = ts + self.hs_rtt * 2 + LATE_TICKET_NS
+
+    def _late_ticket(self, ts: int, nbytes: int) -> bool:
+        """Whether a segment after the window may be tickets a Nagle server held back (at
+        most one such segment per connection)."""
+        unit, self.ticket_len = self.ticket_len, 0
+        return (unit > 0 and ts <= self.late_until and nbytes % unit == 0
+                and nbytes // unit <= LATE_TICKETS_MAX)
 
     def send(self, s: Send) -> list[Exchange]:
         self.last_ts = s.ts
@@ -290,6 +309,7 @@ class Connection:
             cur.arrived(seg.ts)
         if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
             self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
+            self.ticket_len = -1 if self.ticket_len else new  # Nagle lets only one through
             if cur is not None and cur.first_resp_ts is None and not seq_before(seg.ack,
                                                                                 cur.req_seq):
                 cur.held.append((seg.ts, new))  # …or a very fast server's response
@@ -297,6 +317,9 @@ class Connection:
         if cur is None or seq_before(seg.ack, cur.req_seq):
             return []  # unsolicited, or sent before the server had the whole request
         if cur.first_resp_ts is None:
+            if self._late_ticket(seg.ts, new):
+                cur.held = [(seg.ts, new)]  # tickets if more comes, else the response
+                return []
             cur.held = []  # data after the window: what came inside it was tickets
             cur.first_resp_ts = seg.ts
         cur._tail = (new, cur.last_resp_ts or seg.ts)

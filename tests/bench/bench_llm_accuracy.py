@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = [Row(int(d), a.body) for d in a.delays.split(",")]
     plan += [] if a.no_variants else VARIANTS
     rows: list[dict[str, Any]] = []
-    # The Nagle rows twice: the socket alone cannot tell a late ticket from a response
-    # (libobs/net/llmcalls.py); obs-llm --api corrects it from the plaintext (timing "tls").
+    # The Nagle rows twice: the socket alone (late tickets told by their size,
+    # libobs/net/llmcalls.py) and with the plaintext (obs-llm --api, timing "tls").
     for nagle, api in ((False, False), (True, False), (True, True)):
         todo = [(i, r) for i, r in enumerate(plan) if r.nagle == nagle]
         if not todo:

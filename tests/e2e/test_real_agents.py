@@ -148,11 +148,13 @@ def test_tool_process_is_in_the_agent_session_after_obs_merge(agent: str) -> Non
     assert {e["identity"]["session"] for e in tools} == {calls[0]["identity"]["session"]}
 
 
-def test_first_call_ttft_with_a_nagle_server() -> None:
-    """Gemini CLI against a stand-in that leaves Nagle on: its TLS 1.3 session tickets come
-    with the client's delayed ACK (~40 ms after the handshake), and the socket takes them for
-    the first call's first response byte; the plaintext (obs-llm --api) sets it right."""
-    o = observed("gemini", nagle=True)
+@pytest.mark.parametrize("agent", ["gemini", "codex"])
+def test_first_call_ttft_with_a_nagle_server(agent: str) -> None:
+    """Against a stand-in that leaves Nagle on, a connection's TLS 1.3 session tickets after
+    the first come with the client's delayed ACK (~40 ms after the handshake), after the
+    request: they are not the first call's first response byte. Gemini CLI's calls are timed
+    from the plaintext (obs-llm --api); Codex's (rustls, unreadable) from the socket alone."""
+    o = observed(agent, nagle=True)
     rows = model_rows(o)
     assert len(o.calls) == len(o.run.log) and rows
     for r in rows:
