@@ -11,12 +11,14 @@ import ctypes
 import os
 import re
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from libobs.kernel import host, objcache
 from libobs.kernel.ringbuf import RingReader
 from libobs.kernel.source import bpf_dir, source_text
 
+CLOSE_THREADS = 64  # perf events closed at once on exit (close_probes)
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")  # fullmatch: "$" would let "X\n" through
 
 
@@ -127,4 +129,27 @@ class Program:
             with contextlib.suppress(Exception):
                 reader.close()
         self._rings.clear()
+        close_probes(self.bpf)
         self.bpf.cleanup()
+
+
+def close_probes(bpf: Any) -> None:
+    """Close the perf events of bpf's tracepoints and uprobes all at once, then let bcc do its
+    bookkeeping. Closing one waits for an RCU grace period in the kernel (~50-200 ms here);
+    bcc closes them one after another (obs-exec: 26 tracepoints, 1.1-2.3 s at every exit),
+    concurrent closes share grace periods (measured: 14 tracepoints 2.5-2.8 s → 0.45-0.67 s)."""
+    from bcc import libbcc  # imported late, as in Program
+
+    fds = {**getattr(bpf, "tracepoint_fds", {}), **getattr(bpf, "uprobe_fds", {})}
+    if len(fds) < 2:
+        return
+    with ThreadPoolExecutor(min(len(fds), CLOSE_THREADS)) as pool:
+        results = dict(zip(fds, pool.map(libbcc.lib.bpf_close_perf_event_fd, fds.values()),
+                           strict=True))
+    for name in list(getattr(bpf, "tracepoint_fds", {})):
+        if results.get(name, -1) >= 0:
+            del bpf.tracepoint_fds[name]  # closed: bcc's cleanup must not close the number again
+    for name in list(getattr(bpf, "uprobe_fds", {})):
+        if results.get(name, -1) >= 0:
+            libbcc.lib.bpf_detach_uprobe(name)  # a legacy tracefs event, where one was made
+            bpf._del_uprobe_fd(name)
