@@ -40,8 +40,9 @@ source the numbers came from ("wire", "transcript", or null for neither).
 A request that is no LLM API call (an agent's `GET /api/claude_code/settings`) has a fact of
 its own, its request's (`model_call` false): it marks its LlmCall `model_call: false`, so it is
 kept apart from the model calls and never takes a neighbour's tokens (nor a transcript line). A
-call without a wire fact is marked with `unreadable_of(pid)`: the TLS stack of the process's
-executable that obs found but cannot read (a null model is then "not readable", not "none").
+call without a wire fact is marked with `unreadable_of(pid, call start)`: the TLS stack of the
+process's executable that obs found but cannot read, or attached to only after the call
+began (a program first met when it exec'd) — a null model is then "not read", not "none".
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class ApiJoin:
     counts: dict[str, int] = field(default_factory=dict)  # the transcript join, for heartbeats
     running: dict[int, list[int]] = field(default_factory=dict)  # pid -> calls in progress
     SLACK_NS = 5_000_000  # a transcript stamps ms; obs's wall clock is converted once
-    unreadable_of: Callable[[int], str | None] = lambda pid: None
+    unreadable_of: Callable[[int, int], str | None] = lambda pid, since: None
 
     def add_fact(self, fact: LlmFact) -> list[Event]:
         """A fact; returns the LlmCalls of HTTP/2 streams it completes."""
@@ -139,7 +140,8 @@ class ApiJoin:
         out = self._resolve(ev)
         if out is not None:
             return out
-        call["tls_unreadable"] = self.unreadable_of(call["pid"])  # while the process lives
+        # asked now, while the process likely lives
+        call["tls_unreadable"] = self.unreadable_of(call["pid"], ev["ts"])
         if self.transcripts is not None:
             self.transcripts.watch(call["pid"], now_ns)
         self.pending.append((now_ns + self.grace_ns, ev))
@@ -354,7 +356,7 @@ class JoinedDecoder:
     program's (via `calls`, an LlmCallDecoder) and the ssl program's (via `api`, an SslApi)."""
 
     def __init__(self, calls: Any, api: Any, join: ApiJoin | None = None,
-                 unreadable_of: Callable[[int], str | None] | None = None):
+                 unreadable_of: Callable[[int, int], str | None] | None = None):
         calls.instants = True  # the join needs each exchange's connection and instants
         self.calls = calls
         self.api = api

@@ -21,6 +21,7 @@ import mmap
 import os
 import shutil
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -548,10 +549,15 @@ class SslProbes:
         self.attacher = Attacher(self.program.bpf)
         self.problems: list[str] = []
         self.attached: list[Library] = []
+        # file identity → (wall ns, library) of attaches after start-up: a program first met
+        # when it exec'd is read only from then on (unreadable_of names the calls before)
+        self.late: dict[tuple[int, int], tuple[int, Library]] = {}
+        self._started = False
         self._named = 0  # finder.unreadable lines already passed on
         self.news: list[str] = []  # lines about libraries met between rescans, to be said
         self.attacher.probe_names.append("tracepoint:sched:sched_process_exec")  # execs()
         self._attach(self.finder.initial(str(p) for p in extra))
+        self._started = True
 
     @property
     def unreadable(self) -> list[dict[str, str]]:
@@ -588,10 +594,12 @@ class SslProbes:
                 self.finder.exe_keys[0][pid] = found[1]  # for unreadable_of once it is gone
                 self.news += self._attach(self.finder.new_libraries([found[0]]))
 
-    def unreadable_of(self, pid: int) -> str | None:
+    def unreadable_of(self, pid: int, since: int | None = None) -> str | None:
         """`<stack> in <path>` when the executable of process `pid` holds a TLS stack obs
-        cannot read, else None. An executable not judged yet (started since the last rescan)
-        is judged now, and attached to when readable (its lines wait in `news`)."""
+        cannot read, or, for a call that began at wall ns `since`, one obs attached to only
+        after that (`…: attached N ms after this call began`); else None. An executable not
+        judged yet (started since the last rescan) is judged now, and attached to when
+        readable (its lines wait in `news`)."""
         found = self.finder.exe_of(pid)
         if found is not None:
             path, key = found
@@ -601,7 +609,12 @@ class SslProbes:
             if key is None:
                 return None
         u = self.finder.unreadable_at(key)
-        return f"{u.stack} in {u.path}" if u else None
+        if u:
+            return f"{u.stack} in {u.path}"
+        at, lib = self.late.get(key, (0, None))
+        if lib is not None and since is not None and at > since:
+            return f"{lib.stack} in {lib.path}: attached {(at - since) // 1_000_000} ms after this call began"
+        return None
 
     def _attach(self, libs: list[Library]) -> list[str]:
         notes = []
@@ -611,6 +624,8 @@ class SslProbes:
                 self.problems.append(problem)
             else:
                 self.attached.append(lib)
+                if self._started:
+                    self.late.setdefault(lib.key, (time.time_ns(), lib))
             notes.append(problem or f"attached to {lib.describe()}")
         fresh = [f"not read: {u.line()}" for u in self.finder.unreadable[self._named:]]
         self._named = len(self.finder.unreadable)

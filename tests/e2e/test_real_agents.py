@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from libobs.kernel import cache
 from libobs.tls import boringssl, elf
 from tests.support import agent_obs
 from tests.support.agent_obs import TOKENS, Observed, compare, latency_right, observe, ttft_right
@@ -114,6 +115,21 @@ def test_calls_whose_tls_cannot_be_read_are_marked(agent: str) -> None:
             assert r["obs_usage_source"] in ("transcript", None), r
         else:
             assert r["obs_usage_source"] == "wire" and why is None, r
+
+
+def test_calls_a_new_program_made_before_it_was_read_say_so() -> None:
+    """Claude Code run as if for the first time on the host (the located BoringSSL functions
+    forgotten): obs attaches to it once it has exec'd, and its first requests (the settings
+    GETs) can come before that. Every call was read or says why: never a null with no
+    reason."""
+    for entry in (cache.ROOT / "boringssl").glob("*.json"):
+        entry.unlink()
+    o = observe("claude", installed()["claude"][1])
+    assert o.calls
+    for c in o.calls:
+        why = c.get("tls_unreadable") or ""
+        assert c.get("model_call") is not None or (
+            why.startswith("BoringSSL (static) in /") and "ms after this call began" in why), c
 
 
 @pytest.mark.parametrize("agent", AGENTS)

@@ -225,7 +225,7 @@ def llm_api_events() -> list[dict[str, Any]]:
     dec = JoinedDecoder(
         LlmCallDecoder(CLOCK, "host-1", RULES, lambda sk: None, identities=Identities()),
         SslApi(CLOCK), ApiJoin(transcripts=transcripts),
-        unreadable_of=lambda pid: "rustls in /opt/codex")
+        unreadable_of=lambda pid, since: "rustls in /opt/codex")
     transcripts.add(TranscriptFact(AGENT, CLOCK.wall(9000 * MS + 350 * MS), {
         "model": "gpt-5-codex", "prompt_tokens": 4601, "completion_tokens": 467,
         "cache_read_tokens": 49, "cache_creation_tokens": None}))

@@ -91,7 +91,7 @@ def test_a_request_that_is_no_model_call_marks_its_own_call():
 def test_a_call_without_facts_says_which_stack_hides_them():
     seen = []
 
-    def unreadable_of(pid):
+    def unreadable_of(pid, since):
         seen.append(pid)
         return "rustls in /opt/codex" if pid == 7 else None
     j = ApiJoin(grace_ns=0, unreadable_of=unreadable_of)
