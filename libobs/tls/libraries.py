@@ -613,7 +613,8 @@ class SslProbes:
             return f"{u.stack} in {u.path}"
         at, lib = self.late.get(key, (0, None))
         if lib is not None and since is not None and at > since:
-            return f"{lib.stack} in {lib.path}: attached {(at - since) // 1_000_000} ms after this call began"
+            late_ms = (at - since) // 1_000_000
+            return f"{lib.stack} in {lib.path}: attached {late_ms} ms after this call began"
         return None
 
     def _attach(self, libs: list[Library]) -> list[str]:
