@@ -16,6 +16,10 @@ AGENTS=(
     "gemini @google/gemini-cli 0.61.0"
 )
 
+# Older Claude Code releases the BoringSSL locator is tested against besides the one above
+# (tests/e2e/test_real_agents.py): only their native executables, from the platform package.
+CLAUDE_PACKS=(2.1.110 2.1.200 2.1.328)
+
 cache=/var/cache/obs/agents
 list=0
 while [ $# -gt 0 ]; do
@@ -52,6 +56,19 @@ install_one() {  # <command> <npm package> <version> <dir>
     touch "$dir/.obs-ok"
 }
 
+fetch_pack() {  # <version>: $cache/.packs/<version>/package/claude
+    local ver=$1 dir="$cache/.packs/$1"
+    [ -x "$dir/package/claude" ] && return 0
+    say "fetching the Claude Code $ver executable into $dir"
+    rm -rf "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    (cd "$dir.tmp" && npm pack --cache "$cache/.npm" --prefer-offline --loglevel=error \
+        "@anthropic-ai/claude-code-linux-x64@$ver" >/dev/null && tar -xzf ./*.tgz && rm -f ./*.tgz)
+    [ -x "$dir.tmp/package/claude" ] || { say "no executable in the $ver pack"; return 1; }
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+}
+
 [ $list = 1 ] || { [ "$(id -u)" = 0 ] || { say "must run as root (writes $cache)"; exit 1; }; }
 [ $list = 1 ] || { mkdir -p "$cache" && chmod 755 "$cache"; }
 for entry in "${AGENTS[@]}"; do
@@ -60,3 +77,6 @@ for entry in "${AGENTS[@]}"; do
     [ $list = 1 ] || install_one "$cmd" "$pkg" "$ver" "$dir"
     echo "$cmd $ver $dir/node_modules/.bin/$cmd"
 done
+if [ $list = 0 ]; then
+    for ver in "${CLAUDE_PACKS[@]}"; do fetch_pack "$ver"; done
+fi

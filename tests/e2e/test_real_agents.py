@@ -182,7 +182,7 @@ def test_first_call_ttft_with_a_nagle_server(agent: str) -> None:
 # and response in plaintext): docs/real-agents.md. Two ERR_put_error ABIs among them.
 CLAUDE_CODE_OFFSETS = {"2.1.110": (0x4FF6960, 0x4FF5D00), "2.1.200": (0x320D3A0, 0x320D010),
                        "2.1.328": (0x311D660, 0x311D810), "2.1.332": (0x3330300, 0x33304B0)}
-PACKS = Path("/var/cache/obs/agents/.packs")  # npm packs of older releases, where kept
+PACKS = Path("/var/cache/obs/agents/.packs")  # older releases' executables (deploy/agents.sh)
 
 
 def file_offset(data: Any, va: int | None) -> int | None:
@@ -193,13 +193,12 @@ def file_offset(data: Any, va: int | None) -> int | None:
 @pytest.mark.parametrize("version", sorted(CLAUDE_CODE_OFFSETS))
 def test_boringssl_functions_are_located_in_claude_code(version: str) -> None:
     """libobs.tls.boringssl finds SSL_read/SSL_write in Claude Code by the errors BoringSSL's
-    ssl_lib.cc reports (no symbols needed): the installed release always, older ones from the
-    npm packs kept beside it (skipped where they are not)."""
+    ssl_lib.cc reports (no symbols needed): the installed release, and older ones whose
+    executables the project's setup fetches (deploy/agents.sh CLAUDE_PACKS)."""
     exe = installed()["claude"][1].resolve()
     if installed()["claude"][0] != version:
         exe = PACKS / version / "package" / "claude"
-        if not exe.exists():
-            pytest.skip(f"no npm pack of Claude Code {version} under {PACKS}")
+        assert exe.exists(), f"no Claude Code {version} under {PACKS}: run deploy/agents.sh"
     with open(exe, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
         found = boringssl.locate(m)
         assert found.error is None
