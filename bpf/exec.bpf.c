@@ -284,7 +284,7 @@ static __always_inline void file_id(void *file, struct file_id *id)
  * which was most of the cost of an open. */
 #define FLAGS_OPENAT 1  /* openat(dfd, name, flags, mode): flags in dx */
 #define FLAGS_OPEN 2    /* open(name, flags, mode): flags in si */
-#define FLAGS_OPENAT2 3 /* openat2(dfd, name, how, size): how->flags, in user memory */
+#define FLAGS_OPENAT2 3 /* openat2(dfd, name, how, size): how in dx, how->flags in user memory */
 #define FLAGS_CREAT 4   /* creat(name, mode) is open(O_WRONLY | O_CREAT | O_TRUNC) */
 
 static __always_inline u64 open_flags(int how)
@@ -293,8 +293,8 @@ static __always_inline u64 open_flags(int how)
         return 01 | 0100 | 01000;
     char *regs = (char *)bpf_task_pt_regs(bpf_get_current_task_btf());
     u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), regs + (how == FLAGS_OPENAT ? OFF_PT_REGS_DX
-                                                                     : OFF_PT_REGS_SI));
+    bpf_probe_read_kernel(&v, sizeof(v), regs + (how == FLAGS_OPEN ? OFF_PT_REGS_SI
+                                                                   : OFF_PT_REGS_DX));
     if (how == FLAGS_OPENAT2) {
         u64 flags = 0;
         bpf_probe_read_user(&flags, sizeof(flags), (void *)v); /* open_how.flags first */
