@@ -40,7 +40,6 @@ STRUCT_FIELDS = {
     "OFF_PATH_DENTRY": "path.dentry",
     "OFF_DENTRY_D_PARENT": "dentry.d_parent",
     "OFF_DENTRY_D_NAME": "dentry.d_name",
-    "OFF_DENTRY_D_INODE": "dentry.d_inode",
     "OFF_QSTR_NAME": "qstr.name",
     "OFF_VFSMOUNT_MNT_ROOT": "vfsmount.mnt_root",
     "OFF_MOUNT_MNT": "mount.mnt",
