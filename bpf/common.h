@@ -235,11 +235,17 @@ static __always_inline void *obs_fd_file(void *task, int fd)
     void *fdt = obs_read_ptr(files, OFF_FILES_FDT);
     if (!fdt)
         return 0;
+#if OFF_FDTABLE_FD == OFF_FDTABLE_MAX_FDS + 8
+    /* max_fds and fd side by side: one read (this runs on every traced write-open) */
+    struct { u32 max; u32 pad; void **fd; } t = {};
+    bpf_probe_read_kernel(&t, sizeof(t), (char *)fdt + OFF_FDTABLE_MAX_FDS);
+    u32 max = t.max;
+    void **fdarr = t.fd;
+#else
     u32 max = obs_read_u32(fdt, OFF_FDTABLE_MAX_FDS);
-    if ((u32)fd >= max)
-        return 0;
     void **fdarr = obs_read_ptr(fdt, OFF_FDTABLE_FD);
-    if (!fdarr)
+#endif
+    if ((u32)fd >= max || !fdarr)
         return 0;
     return obs_read_ptr(fdarr, (u64)fd * sizeof(void *));
 }

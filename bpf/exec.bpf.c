@@ -258,43 +258,75 @@ static __always_inline void fold_end(void)
 }
 #endif
 
-struct open_args { u32 flags; };
-BPF_HASH(open_pending, u32, struct open_args, 16384);
+/* The opened file's identity, the fold key: f_inode and f_path {mnt, dentry}. They lie within
+ * 40 bytes of each other in struct file: one read instead of three. */
+struct file_id { u64 inode, mnt, dentry; };
+#define FID_SPAN (OFF_FILE_F_PATH + 16 - OFF_FILE_F_INODE)
 
-static __always_inline int open_enter(u64 flags)
+static __always_inline void file_id(void *file, struct file_id *id)
 {
-    if (!(flags & WRITE_INTENT))
+#if OFF_FILE_F_PATH > OFF_FILE_F_INODE && FID_SPAN <= 64 && OFF_FILE_F_INODE % 8 == 0 \
+    && OFF_FILE_F_PATH % 8 == 0
+    u64 w[FID_SPAN / 8] = {};
+    bpf_probe_read_kernel(w, sizeof(w), (char *)file + OFF_FILE_F_INODE);
+    id->inode = w[0];
+    id->mnt = w[(OFF_FILE_F_PATH + OFF_PATH_MNT - OFF_FILE_F_INODE) / 8];
+    id->dentry = w[(OFF_FILE_F_PATH + OFF_PATH_DENTRY - OFF_FILE_F_INODE) / 8];
+#else
+    id->inode = (u64)obs_read_ptr(file, OFF_FILE_F_INODE);
+    id->mnt = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
+    id->dentry = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+#endif
+}
+
+/* An open's flags, read at syscall exit from the registers the syscall was entered with (they
+ * are saved on entry and only ax changes): no sys_enter program and no map to carry them across,
+ * which was most of the cost of an open. */
+#define FLAGS_OPENAT 1  /* openat(dfd, name, flags, mode): flags in dx */
+#define FLAGS_OPEN 2    /* open(name, flags, mode): flags in si */
+#define FLAGS_OPENAT2 3 /* openat2(dfd, name, how, size): how in dx, how->flags in user memory */
+#define FLAGS_CREAT 4   /* creat(name, mode) is open(O_WRONLY | O_CREAT | O_TRUNC) */
+
+static __always_inline u64 open_flags(int how)
+{
+    if (how == FLAGS_CREAT)
+        return 01 | 0100 | 01000;
+    char *regs = (char *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), regs + (how == FLAGS_OPEN ? OFF_PT_REGS_SI
+                                                                   : OFF_PT_REGS_DX));
+    if (how == FLAGS_OPENAT2) {
+        u64 flags = 0;
+        bpf_probe_read_user(&flags, sizeof(flags), (void *)v); /* open_how.flags first */
+        v = flags;
+    }
+    return v;
+}
+
+static __always_inline int open_exit(long ret, int how)
+{
+    if (ret < 0)
+        return 0;
+    u64 flags64 = open_flags(how);
+    if (!(flags64 & WRITE_INTENT))
         return 0;
     if (obs_filtered_out())
         return 0;
-    struct open_args a = {.flags = (u32)flags};
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    open_pending.update(&tid, &a);
-    return 0;
-}
-
-static __always_inline int open_exit(long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct open_args *a = open_pending.lookup(&tid);
-    if (!a)
-        return 0;
-    u32 flags = a->flags;
-    open_pending.delete(&tid);
-    if (ret < 0)
-        return 0;
+    u32 flags = (u32)flags64;
     void *file = obs_fd_file((void *)bpf_get_current_task(), (int)ret);
     u32 opens = 1;
     u64 gen = 0;
 #if FOLD_NS
     /* Same file (dentry, inode, mount) and flags as this thread's slot: count it, and send a
      * record only once per FOLD_NS. The dentry walk and the record are the expensive part. */
-    u64 mnt = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
-    u64 dentry = (u64)obs_read_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
-    u64 inode = dentry ? (u64)obs_read_ptr((void *)dentry, OFF_DENTRY_D_INODE) : 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct file_id id = {};
+    if (file)
+        file_id(file, &id);
     u64 now = bpf_ktime_get_ns();
     struct fold_slot *s = file ? fold.lookup(&tid) : 0;
-    if (s && s->dentry == dentry && s->inode == inode && s->mnt == mnt && s->flags == flags) {
+    if (s && s->dentry == id.dentry && s->inode == id.inode && s->mnt == id.mnt &&
+        s->flags == flags) {
         s->opens++;
         s->last_ts = now;
         if (now - s->emit_ts < FOLD_NS)
@@ -306,7 +338,7 @@ static __always_inline int open_exit(long ret)
     } else {
         if (s)
             fold_tail(s);
-        struct fold_slot n = {.dentry = dentry, .inode = inode, .mnt = mnt, .gen = now,
+        struct fold_slot n = {.dentry = id.dentry, .inode = id.inode, .mnt = id.mnt, .gen = now,
                               .last_ts = now, .emit_ts = now, .flags = flags, .opens = 1,
                               .sent = 1};
         /* replaces the old slot whole, so a reader never sees half of each */
@@ -318,19 +350,10 @@ static __always_inline int open_exit(long ret)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat) { return open_enter(args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_open) { return open_enter(args->flags); }
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_creat) { return open_enter(01 | 0100 | 01000); }
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return open_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
-{
-    u64 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->how); /* open_how.flags first */
-    return open_enter(flags);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return open_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret, FLAGS_OPENAT); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret, FLAGS_OPEN); }
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return open_exit(args->ret, FLAGS_CREAT); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return open_exit(args->ret, FLAGS_OPENAT2); }
 
 struct del_args { u64 name; s32 dfd; u8 op; };
 BPF_HASH(del_pending, u32, struct del_args, 16384);

@@ -26,8 +26,8 @@ EXAMPLES = """Examples:
 TRACEPOINTS = ["sched:sched_process_exec", "sched:sched_process_exit",
                "syscalls:sys_enter_setuid", "syscalls:sys_enter_ptrace",
                "syscalls:sys_enter_bind", "syscalls:sys_enter_listen"]
-FILE_TRACEPOINTS = ["syscalls:sys_enter_openat", "syscalls:sys_enter_openat2",
-                    "syscalls:sys_enter_open", "syscalls:sys_enter_creat",
+FILE_TRACEPOINTS = ["syscalls:sys_exit_openat", "syscalls:sys_exit_openat2",
+                    "syscalls:sys_exit_open", "syscalls:sys_exit_creat",
                     "syscalls:sys_enter_unlink", "syscalls:sys_enter_unlinkat",
                     "syscalls:sys_enter_rmdir"]
 

@@ -40,7 +40,6 @@ STRUCT_FIELDS = {
     "OFF_PATH_DENTRY": "path.dentry",
     "OFF_DENTRY_D_PARENT": "dentry.d_parent",
     "OFF_DENTRY_D_NAME": "dentry.d_name",
-    "OFF_DENTRY_D_INODE": "dentry.d_inode",
     "OFF_QSTR_NAME": "qstr.name",
     "OFF_VFSMOUNT_MNT_ROOT": "vfsmount.mnt_root",
     "OFF_MOUNT_MNT": "mount.mnt",
@@ -50,6 +49,10 @@ STRUCT_FIELDS = {
     "OFF_FDTABLE_MAX_FDS": "fdtable.max_fds",
     "OFF_FDTABLE_FD": "fdtable.fd",
     "OFF_FILE_F_PATH": "file.f_path",
+    "OFF_FILE_F_INODE": "file.f_inode",
+    # the registers a syscall was entered with (bpf/exec.bpf.c reads an open's flags at exit)
+    "OFF_PT_REGS_SI": "pt_regs.si",
+    "OFF_PT_REGS_DX": "pt_regs.dx",
     "OFF_FILE_PRIVATE_DATA": "file.private_data",
     "OFF_SOCKET_SK": "socket.sk",
     # struct sock starts with struct sock_common (__sk_common): these are offsets into sock.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tools import running, unmeasured_env
+from tests.support.tools import running, unmeasured_env, wait_for
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
@@ -238,6 +238,54 @@ def test_file_create_write_unlink_relative_and_absolute(tool, tmp_path):
     assert writes[0]["flags"] & os.O_CREAT and writes[1]["flags"] & os.O_APPEND
     assert [d["path"] for d in deletes] == [
         f"{tmp_path}/rel.txt", f"{tmp_path}/abs.txt", f"{sub}/inner.txt", str(sub)]
+
+
+def test_each_open_syscall_with_its_flags_and_folded_counts(tool, tmp_path):
+    """open, creat, openat2 and openat with write intent are reported with the flags the program
+    passed (read at syscall exit); read-only and failed opens are not; 500 opens of one file
+    fold into events whose counts add up to exactly 500."""
+    code = textwrap.dedent("""
+        import ctypes, os, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        L, AT = ctypes.c_long, ctypes.c_long(-100)
+        def call(nr, *args):
+            fd = libc.syscall(L(nr), *args)
+            if fd >= 0:
+                os.close(fd)
+        call(2, b"open.txt", L(os.O_WRONLY | os.O_CREAT), L(0o600))            # open
+        call(85, b"creat.txt", L(0o600))                                        # creat
+        how = struct.pack("QQQ", os.O_RDWR | os.O_CREAT, 0o600, 0)
+        call(437, AT, b"openat2.txt", how, L(len(how)))                         # openat2
+        call(257, AT, b"creat.txt", L(os.O_RDONLY | os.O_TRUNC), L(0))          # truncates
+        call(257, AT, b"creat.txt", L(os.O_RDONLY), L(0))                       # read-only
+        call(257, AT, b"none/x.txt", L(os.O_WRONLY | os.O_CREAT), L(0o600))     # fails
+        for _ in range(500):
+            call(257, AT, b"fold.txt", L(os.O_WRONLY | os.O_CREAT), L(0o600))
+        call(257, AT, b"last.txt", L(os.O_WRONLY | os.O_CREAT), L(0o600))
+    """)
+    subprocess.run([PY, "-c", code], check=True, cwd=tmp_path, env=unmeasured_env())
+    pid = tool.wait_events("ToolExec", lambda f: f["argv"][-1:] == [code])[0]["pid"]
+
+    def writes():
+        return [w for w in tool.of_kind("FileAccess") if w["pid"] == pid]
+
+    def folded():
+        return sum(w["count"] for w in writes() if w["path"] == f"{tmp_path}/fold.txt") == 500
+    wait_for(folded, what="FileAccess counts of fold.txt adding up to 500")
+    seen = writes()
+    paths = list(dict.fromkeys(w["path"] for w in seen))
+    assert paths == [f"{tmp_path}/{n}" for n in
+                     ("open.txt", "creat.txt", "openat2.txt", "fold.txt", "last.txt")]
+    flags = {(w["path"].rsplit("/", 1)[1], w["flags"], w["count"]) for w in seen
+             if not w["path"].endswith("fold.txt")}
+    assert flags == {("open.txt", os.O_WRONLY | os.O_CREAT, 1),
+                     ("creat.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 1),
+                     ("openat2.txt", os.O_RDWR | os.O_CREAT, 1),
+                     ("creat.txt", os.O_RDONLY | os.O_TRUNC, 1),
+                     ("last.txt", os.O_WRONLY | os.O_CREAT, 1)}
+    assert {w["flags"] for w in seen if w["path"].endswith("fold.txt")} == {
+        os.O_WRONLY | os.O_CREAT}
 
 
 def test_heartbeat_counts(tmp_path):
