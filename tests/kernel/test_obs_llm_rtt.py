@@ -79,7 +79,9 @@ def compare(name: str, found: list[dict[str, Any]], truth: list[dict[str, Any]],
             nagle: bool) -> tuple[list[str], list[str], float, float]:
     """(errors, known errors, worst ttft and latency errors in ms but for the known ones)."""
     assert len(found) == len(truth), f"{name}: {len(found)} LlmCalls for {len(truth)} requests"
-    errors, known, worst_ttft, worst_lat = [], [], 0.0, 0.0
+    errors: list[str] = []
+    known: list[str] = []
+    worst_ttft = worst_lat = 0.0
     index = 0
     for i, (f, t) in enumerate(zip(found, truth, strict=True)):
         index = 1 if i == 0 or truth[i - 1]["conn"] != t["conn"] else index + 1

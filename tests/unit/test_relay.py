@@ -50,8 +50,11 @@ def test_round_trip_takes_the_rtt_and_keeps_order(echo):
         assert s.recv(16) == b"ping"
         assert time.monotonic() - t0 >= 0.060
         data = bytes(range(256)) * 8192  # 2 MiB, more than max_queue below holds
-        threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)),
-                         daemon=True).start()
+        def write() -> None:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=write, daemon=True).start()
         got = bytearray()
         while chunk := s.recv(1 << 20):  # b"": the echo's FIN came back through the relay
             got += chunk
