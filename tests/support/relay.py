@@ -55,7 +55,8 @@ class _Pipe:
         self.queued = 0
         self.cond = threading.Condition()
         self.stopped = False
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._read, self._write)]
+        self.threads = [threading.Thread(target=f, name=f"relay-{f.__name__[1:]}", daemon=True)
+                        for f in (self._read, self._write)]
 
     def _put(self, data: bytes) -> bool:
         with self.cond:
@@ -168,7 +169,7 @@ class Relay:
         self.lock = threading.Lock()
         self.conns: list[_Conn] = []
         self.closing = False
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
 
     def start(self) -> Relay:
         self.acceptor.start()
