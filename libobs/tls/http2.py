@@ -318,7 +318,8 @@ class Http2Stream:
                 self._end(d, sid, ts)
             return
         status = pseudo.get(":status", "")
-        if d.is_read and status.isdigit() and len(status) == 3 and int(status) < 200:
+        numeric = status.isascii() and status.isdigit()  # "¹".isdigit(), but int() refuses it
+        if d.is_read and numeric and len(status) == 3 and int(status) < 200:
             return  # 100 Continue, 103 Early Hints: not the response
         if half is None:
             msg = HttpMessage(is_request=not d.is_read, ts_first=ts, ts_last=ts, stream=sid)
@@ -329,7 +330,7 @@ class Http2Stream:
             msg.method, msg.path = pseudo.get(":method"), pseudo.get(":path")
             if ":authority" in pseudo:
                 headers.setdefault("host", pseudo[":authority"])
-        elif status.isdigit():
+        elif numeric:
             msg.status = int(status)
         msg.headers = headers
         half.sink = BodySink(msg, self.max_body)

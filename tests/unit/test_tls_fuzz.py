@@ -8,7 +8,7 @@ from __future__ import annotations
 import zlib
 
 import hpack
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from libobs.tls import http2, websocket
@@ -53,6 +53,7 @@ def _check_h2(s: Http2Stream, fed: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(h2_step, max_size=40))
+@example([(False, ("table", 1)), (True, ("headers", (1, False, [(":status", "¹")])))])
 def test_http2_hostile_frames(steps: list) -> None:
     s = Http2Stream(max_body=MAX_BODY, max_conn_body=MAX_CONN_BODY)
     s.feed(False, PREFACE, 1)
