@@ -22,6 +22,7 @@ from libobs.tool.heartbeat import Liveness, heartbeat_event, new_collector_id
 from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
 
 Event = dict[str, Any]
+LOST_CHECK = 0.25  # seconds between looks at the kernel's lost-record counters
 
 
 @dataclass
@@ -119,6 +120,14 @@ class Loop:
                 self.sink.emit(ev)
         self.sink.flush()
 
+    def _say_lost(self, said: int) -> int:
+        """Say on stderr how many records the kernel dropped since `said`; the new total."""
+        lost = self.lost()
+        if lost > said:
+            err(self.cfg.tool, f"kernel dropped {lost - said} event(s) "
+                f"(ring buffer full; {lost} in total) — try a larger --ring-size")
+        return max(lost, said)
+
     def run(self) -> int:
         """Returns the exit status. Every program is closed on the way out."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -130,6 +139,7 @@ class Loop:
         start = time.monotonic()
         next_hb = start + self.cfg.heartbeat_interval
         last_lost = 0
+        next_lost = start
         status = 0
         try:
             while not self.stop:
@@ -147,11 +157,9 @@ class Loop:
                 now = time.monotonic()
                 self.sink.flush()
                 self._say_write_error()
-                lost = self.lost()
-                if lost > last_lost:
-                    err(self.cfg.tool, f"kernel dropped {lost - last_lost} event(s) "
-                        f"(ring buffer full; {lost} in total) — try a larger --ring-size")
-                    last_lost = lost
+                if now >= next_lost:  # reading the counters costs a syscall per CPU and kind
+                    next_lost = now + LOST_CHECK
+                    last_lost = self._say_lost(last_lost)
                 if now >= next_hb:
                     self.sink.emit(self.heartbeat())
                     next_hb = now + self.cfg.heartbeat_interval
@@ -164,6 +172,7 @@ class Loop:
             if self.tick:
                 for ev in self.tick(float("inf")):
                     self.sink.emit(ev)
+            self._say_lost(last_lost)
         except OutputClosed:
             quiet_broken_pipe()
         finally:
