@@ -84,18 +84,22 @@ class SslChunk(NamedTuple):
     data: bytes
 
 
+_new = tuple.__new__  # a named tuple made from a tuple in C, not through its __new__
+
+
 def decode_chunk(raw: bytes) -> SslChunk | None:
     """A record of bpf/ssl.bpf.c, or None for any other record."""
-    if len(raw) < DATA or int.from_bytes(raw[:4], "little") != K_SSL:
+    if len(raw) < DATA:
         return None
     v = _RECORD.unpack_from(raw, 0)  # header and fixed part in one go: this runs per call
-    h = Hdr._make(v[:12])
-    n = min(h.len, len(raw) - DATA, CHUNK)
-    return SslChunk(h, v[12], v[13], v[14], v[15], v[16], v[17], v[18], bool(v[19]),
-                    bytes(raw[DATA:DATA + n]))
+    if v[0] != K_SSL:
+        return None
+    n = min(v[5], len(raw) - DATA, CHUNK)  # v[5]: the header's len
+    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0,
+                           bytes(raw[DATA:DATA + n])))
 
 
-@dataclass
+@dataclass(slots=True)
 class SslCall:
     """What one SSL_read/SSL_write(_ex) call moved. `data` is the captured prefix: shorter
     than `total` when the call exceeded --max-capture or a record was lost."""
@@ -107,10 +111,13 @@ class SslCall:
     fn: int
     lib: int
     data: bytes
+    is_read: bool = field(init=False, repr=False, compare=False)  # asked several times a call
 
-    @property
-    def is_read(self) -> bool:
-        return self.fn in READ_FNS
+    def __init__(self, h: Hdr, ssl: int, off: int, total: int, fn: int, lib: int,
+                 data: bytes) -> None:
+        self.h, self.ssl, self.off, self.total, self.fn, self.lib, self.data = (
+            h, ssl, off, total, fn, lib, data)
+        self.is_read = fn in READ_FNS
 
     @property
     def truncated(self) -> bool:
