@@ -339,17 +339,31 @@ def _head_end(buf: bytes | bytearray, start: int) -> int:
 
 
 # A field line as most are written: no folding, no CR inside, nothing odd. A head whose every
-# field line matches this is read with one findall; any other goes through _parse_fields.
-_FIELD_LINE = re.compile(rb"^(" + _TOKEN + rb")[ \t]*:[ \t]*"
-                         rb"((?:[^\r\n \t](?:[^\r\n]*[^\r\n \t])?)?)[ \t]*\r?$", re.M)
+# field line is one of these is read line by line through a cache (a client repeats its
+# lines: Host, Authorization, Content-Type...); any other head goes through _parse_fields.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb")[ \t]*:[ \t]*"
+                         rb"((?:[^\r\n \t](?:[^\r\n]*[^\r\n \t])?)?)[ \t]*\r?")
+_FIELD_CACHE: dict[bytes, tuple[str, str]] = {}  # plain line -> (lowercased name, value)
+_FIELD_CACHE_MAX = 4096
 
 
 def _head_fields(raw: bytes, start: int) -> dict[str, str]:
     """The fields of a head from raw[start:], which runs to its blank line: one line each."""
-    found = _FIELD_LINE.findall(raw, start)
-    if len(found) == raw.count(b"\n", start) - 1:  # every line but the blank one matched
-        return {name.lower().decode("ascii"): value.decode("latin-1") for name, value in found}
-    return _parse_fields(raw[start:].split(b"\n"), strict=True)
+    lines = raw[start:].split(b"\n")  # the last two: the blank line and what follows it
+    fields: dict[str, str] = {}
+    cache = _FIELD_CACHE
+    for line in lines[:-2]:
+        field = cache.get(line)
+        if field is None:
+            m = _FIELD_LINE.fullmatch(line)
+            if m is None:
+                return _parse_fields(lines, strict=True)
+            field = (m.group(1).lower().decode("ascii"), m.group(2).decode("latin-1"))
+            if len(cache) >= _FIELD_CACHE_MAX:
+                cache.clear()
+            cache[line] = field
+        fields[field[0]] = field[1]
+    return fields
 
 
 def _parse_fields(lines: list[bytes], strict: bool) -> dict[str, str]:
