@@ -271,8 +271,9 @@ class ApiTracker:
 
     def feed(self, call: SslCall, now: float | None = None) -> list[ApiFact]:
         now = time.monotonic() if now is None else now
-        key = (call.h.pid, call.ssl)
-        d = int(call.is_read)
+        h, is_read = call.h, call.is_read
+        key = (h.pid, call.ssl)
+        d = 1 if is_read else 0
         facts: list[ApiFact] = []
         conn = self._conns.get(key)
         if conn is not None:
@@ -292,17 +293,18 @@ class ApiTracker:
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
                 self._harvest(self._conns.popitem(last=False)[1])  # the least recently used
-        self._conns.move_to_end(key)
-        conn.h, conn.seen = call.h, now
+        else:
+            self._conns.move_to_end(key)  # a new one is at the end already
+        conn.h, conn.seen = h, now
         conn.next_off[d] = call.off + call.total
-        msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
+        msgs = conn.http.feed(is_read, call.data, h.ts)
         if msgs:
             facts += self._facts(conn, call.ssl, msgs)
         if conn.upgrade is not None:  # the rest of this read is already WebSocket frames
             conn.http, conn.upgrade = WebSocketStream(*conn.upgrade, self.max_body), None
             facts += self._facts(conn, call.ssl,
-                                 conn.http.feed(True, _after_101(call.data), call.h.ts))
-        if call.truncated:
+                                 conn.http.feed(True, _after_101(call.data), h.ts))
+        if len(call.data) < call.total:  # truncated
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
         if conn.http.dead(True) or conn.http.dead(False):
@@ -474,11 +476,11 @@ class SslDecoder:
                 out.append(self.llm_api(fact))
 
     def ssl_content(self, call: SslCall) -> Event:
-        h = call.h
+        h, data = call.h, call.data
         lib = self.libs[call.lib] if call.lib < len(self.libs) else f"slot {call.lib}"
         fields = {"pid": h.pid, "tid": h.tid, "is_read": call.is_read,
-                  "content": text(self.scrub(call.data)), "len": call.total,
-                  "truncated": call.truncated, "lib": lib}
+                  "content": text(self.scrub(data)), "len": call.total,
+                  "truncated": len(data) < call.total, "lib": lib}
         identity, process = self.ids.of(h)
         provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
         return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,
