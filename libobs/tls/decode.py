@@ -87,16 +87,26 @@ class SslChunk(NamedTuple):
 _new = tuple.__new__  # a named tuple made from a tuple in C, not through its __new__
 
 
-def decode_chunk(raw: bytes) -> SslChunk | None:
-    """A record of bpf/ssl.bpf.c, or None for any other record."""
+def _unpack(raw: bytes) -> tuple[Any, ...] | None:
+    """A record's header and fixed part in one go (this runs per call): the header's 12
+    fields, then ssl, off, total, captured, chunk, fn, lib, read_failed; None for a record
+    of another program."""
     if len(raw) < DATA:
         return None
-    v = _RECORD.unpack_from(raw, 0)  # header and fixed part in one go: this runs per call
-    if v[0] != K_SSL:
+    v = _RECORD.unpack_from(raw, 0)
+    return v if v[0] == K_SSL else None
+
+
+def _data(v: tuple[Any, ...], raw: bytes) -> bytes:
+    return bytes(raw[DATA:DATA + min(v[5], len(raw) - DATA, CHUNK)])  # v[5]: the header's len
+
+
+def decode_chunk(raw: bytes) -> SslChunk | None:
+    """A record of bpf/ssl.bpf.c, or None for any other record."""
+    v = _unpack(raw)
+    if v is None:
         return None
-    n = min(v[5], len(raw) - DATA, CHUNK)  # v[5]: the header's len
-    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0,
-                           bytes(raw[DATA:DATA + n])))
+    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0, _data(v, raw)))
 
 
 @dataclass(slots=True)
@@ -162,6 +172,18 @@ class CallAssembler:
         if c.chunk + 1 >= _chunks(c.captured):
             out.append(self._finish(self._pending.pop(c.h.tid)))
         return out
+
+    def feed_record(self, raw: bytes) -> list[SslCall] | None:
+        """feed(decode_chunk(raw)), None for another program's record. A call in one record
+        (most are) goes straight to its SslCall: no SslChunk on the way."""
+        v = _unpack(raw)
+        if v is None:
+            return None
+        if v[16] != 0 or v[15] > CHUNK or v[2] in self._pending:  # chunk, captured, tid
+            return self.feed(_new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0,
+                                             _data(v, raw))))
+        return [SslCall(_new(Hdr, v[:12]), v[12], v[13], v[14], v[17], v[18],
+                        b"" if v[19] else _data(v, raw))]
 
     def flush(self, older_than: float | None = None) -> list[SslCall]:
         """Finish calls waiting since before `older_than` (all of them with None)."""
@@ -443,11 +465,11 @@ class SslDecoder:
 
     def __call__(self, raw: bytes) -> list[Event]:
         # lists rather than generators: this runs once per SSL call
-        chunk = decode_chunk(raw)
-        if chunk is None:
+        calls = self.calls.feed_record(raw)
+        if calls is None:
             return []
         out: list[Event] = []
-        for call in self.calls.feed(chunk):
+        for call in calls:
             for ordered in self.order.feed(call):
                 self._call(ordered, out)
         return out
