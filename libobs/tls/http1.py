@@ -326,7 +326,8 @@ _STEP_OF: dict[_State, Callable[[_Parser, list[HttpMessage]], bool]] = {
     _State.CHUNK_DATA: _Parser._data, _State.UNTIL_CLOSE: _Parser._data,
     _State.CHUNK_SIZE: _Parser._chunk_size, _State.CHUNK_END: _Parser._chunk_end,
     _State.TRAILER: _Parser._trailer, _State.DEAD: _needs_bytes}
-_STEPS = tuple(_STEP_OF.get(i, _needs_bytes) for i in range(max(_State) + 1))
+_STEPS = tuple(_STEP_OF.get(_State(i), _needs_bytes) if i else _needs_bytes
+               for i in range(max(_State) + 1))  # _State counts from 1
 
 
 def _head_end(buf: bytes | bytearray, start: int) -> int:
