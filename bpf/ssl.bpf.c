@@ -163,10 +163,13 @@ static __always_inline void ssl_emit(struct ssl_args *a, u64 total, u32 tgid)
     struct stream_key key = {.ssl = a->ssl, .tgid = tgid, .is_read = is_read};
     u64 off = 0;
     u64 *known = stream_off.lookup(&key);
-    if (known)
+    if (known) {
         off = *known;
-    u64 next = off + total;
-    stream_off.update(&key, &next);
+        *known = off + total; /* in place: an update would take a new LRU element per call */
+    } else {
+        u64 next = total;
+        stream_off.update(&key, &next);
+    }
 
     struct ssl_rec t = {};
     obs_fill_hdr(&t.h, K_SSL);

@@ -39,7 +39,6 @@ from libobs.tls.decode import (
     ApiTracker,
     CallAssembler,
     Timing,
-    decode_chunk,
 )
 from libobs.tls.order import CallOrder
 from libobs.tool.loop import err
@@ -90,10 +89,10 @@ class SslApi:
         self._expired = 0.0
 
     def feed(self, raw: bytes) -> list[LlmFact]:
-        chunk = decode_chunk(raw)
-        if chunk is None:
+        calls = self.calls.feed_record(raw)
+        if calls is None:
             return []
-        return [self._fact(f) for call in self.calls.feed(chunk)
+        return [self._fact(f) for call in calls
                 for ordered in self.order.feed(call) for f in self.tracker.feed(ordered)]
 
     def tick(self, now: float) -> list[LlmFact]:

@@ -84,18 +84,32 @@ class SslChunk(NamedTuple):
     data: bytes
 
 
+_new = tuple.__new__  # a named tuple made from a tuple in C, not through its __new__
+
+
+def _unpack(raw: bytes) -> tuple[Any, ...] | None:
+    """A record's header and fixed part in one go (this runs per call): the header's 12
+    fields, then ssl, off, total, captured, chunk, fn, lib, read_failed; None for a record
+    of another program."""
+    if len(raw) < DATA:
+        return None
+    v = _RECORD.unpack_from(raw, 0)
+    return v if v[0] == K_SSL else None
+
+
+def _data(v: tuple[Any, ...], raw: bytes) -> bytes:
+    return bytes(raw[DATA:DATA + min(v[5], len(raw) - DATA, CHUNK)])  # v[5]: the header's len
+
+
 def decode_chunk(raw: bytes) -> SslChunk | None:
     """A record of bpf/ssl.bpf.c, or None for any other record."""
-    if len(raw) < DATA or int.from_bytes(raw[:4], "little") != K_SSL:
+    v = _unpack(raw)
+    if v is None:
         return None
-    v = _RECORD.unpack_from(raw, 0)  # header and fixed part in one go: this runs per call
-    h = Hdr._make(v[:12])
-    n = min(h.len, len(raw) - DATA, CHUNK)
-    return SslChunk(h, v[12], v[13], v[14], v[15], v[16], v[17], v[18], bool(v[19]),
-                    bytes(raw[DATA:DATA + n]))
+    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0, _data(v, raw)))
 
 
-@dataclass
+@dataclass(slots=True)
 class SslCall:
     """What one SSL_read/SSL_write(_ex) call moved. `data` is the captured prefix: shorter
     than `total` when the call exceeded --max-capture or a record was lost."""
@@ -107,10 +121,13 @@ class SslCall:
     fn: int
     lib: int
     data: bytes
+    is_read: bool = field(init=False, repr=False, compare=False)  # asked several times a call
 
-    @property
-    def is_read(self) -> bool:
-        return self.fn in READ_FNS
+    def __init__(self, h: Hdr, ssl: int, off: int, total: int, fn: int, lib: int,
+                 data: bytes) -> None:
+        self.h, self.ssl, self.off, self.total, self.fn, self.lib, self.data = (
+            h, ssl, off, total, fn, lib, data)
+        self.is_read = fn in READ_FNS
 
     @property
     def truncated(self) -> bool:
@@ -155,6 +172,18 @@ class CallAssembler:
         if c.chunk + 1 >= _chunks(c.captured):
             out.append(self._finish(self._pending.pop(c.h.tid)))
         return out
+
+    def feed_record(self, raw: bytes) -> list[SslCall] | None:
+        """feed(decode_chunk(raw)), None for another program's record. A call in one record
+        (most are) goes straight to its SslCall: no SslChunk on the way."""
+        v = _unpack(raw)
+        if v is None:
+            return None
+        if v[16] != 0 or v[15] > CHUNK or v[2] in self._pending:  # chunk, captured, tid
+            return self.feed(_new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0,
+                                             _data(v, raw))))
+        return [SslCall(_new(Hdr, v[:12]), v[12], v[13], v[14], v[17], v[18],
+                        b"" if v[19] else _data(v, raw))]
 
     def flush(self, older_than: float | None = None) -> list[SslCall]:
         """Finish calls waiting since before `older_than` (all of them with None)."""
@@ -264,8 +293,9 @@ class ApiTracker:
 
     def feed(self, call: SslCall, now: float | None = None) -> list[ApiFact]:
         now = time.monotonic() if now is None else now
-        key = (call.h.pid, call.ssl)
-        d = int(call.is_read)
+        h, is_read = call.h, call.is_read
+        key = (h.pid, call.ssl)
+        d = 1 if is_read else 0
         facts: list[ApiFact] = []
         conn = self._conns.get(key)
         if conn is not None:
@@ -285,17 +315,18 @@ class ApiTracker:
             self._conns[key] = conn
             if len(self._conns) > self.max_conns:
                 self._harvest(self._conns.popitem(last=False)[1])  # the least recently used
-        self._conns.move_to_end(key)
-        conn.h, conn.seen = call.h, now
+        else:
+            self._conns.move_to_end(key)  # a new one is at the end already
+        conn.h, conn.seen = h, now
         conn.next_off[d] = call.off + call.total
-        msgs = conn.http.feed(call.is_read, call.data, call.h.ts)
+        msgs = conn.http.feed(is_read, call.data, h.ts)
         if msgs:
             facts += self._facts(conn, call.ssl, msgs)
         if conn.upgrade is not None:  # the rest of this read is already WebSocket frames
             conn.http, conn.upgrade = WebSocketStream(*conn.upgrade, self.max_body), None
             facts += self._facts(conn, call.ssl,
-                                 conn.http.feed(True, _after_101(call.data), call.h.ts))
-        if call.truncated:
+                                 conn.http.feed(True, _after_101(call.data), h.ts))
+        if len(call.data) < call.total:  # truncated
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
         if conn.http.dead(True) or conn.http.dead(False):
@@ -434,11 +465,11 @@ class SslDecoder:
 
     def __call__(self, raw: bytes) -> list[Event]:
         # lists rather than generators: this runs once per SSL call
-        chunk = decode_chunk(raw)
-        if chunk is None:
+        calls = self.calls.feed_record(raw)
+        if calls is None:
             return []
         out: list[Event] = []
-        for call in self.calls.feed(chunk):
+        for call in calls:
             for ordered in self.order.feed(call):
                 self._call(ordered, out)
         return out
@@ -467,11 +498,11 @@ class SslDecoder:
                 out.append(self.llm_api(fact))
 
     def ssl_content(self, call: SslCall) -> Event:
-        h = call.h
+        h, data = call.h, call.data
         lib = self.libs[call.lib] if call.lib < len(self.libs) else f"slot {call.lib}"
         fields = {"pid": h.pid, "tid": h.tid, "is_read": call.is_read,
-                  "content": text(self.scrub(call.data)), "len": call.total,
-                  "truncated": call.truncated, "lib": lib}
+                  "content": text(self.scrub(data)), "len": call.total,
+                  "truncated": len(data) < call.total, "lib": lib}
         identity, process = self.ids.of(h)
         provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
         return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from enum import Enum, auto
+from enum import IntEnum, auto
 
 from libobs.tls.message import MAX_BODY, Body, HttpMessage, SseEvent
 
@@ -37,10 +37,11 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] +([0-9]{3})(?:[ \t].*)?")
 _METHOD_PREFIX = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,24}(?: |\Z)")
 _HEADER_NAME = re.compile(_TOKEN)
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")  # a chunk-size line without extensions
 
 
 
-class _State(Enum):
+class _State(IntEnum):  # ints: a step is looked up per call
     HEAD = auto()
     LENGTH = auto()  # content-length body
     CHUNK_SIZE = auto()
@@ -65,7 +66,7 @@ class _Parser:
         self.is_request = is_request
         self.max_body = max_body
         self.methods = methods  # request methods awaiting a response, oldest first
-        self.buf = bytearray()
+        self.buf: bytes | bytearray = b""  # bytes not yet parsed (a bytearray when kept)
         self.pos = 0
         self.scan_from = 0  # where the search for the end of the head resumes
         self.state = _State.HEAD
@@ -76,6 +77,7 @@ class _Parser:
         self.ts = 0
         self.dead_reason: str | None = None
         self.upgraded = False
+        self.want_sse = False  # collect SSE events in sse_out (someone takes them)
         self.sse_out: list[tuple[HttpMessage, SseEvent]] = []
 
     def feed(self, data: bytes, ts: int) -> list[HttpMessage]:
@@ -83,14 +85,24 @@ class _Parser:
         if self.state is _State.DEAD or not data:
             return out
         self.ts = ts
-        self.buf += data
+        if self.buf:
+            self.buf += data  # a partial head or line waits in a bytearray
+        else:
+            self.buf = data  # most calls end on a boundary: parse them in place, uncopied
+        steps = _STEPS
         try:
-            while self.pos < len(self.buf) and self._step(out):
+            while self.pos < len(self.buf) and steps[self.state](self, out):
                 pass
         except Exception as exc:  # a bug here must not take the tool down: kill the direction
             self.kill(f"internal error: {type(exc).__name__}: {exc}")
-        del self.buf[: self.pos]
-        self.scan_from = max(0, self.scan_from - self.pos)
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            self.buf = b""
+        elif isinstance(buf, bytearray):
+            del buf[:pos]
+        else:
+            self.buf = bytearray(buf[pos:])
+        self.scan_from = max(0, self.scan_from - pos)
         self.pos = 0
         return out
 
@@ -98,24 +110,9 @@ class _Parser:
         if self.state is not _State.DEAD:
             self.state = _State.DEAD
             self.dead_reason = reason
-        self.buf.clear()
+        self.buf = b""
         self.pos = self.scan_from = 0
         self.msg = self.body = None
-
-    def _step(self, out: list[HttpMessage]) -> bool:
-        """Advance once; False when more bytes are needed."""
-        state = self.state
-        if state is _State.HEAD:
-            return self._head(out)
-        if state in (_State.LENGTH, _State.CHUNK_DATA, _State.UNTIL_CLOSE):
-            return self._data(out)
-        if state is _State.CHUNK_SIZE:
-            return self._chunk_size(out)
-        if state is _State.CHUNK_END:
-            return self._chunk_end()
-        if state is _State.TRAILER:
-            return self._trailer(out)
-        return False
 
     # head
 
@@ -156,8 +153,8 @@ class _Parser:
         return False
 
     def _parse_head(self, raw: bytes) -> HttpMessage:
-        lines = raw.split(b"\n")
-        start = lines[0].rstrip(b"\r")
+        nl = raw.find(b"\n")
+        start = raw[:nl].rstrip(b"\r")
         first = self.ts if self.msg_ts is None else self.msg_ts
         msg = HttpMessage(is_request=self.is_request, ts_first=first)
         if self.is_request:
@@ -171,7 +168,7 @@ class _Parser:
             if not m:
                 raise _Head("not an HTTP/1.x status line")
             msg.status = int(m.group(1))
-        msg.headers = _parse_fields(lines[1:], strict=True)
+        msg.headers = _head_fields(raw, nl + 1)
         return msg
 
     # framing (RFC 9112 section 6)
@@ -203,18 +200,25 @@ class _Parser:
 
     def _data(self, out: list[HttpMessage]) -> bool:
         assert self.msg is not None and self.body is not None
-        avail = len(self.buf) - self.pos
-        n = avail if self.state is _State.UNTIL_CLOSE else min(avail, self.remaining)
-        piece = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
+        buf, pos, state = self.buf, self.pos, self.state
+        avail = len(buf) - pos
+        n = avail if state is _State.UNTIL_CLOSE else min(avail, self.remaining)
+        piece = bytes(buf[pos : pos + n])  # the whole of `buf` is the same object, no copy
+        self.pos = pos + n
         self.msg.wire_len += n
-        self._sse(self.body.write(piece, self.ts))
-        if self.state is _State.UNTIL_CLOSE:
+        events = self.body.write(piece, self.ts)
+        if events and self.want_sse:
+            self.sse_out.extend((self.msg, e) for e in events)
+        if state is _State.UNTIL_CLOSE:
             return True
         self.remaining -= n
         if self.remaining == 0:
-            if self.state is _State.LENGTH:
+            if state is _State.LENGTH:
                 self._finish(out)
+            elif self.pos + 1 < len(buf) and buf[self.pos] == 0x0D and buf[self.pos + 1] == 0x0A:
+                self.pos += 2  # the CRLF ending the chunk's data, when it is here already
+                self.msg.wire_len += 2
+                self.state = _State.CHUNK_SIZE
             else:
                 self.state = _State.CHUNK_END
         return True
@@ -233,6 +237,14 @@ class _Parser:
         return line.rstrip(b"\r")
 
     def _chunk_size(self, out: list[HttpMessage]) -> bool:
+        m = _CHUNK_LINE.match(self.buf, self.pos)  # the usual "1a2f\r\n"
+        if m is not None:
+            assert self.msg is not None
+            self.remaining = int(m.group(1), 16)
+            self.msg.wire_len += m.end() - self.pos
+            self.pos = m.end()
+            self.state = _State.CHUNK_DATA if self.remaining else _State.TRAILER
+            return True
         line = self._line()
         if line is None:
             return False
@@ -244,7 +256,7 @@ class _Parser:
         self.state = _State.CHUNK_DATA if self.remaining else _State.TRAILER
         return True
 
-    def _chunk_end(self) -> bool:
+    def _chunk_end(self, _out: list[HttpMessage]) -> bool:
         buf, pos = self.buf, self.pos
         if buf[pos] == 0x0A:
             self.pos += 1
@@ -289,7 +301,7 @@ class _Parser:
             self.kill("protocol switched (upgrade or CONNECT tunnel)")
 
     def _sse(self, events: list[SseEvent]) -> None:
-        if events and self.msg is not None:
+        if events and self.want_sse and self.msg is not None:
             self.sse_out.extend((self.msg, e) for e in events)
 
     def close(self) -> list[HttpMessage]:
@@ -304,13 +316,55 @@ class _Parser:
         return out
 
 
-def _head_end(buf: bytearray, start: int) -> int:
+def _needs_bytes(_parser: _Parser, _out: list[HttpMessage]) -> bool:
+    return False
+
+
+# Each state's step (indexed by the state): advance once, False when more bytes are needed.
+_STEP_OF: dict[_State, Callable[[_Parser, list[HttpMessage]], bool]] = {
+    _State.HEAD: _Parser._head, _State.LENGTH: _Parser._data,
+    _State.CHUNK_DATA: _Parser._data, _State.UNTIL_CLOSE: _Parser._data,
+    _State.CHUNK_SIZE: _Parser._chunk_size, _State.CHUNK_END: _Parser._chunk_end,
+    _State.TRAILER: _Parser._trailer, _State.DEAD: _needs_bytes}
+_STEPS = tuple(_STEP_OF.get(_State(i), _needs_bytes) if i else _needs_bytes
+               for i in range(max(_State) + 1))  # _State counts from 1
+
+
+def _head_end(buf: bytes | bytearray, start: int) -> int:
     """Index just past the blank line ending a head (CRLF or bare LF lines), or -1."""
     crlf = buf.find(b"\n\r\n", start)
     lf = buf.find(b"\n\n", start, crlf + 2 if crlf >= 0 else len(buf))
     if lf >= 0:
         return lf + 2
     return crlf + 3 if crlf >= 0 else -1
+
+
+# A field line as most are written: no folding, no CR inside, nothing odd. A head whose every
+# field line is one of these is read line by line through a cache (a client repeats its
+# lines: Host, Authorization, Content-Type...); any other head goes through _parse_fields.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb")[ \t]*:[ \t]*"
+                         rb"((?:[^\r\n \t](?:[^\r\n]*[^\r\n \t])?)?)[ \t]*\r?")
+_FIELD_CACHE: dict[bytes, tuple[str, str]] = {}  # plain line -> (lowercased name, value)
+_FIELD_CACHE_MAX = 4096
+
+
+def _head_fields(raw: bytes, start: int) -> dict[str, str]:
+    """The fields of a head from raw[start:], which runs to its blank line: one line each."""
+    lines = raw[start:].split(b"\n")  # the last two: the blank line and what follows it
+    fields: dict[str, str] = {}
+    cache = _FIELD_CACHE
+    for line in lines[:-2]:
+        field = cache.get(line)
+        if field is None:
+            m = _FIELD_LINE.fullmatch(line)
+            if m is None:
+                return _parse_fields(lines, strict=True)
+            field = (m.group(1).lower().decode("ascii"), m.group(2).decode("latin-1"))
+            if len(cache) >= _FIELD_CACHE_MAX:
+                cache.clear()
+            cache[line] = field
+        fields[field[0]] = field[1]
+    return fields
 
 
 def _parse_fields(lines: list[bytes], strict: bool) -> dict[str, str]:
@@ -342,6 +396,8 @@ def _content_length(headers: dict[str, str]) -> int | None | str:
     value = headers.get("content-length")
     if value is None:
         return None
+    if value.isdigit() and value.isascii() and len(value) <= 18:  # the usual one number
+        return int(value)
     values = {v.strip() for v in value.split(",")}  # "42, 42" from joined duplicates is fine
     if len(values) != 1:
         return "bad"
@@ -397,13 +453,15 @@ class HttpStream:
         self._requests = _Parser(True, max_body, methods)
         self._responses = _Parser(False, max_body, methods)
         self._on_sse = on_sse
+        self._requests.want_sse = self._responses.want_sse = on_sse is not None
 
     def feed(self, is_read: bool, data: bytes, ts: int) -> list[HttpMessage]:
         parser = self._responses if is_read else self._requests
         out = parser.feed(data, ts)
         if parser.upgraded:  # the other direction speaks the new protocol too
             self._requests.kill("protocol switched (upgrade or CONNECT tunnel)")
-        self._deliver_sse(parser)
+        if parser.sse_out:
+            self._deliver_sse(parser)
         return out
 
     def close(self) -> list[HttpMessage]:

@@ -90,12 +90,20 @@ class SseDecoder:
         if end < 0:
             self._add_partial(data)
             return out
-        block = bytes(self._partial) + data[: end + 1]
-        self._partial.clear()
-        self._add_partial(data[end + 1 :])
+        if self._partial:
+            block = bytes(self._partial) + data[: end + 1]
+            self._partial.clear()
+        else:
+            block = data[: end + 1]  # all of data (no copy) when it ends with a line end
+        if end + 1 < len(data):
+            self._add_partial(data[end + 1 :])
         self._skip_lf = end == len(data) - 1 and data[end] == 0x0D
-        for line in block.splitlines():  # bytes.splitlines breaks on CR, LF, CRLF only
-            self.line(line.decode("utf-8", "replace"), ts, out)
+        # Decoded at once: a line end is ASCII, so no bad sequence spans one, and decoding the
+        # lines one by one would give the same text.
+        text = block.decode("utf-8", "replace")
+        lines = _SSE_LINE_END.split(text) if "\r" in text else text.split("\n")
+        lines.pop()  # what follows the last line end: nothing
+        self._lines(lines, ts, out)
         return out
 
     def _add_partial(self, data: bytes) -> None:
@@ -105,27 +113,29 @@ class SseDecoder:
 
     def line(self, line: str, ts: int, out: list[SseEvent]) -> None:
         """Process one complete line (without its line end)."""
-        if self._first_line:
-            self._first_line = False
-            line = line.removeprefix("\ufeff")
-        if not line:
-            self._dispatch(ts, out)
-        elif line[0] == ":":
-            return  # comment
-        else:
-            name, colon, value = line.partition(":")
-            if colon and value[:1] == " ":
-                value = value[1:]
-            if name == "data":
-                self._add_data(value)
-            elif name == "event":
-                self._event = value
-            # id and retry only matter to a reconnecting client
+        self._lines([line], ts, out)
 
-    def _add_data(self, value: str) -> None:
-        if self._data_len < self._max:
-            self._data.append(value)
-            self._data_len += len(value) + 1
+    def _lines(self, lines: list[str], ts: int, out: list[SseEvent]) -> None:
+        """Process complete lines (without their line ends); one call for all of a chunk's."""
+        if self._first_line and lines:
+            self._first_line = False
+            lines[0] = lines[0].removeprefix("\ufeff")
+        for line in lines:
+            if not line:
+                self._dispatch(ts, out)
+            elif line[0] == ":":
+                continue  # comment
+            else:
+                name, colon, value = line.partition(":")
+                if colon and value[:1] == " ":
+                    value = value[1:]
+                if name == "data":
+                    if self._data_len < self._max:
+                        self._data.append(value)
+                        self._data_len += len(value) + 1
+                elif name == "event":
+                    self._event = value
+                # id and retry only matter to a reconnecting client
 
     def _dispatch(self, ts: int, out: list[SseEvent]) -> None:
         if self._data:
@@ -139,8 +149,7 @@ def parse_sse(text: str) -> list[SseEvent]:
     """All complete events of an event stream; a trailing event without blank line is dropped."""
     decoder = SseDecoder(max_event=len(text) + 1)
     out: list[SseEvent] = []
-    for line in _SSE_LINE_END.split(text)[:-1]:  # the last piece has no line end yet
-        decoder.line(line, 0, out)
+    decoder._lines(_SSE_LINE_END.split(text)[:-1], 0, out)  # the last piece has no line end yet
     return out
 
 

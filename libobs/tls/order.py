@@ -60,8 +60,10 @@ class CallOrder:
             return out
         if held is None:
             self._held[key] = [call]
+        elif held[-1].h.ts <= call.h.ts:  # reads arrive in order: an append
+            held.append(call)
         else:
-            bisect.insort_right(held, call, key=_ts)  # reads arrive in order: an append
+            bisect.insort_right(held, call, key=_ts)
         self._bytes += len(call.data)
         if self._bytes > self.max_bytes:
             self.overflows += 1

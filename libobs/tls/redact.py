@@ -2,7 +2,8 @@
 
 Runs on every captured chunk, so it is a few precompiled byte regexes behind substring
 checks that let the common chunk (a response body without credentials) through at memory
-speed. Bytes that are not a credential come out unchanged, and redacting twice changes
+speed: four find()s (bytes.find: half the cost of `in` here) and one lower(), the "key" one
+standing for both rules that need it. Bytes that are not a credential come out unchanged, and redacting twice changes
 nothing more (the rules run in an order where no replacement can expose a new match).
 Chunks are cut anywhere, so a header split across two chunks can escape the header rule;
 the key-shape rules still catch whatever looks like a key.
@@ -37,15 +38,23 @@ def _sk_key(m: re.Match[bytes]) -> bytes:
     return m.group() if start and m.string[start - 1] in _KEY_CHARS else REDACTED
 
 
+def _header_value(m: re.Match[bytes]) -> bytes:
+    # a function rather than the template rb"\1\2\3[REDACTED]": no template to expand per call
+    return m.group(1) + m.group(2) + (m.group(3) or b"") + REDACTED
+
+
 def redact(data: bytes) -> bytes:
     """data with credential values replaced by [REDACTED]; every other byte unchanged."""
     lower = data.lower()
-    if b"authorization" in lower or b"api-key" in lower:
-        data = _HEADER.sub(rb"\1\2\3" + REDACTED, data)
-    if b"AIza" in data:
+    # A replacement keeps what surrounds a value and puts "[REDACTED]" (no lower-case
+    # letters) in its place: no rule below can make a "key" that was not there.
+    has_key = lower.find(b"key") >= 0
+    if lower.find(b"authorization") >= 0 or (has_key and lower.find(b"api-key") >= 0):
+        data = _HEADER.sub(_header_value, data)
+    if data.find(b"AIza") >= 0:
         data = _GOOGLE_KEY.sub(REDACTED, data)
-    if b"key=" in data:
+    if has_key and data.find(b"key=") >= 0:
         data = _KEY_PARAM.sub(rb"\1" + REDACTED, data)
-    if b"sk-" in data:
+    if data.find(b"sk-") >= 0:
         data = _SK_KEY.sub(_sk_key, data)
     return data

@@ -98,6 +98,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settled(out: Path, quiet: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until the tool's output has not grown for `quiet` seconds (its reads are held
+    0.25 s for ordering; a loaded host can leave it seconds behind the client)."""
+    deadline = time.monotonic() + limit
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = out.stat().st_size
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+
+
 def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int, nice: int = 0,
               client: str = "python") -> tuple[float, float]:
     """(client seconds, obs-ssl CPU seconds) with obs-ssl (args) or without (None); the
@@ -113,7 +127,7 @@ def one_round(args: tuple[str, ...] | None, lib_dir: Path | None, n: int, nice: 
         before = cpu_seconds(tool.proc.pid) if tool else 0.0
         seconds = client_seconds(server, n, client)
         if tool:
-            time.sleep(0.25)  # its poll timeout: let it take the last records
+            settled(tool.out_path)  # on a loaded host it may still be behind the client
             cpu = cpu_seconds(tool.proc.pid) - before
     if tool is not None and (tool.status != 0 or "dropped" in tool.stderr()):
         print(f"obs-ssl {' '.join(args or ())}: status {tool.status}: {tool.stderr()}")

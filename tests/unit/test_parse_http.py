@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libobs.tls import http1
 from libobs.tls.http1 import HttpStream
 from libobs.tls.message import HttpMessage, SseDecoder, SseEvent, parse_sse
 
@@ -307,6 +309,48 @@ def test_sse_decoder_any_split_equals_parse_sse(data: st.DataObject) -> None:
     events = [e for piece in split(raw, data.draw(cuts_for(raw))) for e in decoder.feed(piece)]
     assert events == parse_sse(raw.decode("utf-8", "replace"))
     assert [e.data for e in events][-2:] == ["ünïcödé", "\ufffd"]
+
+
+SSE_SOUP = [b"data:", b"data: ", b"event: x", b"\n", b"\r", b"\r\n", b":c", b"\xef\xbb\xbf",
+            b"\xff", b"\xc3", b"\xbc", "\u00fc".encode(), b"id: 1", b" ", b"x"]
+
+
+@given(st.lists(st.sampled_from(SSE_SOUP), max_size=40), st.data())
+def test_sse_decoder_reads_lines_as_decoding_each_line_alone_would(
+        parts: list[bytes], data: st.DataObject) -> None:
+    raw = b"".join(parts)
+    complete = raw[:max(raw.rfind(b"\n"), raw.rfind(b"\r")) + 1]
+    ref, want = SseDecoder(), []
+    for line in complete.splitlines():
+        ref.line(line.decode("utf-8", "replace"), 0, want)
+    decoder = SseDecoder()
+    assert [e for piece in split(raw, data.draw(cuts_for(raw))) for e in decoder.feed(piece)] == want
+
+
+FIELD_LINE = st.tuples(
+    st.sampled_from([b"Host", b"Content-Length", b"x-API-key", b"a(b", b" folded", b""]),
+    st.sampled_from([b":", b": ", b" :", b":\t", b""]),
+    st.lists(st.sampled_from([b"x", b" ", b"\t", b"\r", b"\xff", b":", b"1"]), max_size=6),
+    st.sampled_from([b"\r\n", b"\n"]))
+
+
+def fields_or_error(read: Any, raw: bytes, start: int) -> Any:
+    try:
+        return read(raw, start)
+    except http1._Head as e:
+        return str(e)
+
+
+@given(st.lists(FIELD_LINE, max_size=6))
+def test_head_fields_fast_path_reads_as_the_general_parser(
+        lines: list[tuple[bytes, bytes, list[bytes], bytes]]) -> None:
+    fields = b"".join(name + sep + b"".join(value) + end for name, sep, value, end in lines)
+    raw = b"GET / HTTP/1.1\r\n" + fields + b"\r\n"
+    raw = raw[:http1._head_end(raw, 0)]  # a head runs to its first blank line
+    start = raw.find(b"\n") + 1
+    for _ in range(2):  # the second time through the line cache
+        assert fields_or_error(http1._head_fields, raw, start) == fields_or_error(
+            lambda r, s: http1._parse_fields(r[s:].split(b"\n"), strict=True), raw, start)
 
 
 # --- robustness -----------------------------------------------------------------------------

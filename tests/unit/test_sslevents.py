@@ -34,11 +34,11 @@ READ_EX, WRITE_EX, READ, WRITE = 1, 3, 0, 2
 
 def record(data: bytes, *, ts: int, fn: int, off: int = 0, total: int | None = None,
            chunk: int = 0, captured: int | None = None, tid: int = PID, pid: int = PID,
-           ssl: int = SSL, lib: int = 0, kind: int = K_SSL) -> bytes:
+           ssl: int = SSL, lib: int = 0, kind: int = K_SSL, failed: int = 0) -> bytes:
     total = len(data) if total is None else total
     captured = total if captured is None else captured
     head = HDR.pack(kind, pid, tid, 1, 1000, len(data), pid, 0, ts, 7, 0, b"agent")
-    return head + REC.pack(ssl, off, total, captured, chunk, fn, lib, 0) + data
+    return head + REC.pack(ssl, off, total, captured, chunk, fn, lib, failed) + data
 
 
 def chunk(raw: bytes) -> SslChunk:
@@ -146,6 +146,22 @@ def test_assembler_joins_chunks_and_finishes_lost_tails():
     assert asm.flush(older_than=0.5) == []
     [late] = asm.flush(older_than=2.0)
     assert late.truncated
+
+
+def test_feed_record_is_feed_of_decode_chunk():
+    data = bytes(range(256)) * 160
+    parts = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+    recs = [record(part, ts=7, fn=WRITE, off=i * CHUNK, chunk=i, total=len(data))
+            for i, part in enumerate(parts)]
+    recs += [record(parts[0], ts=8, fn=READ, total=len(data)),  # its other chunks lost
+             record(b"next", ts=9, fn=READ, off=len(data)),     # finishes that one
+             record(b"x", ts=10, fn=READ, tid=PID + 1, failed=1),  # buffer unreadable
+             record(b"y" * 5, ts=11, fn=READ_EX, total=9, captured=5, lib=3),
+             record(b"z", ts=12, fn=0, kind=1), record(b"z", ts=12, fn=0)[:50]]  # not ours
+    by_chunk, by_record = CallAssembler(), CallAssembler()
+    want = [None if (c := decode_chunk(r)) is None else by_chunk.feed(c) for r in recs]
+    assert [by_record.feed_record(r) for r in recs] == want
+    assert [len(calls or []) for calls in want] == [0, 0, 1, 0, 2, 1, 1, 0, 0]
 
 
 # ---- HTTP and LLM facts -----------------------------------------------------------------------
