@@ -346,6 +346,11 @@ _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb")[ \t]*:[ \t]*"
                          rb"((?:[^\r\n \t](?:[^\r\n]*[^\r\n \t])?)?)[ \t]*\r?")
 _FIELD_CACHE: dict[bytes, tuple[str, str]] = {}  # plain line -> (lowercased name, value)
 _FIELD_CACHE_MAX = 4096
+# Lines kept: short ones (the cache stays under ~1 MiB), and no credentials (they are not
+# kept in the tool's memory longer than the message that carried them).
+_FIELD_CACHE_LINE = 256
+_SECRET_FIELDS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key",
+                            "x-goog-api-key", "cookie", "set-cookie"})
 
 
 def _head_fields(raw: bytes, start: int) -> dict[str, str]:
@@ -360,9 +365,10 @@ def _head_fields(raw: bytes, start: int) -> dict[str, str]:
             if m is None:
                 return _parse_fields(lines, strict=True)
             field = (m.group(1).lower().decode("ascii"), m.group(2).decode("latin-1"))
-            if len(cache) >= _FIELD_CACHE_MAX:
-                cache.clear()
-            cache[line] = field
+            if len(line) <= _FIELD_CACHE_LINE and field[0] not in _SECRET_FIELDS:
+                if len(cache) >= _FIELD_CACHE_MAX:
+                    cache.clear()
+                cache[line] = field
         fields[field[0]] = field[1]
     return fields
 

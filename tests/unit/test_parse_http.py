@@ -444,3 +444,12 @@ def test_truncated_stream_then_close_never_raises(data: st.DataObject) -> None:
     assert len(msgs) <= 1
     if msgs:
         assert msgs[0].complete == (cut == len(wire))
+
+
+def test_head_field_cache_keeps_no_credentials_and_no_long_lines():
+    http1._FIELD_CACHE.clear()
+    raw = (b"POST / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer sk-secret\r\n"
+           b"X-Api-Key: k\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n")
+    fields = http1._head_fields(raw, raw.index(b"\n") + 1)
+    assert fields["authorization"] == "Bearer sk-secret" and fields["x-long"] == "v" * 300
+    assert list(http1._FIELD_CACHE) == [b"Host: a\r"]
