@@ -8,11 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from libobs.events import NS, Clock, hostname
-from libobs.net.apijoin import ApiJoin, JoinedDecoder
 from libobs.net.decode import untracker
 from libobs.net.llmcalls import LlmCallDecoder
-from libobs.net.transcripts import Transcripts
-from libobs.tls import attach
 from libobs.tool import options, start
 from libobs.tool.loop import Loop, err
 
@@ -73,6 +70,11 @@ def main(
     measured from packet arrival times, also on keep-alive connections."""
     rules = options.checked(TOOL, lambda: options.provider_rules(providers))
     if api:
+        # imported only here: the TLS decoders and the join were half of a plain start's imports
+        from libobs.net.apijoin import ApiJoin, JoinedDecoder
+        from libobs.net.transcripts import Transcripts
+        from libobs.tls import attach
+
         options.checked(TOOL, lambda: attach.check_libs(lib or []))
     common = start.Common(pid, comm, cgroup, fmt, heartbeat_interval, heartbeat_file, duration,
                           ring_size)
