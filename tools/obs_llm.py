@@ -91,7 +91,8 @@ def main(
     ssl = attach.attach(TOOL, job, lib or [], required=False)
     join = ApiJoin(transcripts=Transcripts(lambda m: err(TOOL, m)) if transcripts else None,
                    transcript_wait_ns=int(transcript_wait * NS))
-    joined = JoinedDecoder(decoder, attach.SslApi(clock), join, unreadable_of=ssl.unreadable_of)
+    ssl_api = attach.SslApi(clock)
+    joined = JoinedDecoder(decoder, ssl_api, join, unreadable_of=ssl.unreadable_of)
     rescanner = attach.Rescanner(TOOL, ssl, rescan)
 
     def tick(now: float) -> list[dict[str, Any]]:
@@ -100,7 +101,8 @@ def main(
 
     raise typer.Exit(Loop(job.cfg, [prog, ssl.program], joined, tick=tick,
                           attached=prog.attached() + ssl.probe_names,
-                          unreadable=lambda: ssl.unreadable, extra=join.heartbeat).run())
+                          unreadable=lambda: ssl.unreadable,
+                          extra=lambda: {**join.heartbeat(), **ssl_api.order.heartbeat()}).run())
 
 
 def run() -> None:

@@ -77,7 +77,8 @@ def main(
         return decoder.tick(now)
 
     raise typer.Exit(Loop(job.cfg, [ssl.program], decoder, tick=tick,
-                          attached=ssl.probe_names, unreadable=lambda: ssl.unreadable).run())
+                          attached=ssl.probe_names, unreadable=lambda: ssl.unreadable,
+                          extra=decoder.order.heartbeat).run())
 
 
 def run() -> None:

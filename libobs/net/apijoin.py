@@ -205,10 +205,13 @@ class ApiJoin:
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def heartbeat(self) -> dict[str, Any]:
-        """The heartbeat's `transcripts` counters (files followed, lines read, calls joined…);
-        nothing when the transcript source is off."""
+        """The heartbeat's `transcripts` counters (files followed, lines read, calls joined…;
+        nothing when the transcript source is off) and `h2_unanswered`, once it moved."""
         tr = self.transcripts
-        return {} if tr is None else {"transcripts": {**tr.counts, **self.counts}}
+        out: dict[str, Any] = {} if tr is None else {"transcripts": {**tr.counts, **self.counts}}
+        if self.unanswered:
+            out["h2_unanswered"] = self.unanswered
+        return out
 
     def _resolve(self, ev: Event) -> list[Event] | None:
         """What an exchange becomes now: its streams' calls (HTTP/2), itself joined with its

@@ -70,6 +70,10 @@ class CallOrder:
             return self.flush(None)
         return []
 
+    def heartbeat(self) -> dict[str, int]:
+        """The heartbeat's `order_overflows`, once it moved."""
+        return {"order_overflows": self.overflows} if self.overflows else {}
+
     def flush(self, now_ns: int | None) -> list[SslCall]:
         """Reads that returned `wait_ns` before now_ns (every held read with None), oldest
         first."""

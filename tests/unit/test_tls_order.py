@@ -64,8 +64,10 @@ def test_connections_are_ordered_apart_and_bounded():
     wb = b.call(False, b"x")
     assert order.feed(ra) == order.feed(rb) == []
     assert order.feed(wb) == [rb, wb]   # b's write does not release a's read
+    assert order.heartbeat() == {}  # absent while nothing overflowed
     assert order.feed(a.call(True, b"678901")) and order.overflows == 1  # over max_bytes
     assert order.held == 0
+    assert order.heartbeat() == {"order_overflows": 1}  # what the tools' heartbeats carry
 
 
 @st.composite
