@@ -218,9 +218,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         head += b"Transfer-Encoding: chunked\r\n\r\n"
         self._write(head + b"%x\r\n%s\r\n" % (len(pieces[0]), pieces[0]))
-        for p in pieces[1:]:
+        for p in pieces[1:-1]:
             self._write(b"%x\r\n%s\r\n" % (len(p), p))
-        self._write(b"0\r\n\r\n")
+        # The last event and the body's end in one write: Codex drops the connection once it
+        # has its last event, so a terminator written apart (16 ms later on a loaded machine)
+        # would be a "last write" the client never waited for.
+        self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(pieces[-1]), pieces[-1]))
 
     def _handle(self) -> None:
         self.sent, self.t_head = [], time.monotonic_ns()
