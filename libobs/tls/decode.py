@@ -101,12 +101,14 @@ def _data(v: tuple[Any, ...], raw: bytes) -> bytes:
     return bytes(raw[DATA:DATA + min(v[5], len(raw) - DATA, CHUNK)])  # v[5]: the header's len
 
 
+def _chunk(v: tuple[Any, ...], raw: bytes) -> SslChunk:
+    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0, _data(v, raw)))
+
+
 def decode_chunk(raw: bytes) -> SslChunk | None:
     """A record of bpf/ssl.bpf.c, or None for any other record."""
     v = _unpack(raw)
-    if v is None:
-        return None
-    return _new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0, _data(v, raw)))
+    return None if v is None else _chunk(v, raw)
 
 
 @dataclass(slots=True)
@@ -180,8 +182,7 @@ class CallAssembler:
         if v is None:
             return None
         if v[16] != 0 or v[15] > CHUNK or v[2] in self._pending:  # chunk, captured, tid
-            return self.feed(_new(SslChunk, (_new(Hdr, v[:12]), *v[12:19], v[19] != 0,
-                                             _data(v, raw))))
+            return self.feed(_chunk(v, raw))
         return [SslCall(_new(Hdr, v[:12]), v[12], v[13], v[14], v[17], v[18],
                         b"" if v[19] else _data(v, raw))]
 
@@ -326,7 +327,7 @@ class ApiTracker:
             conn.http, conn.upgrade = WebSocketStream(*conn.upgrade, self.max_body), None
             facts += self._facts(conn, call.ssl,
                                  conn.http.feed(True, _after_101(call.data), h.ts))
-        if len(call.data) < call.total:  # truncated
+        if call.truncated:
             bridged = self._gap(conn, d, call.total - len(call.data))
             facts += self._facts(conn, call.ssl, bridged or [])
         if conn.http.dead(True) or conn.http.dead(False):
@@ -502,7 +503,7 @@ class SslDecoder:
         lib = self.libs[call.lib] if call.lib < len(self.libs) else f"slot {call.lib}"
         fields = {"pid": h.pid, "tid": h.tid, "is_read": call.is_read,
                   "content": text(self.scrub(data)), "len": call.total,
-                  "truncated": len(data) < call.total, "lib": lib}
+                  "truncated": call.truncated, "lib": lib}
         identity, process = self.ids.of(h)
         provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
         return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,

@@ -206,9 +206,7 @@ class _Parser:
         piece = bytes(buf[pos : pos + n])  # the whole of `buf` is the same object, no copy
         self.pos = pos + n
         self.msg.wire_len += n
-        events = self.body.write(piece, self.ts)
-        if events and self.want_sse:
-            self.sse_out.extend((self.msg, e) for e in events)
+        self._sse(self.body.write(piece, self.ts))
         if state is _State.UNTIL_CLOSE:
             return True
         self.remaining -= n

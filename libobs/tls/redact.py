@@ -3,8 +3,9 @@
 Runs on every captured chunk, so it is a few precompiled byte regexes behind substring
 checks that let the common chunk (a response body without credentials) through at memory
 speed: four find()s (bytes.find: half the cost of `in` here) and one lower(), the "key" one
-standing for both rules that need it. Bytes that are not a credential come out unchanged, and redacting twice changes
-nothing more (the rules run in an order where no replacement can expose a new match).
+standing for both rules that need it. Bytes that are not a credential come out unchanged,
+and redacting twice changes nothing more (the rules run in an order where no replacement can
+expose a new match).
 Chunks are cut anywhere, so a header split across two chunks can escape the header rule;
 the key-shape rules still catch whatever looks like a key.
 """
