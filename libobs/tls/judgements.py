@@ -6,6 +6,11 @@ A judgement decides where uprobes go, so it lives in the root-only start-up cach
 (device, inode) with the same size, modification and change times, judged by the same code
 (the hash of libobs/tls/*.py) with the same options: anything else is judged afresh. One entry
 holds the judgements of the last run, so files gone from the host leave it.
+
+A second entry names the programs obs met only after a start (when they exec'd, or on a
+rescan): the next start attaches to them at once, so a program run again (an agent) is read
+from its first request, not from when obs noticed its exec. A path is used only while it is
+the same file; the few most recently met are kept.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from libobs.tls.points import ProbePoint
 from libobs.tls.stacks import Judgement
 
 KIND = "tls"
+PROGRAMS = "tls-programs"  # the programs' entry: a kind of its own, never pruned with KIND's
+PROGRAMS_KEPT = 4  # each attached program takes one of bpf/ssl.bpf.c's 16 library slots
 
 
 @functools.cache
@@ -100,3 +107,31 @@ class Memo:
         """Keep this run's judgements (when any was new or any old one is gone)."""
         if self._key is not None and self._new != self._old:
             cache.store_json(KIND, self._key, self._new)
+
+
+def _programs() -> list[list[str]]:
+    """[path, file_id] pairs of the last runs, still the same files, newest first."""
+    kept = cache.load_json(PROGRAMS, PROGRAMS)
+    if not isinstance(kept, list):
+        return []
+    return [item for item in kept
+            if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
+            and file_id(item[0]) == item[1]][:PROGRAMS_KEPT]
+
+
+def remembered() -> list[str]:
+    """Programs met after earlier starts, to attach to at this one."""
+    return [path for path, _ in _programs()]
+
+
+def remember(path: str) -> None:
+    """Note a program met after the start (a path through /proc/<pid>/root names a container's
+    file only while that process lives: not kept)."""
+    ident = file_id(path)
+    if ident is None or path.startswith("/proc/"):
+        return
+    old = _programs()
+    if [path, ident] in old[:1]:
+        return
+    kept = [[path, ident], *(item for item in old if item[0] != path)][:PROGRAMS_KEPT]
+    cache.store_json(PROGRAMS, PROGRAMS, kept)

@@ -450,7 +450,8 @@ class Finder:
         return out
 
     def initial(self, extra: Iterable[str] = ()) -> list[Library]:
-        found = self.new_libraries([*extra, *self.defaults(), *self.from_processes()])
+        found = self.new_libraries([*extra, *self.defaults(), *judgements.remembered(),
+                                    *self.from_processes()])
         self.memo.save()
         return found
 
@@ -627,6 +628,8 @@ class SslProbes:
                 self.attached.append(lib)
                 if self._started:
                     self.late.setdefault(lib.key, (time.time_ns(), lib))
+                    judgements.remember(lib.path)  # attached at the next start
+                    self.finder.memo.save()
             notes.append(problem or f"attached to {lib.describe()}")
         fresh = [f"not read: {u.line()}" for u in self.finder.unreadable[self._named:]]
         self._named = len(self.finder.unreadable)

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from libobs.kernel import cache
-from libobs.tls import boringssl, elf, libraries
+from libobs.tls import boringssl, elf, judgements, libraries
 from tests.support import agent_obs
 from tests.support.agent_obs import TOKENS, Observed, compare, latency_right, observe, ttft_right
 from tests.support.agents import AGENTS, installed
@@ -37,8 +37,10 @@ def observed(agent: str, nagle: bool = False) -> Observed:
         version_exe = installed().get(agent)
         if version_exe is None:
             pytest.fail(f"{agent} is not installed (deploy/setup-host.sh --agents)")
-        if agent == "claude":  # located once, as on any host obs ran on before (a first run's
-            libraries.file_stack(version_exe[1].resolve())  # early GETs: the test below)
+        if agent == "claude":  # as on a host where obs met it before (located and remembered,
+            exe = version_exe[1].resolve()  # see test_obs_ssl_stacks): attached at start,
+            libraries.file_stack(exe)  # so read from its first request (a first run's early
+            judgements.remember(str(exe))  # GETs: the test below)
         _runs[(agent, nagle)] = observe(agent, version_exe[1], nagle=nagle)
     return _runs[(agent, nagle)]
 
@@ -121,11 +123,12 @@ def test_calls_whose_tls_cannot_be_read_are_marked(agent: str) -> None:
 
 def test_calls_a_new_program_made_before_it_was_read_say_so() -> None:
     """Claude Code run as if for the first time on the host (the located BoringSSL functions
-    forgotten): obs attaches to it once it has exec'd, and its first requests (the settings
+    and the programs met before forgotten): obs attaches to it once it has exec'd, and its first requests (the settings
     GETs) can come before that. Every call was read or says why: never a null with no
     reason."""
-    for entry in (cache.ROOT / "boringssl").glob("*.json"):
-        entry.unlink()
+    for kind in ("boringssl", judgements.PROGRAMS):
+        for entry in (cache.ROOT / kind).glob("*.json"):
+            entry.unlink()
     o = observe("claude", installed()["claude"][1])
     assert o.calls
     for c in o.calls:

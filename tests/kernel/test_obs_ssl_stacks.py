@@ -5,6 +5,9 @@ stacks obs cannot read are named, once."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 
 from tests.support import fakeboringssl, fakestack, gobuild
 from tests.support import provider_server as ps
-from tests.support.stack_clients import COMM, LIBCURL, run_curl, run_go
+from tests.support.stack_clients import COMM, LIBCURL, as_client, headers_for, run_curl, run_go
 from tests.support.tools import Running, running, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -183,3 +186,41 @@ def test_static_boringssl_at_located_addresses(variant, how):
          "prompt_tokens": 11, "completion_tokens": 7, "cache_read_tokens": 3,
          "cache_creation_tokens": 2}]
 
+
+
+# ---- a program met after the start is attached at the next one ---------------------------------
+
+def _go_once(server: ps.Server, binary: Path) -> int:
+    """The Go client makes one request once told to; its pid."""
+    api = ps.APIS[0]
+    proc = subprocess.Popen(
+        [as_client(binary), str(server.ca), server.url(ps.HOST_OF[api], ps.request_path(api, False)),
+         json.dumps(headers_for(api)), ps.request_body(api, False).decode(), "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GOCLIENT_STEP": "1"})
+    out, err = proc.communicate("go\n", timeout=30)
+    assert proc.returncode == 0 and out == "done\n", err
+    return proc.pid
+
+
+def test_a_program_met_after_the_start_is_read_from_its_first_request_next_time(server, tmp_path):
+    """obs-ssl attaches to a program it met only when it exec'd (its first requests can come
+    before that); the next start attaches to it at once, before it runs — here with exec-time
+    attaching off (--rescan 0), so only that can read it. A changed file is not attached."""
+    env = {"OBS_CACHE_DIR": str(tmp_path / "cache")}
+    binary = tmp_path / "goclient-met"
+    shutil.copy2(gobuild.build("goclient"), binary)
+    api = ps.APIS[0]
+    with running("obs-ssl", "--rescan", "0.2", "--comm", COMM, env=env) as r:
+        assert str(binary) not in r.stderr()
+        pid = run_go(r, server, binary, api, False, repeat=1)  # waits for the exec-time attach
+        check_exchanges(r, pid, api, False, 1)
+    assert r.status == 0, r.stderr()
+    with running("obs-ssl", "--rescan", "0", "--comm", COMM, env=env) as r:
+        assert f"{binary} (Go crypto/tls" in r.stderr(), r.stderr()
+        check_exchanges(r, _go_once(server, binary), api, False, 1)
+    assert r.status == 0, r.stderr()
+    os.utime(binary)  # another file now, as far as obs can tell
+    with running("obs-ssl", "--rescan", "0", "--comm", COMM, env=env) as r:
+        pass
+    assert r.status == 0 and str(binary) not in r.stderr(), r.stderr()
