@@ -60,3 +60,32 @@ def test_same_file_found_again_changed_file_judged_again(tmp_path, monkeypatch):
     os.utime(lib, ns=(1, 1))
     assert run() == (verdict, 0) and len(calls) == 3
     assert run() == (verdict, 1) and len(calls) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the start-up cache is root-only")
+def test_programs_met_are_remembered_newest_first_while_the_same_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "ROOT", tmp_path / "cache")
+    progs = [tmp_path / f"prog{i}" for i in range(6)]
+    for p in progs:
+        p.write_bytes(b"\x7fELF")
+    assert judgements.remembered() == []
+    for p in progs:
+        judgements.remember(str(p))
+    judgements.remember(str(progs[3]))  # met again: newest, listed once
+    judgements.remember("/proc/1/root/usr/bin/x")  # a container's file, only while it lives
+    judgements.remember(str(tmp_path / "gone"))
+    want = [str(progs[i]) for i in (3, 5, 4, 2)]
+    assert judgements.remembered() == want
+    assert len(want) == judgements.PROGRAMS_KEPT
+    os.utime(progs[5], ns=(1, 1))  # changed: another file as far as obs can tell
+    assert judgements.remembered() == [str(progs[i]) for i in (3, 4, 2)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the start-up cache is root-only")
+@pytest.mark.parametrize("garbage", [{"a": 1}, [1, 2], [["x"]], [[1, 2]], "text"])
+def test_a_garbage_programs_entry_names_nothing(tmp_path, monkeypatch, garbage):
+    monkeypatch.setattr(cache, "ROOT", tmp_path / "cache")
+    cache.store_json(judgements.PROGRAMS, judgements.PROGRAMS, garbage)
+    assert judgements.remembered() == []
+    judgements.remember(str(tmp_path))
+    assert judgements.remembered() == [str(tmp_path)]
