@@ -66,17 +66,25 @@ for (const [path, headers, body] of requests) {
 }
 """
 
+# websockets' asyncio client: its sync client reads in a thread of its own while the caller
+# writes, two threads in one OpenSSL session at once, which OpenSSL forbids (it hung here once
+# in ~8 loaded runs, waiting for a reply the server had sent).
 WS_CLIENT = r"""
-import json, ssl, sys
-from websockets.sync.client import connect
+import asyncio, json, ssl, sys
+from websockets.asyncio.client import connect
 url, ca, compression, models = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-ctx = ssl.create_default_context(cafile=ca)
-with connect(url, ssl=ctx, compression=None if compression == "none" else compression) as ws:
-    for model in models:  # one response at a time, as the Responses API allows
-        ws.send(json.dumps({"type": "response.create", "model": model,
-                            "input": [{"role": "user", "content": "Say hello."}]}))
-        while json.loads(ws.recv())["type"] != "response.completed":
-            pass
+
+async def main():
+    ctx = ssl.create_default_context(cafile=ca)
+    async with connect(url, ssl=ctx,
+                       compression=None if compression == "none" else compression) as ws:
+        for model in models:  # one response at a time, as the Responses API allows
+            await ws.send(json.dumps({"type": "response.create", "model": model,
+                                      "input": [{"role": "user", "content": "Say hello."}]}))
+            while json.loads(await ws.recv())["type"] != "response.completed":
+                pass
+
+asyncio.run(main())
 """
 
 
