@@ -102,7 +102,8 @@ def main(
     raise typer.Exit(Loop(job.cfg, [prog, ssl.program], joined, tick=tick,
                           attached=prog.attached() + ssl.probe_names,
                           unreadable=lambda: ssl.unreadable,
-                          extra=lambda: {**join.heartbeat(), **ssl_api.order.heartbeat()}).run())
+                          extra=lambda: {**join.heartbeat(), **ssl_api.order.heartbeat()},
+                          news=lambda: [*join.news(), *ssl_api.order.news()]).run())
 
 
 def run() -> None:

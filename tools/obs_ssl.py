@@ -78,7 +78,7 @@ def main(
 
     raise typer.Exit(Loop(job.cfg, [ssl.program], decoder, tick=tick,
                           attached=ssl.probe_names, unreadable=lambda: ssl.unreadable,
-                          extra=decoder.order.heartbeat).run())
+                          extra=decoder.order.heartbeat, news=decoder.order.news).run())
 
 
 def run() -> None:

@@ -94,6 +94,7 @@ class ApiJoin:
     pending: deque[tuple[int, Event]] = field(default_factory=deque)
     n_facts: int = 0
     unanswered: int = 0  # claimed streams whose response never came (reset, lost, too slow)
+    _unanswered_said: bool = False
     _latest: int = 0
     transcripts: Transcripts | None = None
     transcript_wait_ns: int = 2 * NS
@@ -212,6 +213,15 @@ class ApiJoin:
         if self.unanswered:
             out["h2_unanswered"] = self.unanswered
         return out
+
+    def news(self) -> list[str]:
+        """A line for stderr at the first unanswered stream (the heartbeat goes on counting)."""
+        if not self.unanswered or self._unanswered_said:
+            return []
+        self._unanswered_said = True
+        return ["an HTTP/2 request's response never came (stream reset, lost or too slow): its "
+                "LlmCall has no model or tokens from the wire (counted in the heartbeat's "
+                "h2_unanswered)"]
 
     def _resolve(self, ev: Event) -> list[Event] | None:
         """What an exchange becomes now: its streams' calls (HTTP/2), itself joined with its

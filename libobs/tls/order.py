@@ -42,6 +42,7 @@ class CallOrder:
         self._held: dict[tuple[int, int], list[SslCall]] = {}  # per connection: reads, by ts
         self._bytes = 0
         self.overflows = 0
+        self._said = False
 
     def feed(self, call: SslCall) -> list[SslCall]:
         """The calls, in order, that this one lets go (itself included when it is a write)."""
@@ -73,6 +74,15 @@ class CallOrder:
     def heartbeat(self) -> dict[str, int]:
         """The heartbeat's `order_overflows`, once it moved."""
         return {"order_overflows": self.overflows} if self.overflows else {}
+
+    def news(self) -> list[str]:
+        """A line for stderr at the first overflow (the heartbeat goes on counting them)."""
+        if not self.overflows or self._said:
+            return []
+        self._said = True
+        return [f"TLS reads held for time order passed {self.max_bytes >> 20} MiB and were let "
+                "go early: a reply may be decoded before a write that entered first (counted "
+                "in the heartbeat's order_overflows)"]
 
     def flush(self, now_ns: int | None) -> list[SslCall]:
         """Reads that returned `wait_ns` before now_ns (every held read with None), oldest

@@ -53,7 +53,8 @@ class Loop:
                  tick: Callable[[float], Iterable[Event]] | None = None,
                  lost: Callable[[], int] | None = None, attached: list[str] | None = None,
                  unreadable: Callable[[], list[dict[str, str]]] | None = None,
-                 extra: Callable[[], dict[str, Any]] | None = None):
+                 extra: Callable[[], dict[str, Any]] | None = None,
+                 news: Callable[[], list[str]] | None = None):
         self.cfg = cfg
         self.liveness = Liveness(cfg.heartbeat_file)
         self.programs = programs
@@ -69,6 +70,7 @@ class Loop:
         self._attached = attached
         self.unreadable = unreadable  # the heartbeat's TLS stacks found but not read
         self.extra = extra  # more heartbeat fields of the tool's own
+        self.news = news  # lines about them, each said once (at the heartbeat)
 
     def _on_signal(self, _sig: int, _frame: Any) -> None:
         self.stop = True
@@ -107,6 +109,8 @@ class Loop:
             extra=self.extra() if self.extra else None)
         if news := self.liveness.write(ev):
             err(self.cfg.tool, news)
+        for line in self.news() if self.news else []:
+            err(self.cfg.tool, line)
         return ev
 
     def _say_write_error(self) -> None:

@@ -196,3 +196,13 @@ def test_without_a_transcript_source_nothing_changes_but_the_field():
     j.add_call(timed_call(7, 1000 * MS, 300), now_ns=0)
     [ev] = j.tick(now_ns=1)
     assert ev["event"]["LlmCall"]["usage_source"] is None and j.heartbeat() == {}
+
+
+def test_unanswered_http2_streams_are_said_once_and_counted_on():
+    j = ApiJoin()
+    assert j.heartbeat() == {} and j.news() == []
+    j.unanswered = 1  # a claimed stream expired (the wire tests make them for real)
+    [line] = j.news()
+    assert "h2_unanswered" in line
+    j.unanswered = 3
+    assert j.news() == [] and j.heartbeat() == {"h2_unanswered": 3}

@@ -64,10 +64,14 @@ def test_connections_are_ordered_apart_and_bounded():
     wb = b.call(False, b"x")
     assert order.feed(ra) == order.feed(rb) == []
     assert order.feed(wb) == [rb, wb]   # b's write does not release a's read
-    assert order.heartbeat() == {}  # absent while nothing overflowed
+    assert order.heartbeat() == {} and order.news() == []  # absent while nothing overflowed
     assert order.feed(a.call(True, b"678901")) and order.overflows == 1  # over max_bytes
     assert order.held == 0
     assert order.heartbeat() == {"order_overflows": 1}  # what the tools' heartbeats carry
+    [line] = order.news()  # said once on stderr
+    assert "order_overflows" in line and order.news() == []
+    order.feed(a.call(True, b"1234567890x"))
+    assert order.overflows == 2 and order.news() == []
 
 
 @st.composite
