@@ -40,6 +40,15 @@ def cflags(defines: Mapping[str, int | bool]) -> list[str]:
     return out
 
 
+def _close_one(job: tuple[Callable[[int], Any], int]) -> int:
+    close, fd = job
+    try:
+        ret = close(fd)
+    except OSError:
+        return -1
+    return 0 if ret is None else int(ret)
+
+
 def base_defines(ring_bytes: int) -> dict[str, int | bool]:
     """Constants every program needs: struct offsets from BTF, ring size, CPU slots."""
     pages = ring_bytes // os.sysconf("SC_PAGE_SIZE")
@@ -78,6 +87,7 @@ class Program:
             objcache.store(key, self.bpf)
             release_freed_memory()
         self._rings: list[tuple[RingReader, Callable[[bytes], None]]] = []
+        self.links: list[int] = []  # link fds of attachments made outside bcc (closed here)
 
     def open_ring(self, name: str, callback: Callable[[bytes], None]) -> None:
         """Deliver each record of ring buffer `name` to callback(bytes) during poll()."""
@@ -129,23 +139,27 @@ class Program:
             with contextlib.suppress(Exception):
                 reader.close()
         self._rings.clear()
-        close_probes(self.bpf)
+        close_probes(self.bpf, self.links)
+        self.links.clear()
         self.bpf.cleanup()
 
 
-def close_probes(bpf: Any) -> None:
-    """Close the perf events of bpf's tracepoints and uprobes all at once, then let bcc do its
-    bookkeeping. Closing one waits for an RCU grace period in the kernel (~50-200 ms here);
-    bcc closes them one after another (obs-exec: 26 tracepoints, 1.1-2.3 s at every exit),
-    concurrent closes share grace periods (measured: 14 tracepoints 2.5-2.8 s → 0.45-0.67 s)."""
+def close_probes(bpf: Any, links: list[int] | None = None) -> None:
+    """Close the perf events of bpf's tracepoints and uprobes, and `links`, all at once, then
+    let bcc do its bookkeeping. Closing one waits for an RCU grace period in the kernel
+    (~50-200 ms here); bcc closes them one after another (obs-exec: 26 tracepoints, 1.1-2.3 s
+    at every exit), concurrent closes share grace periods (measured: 14 tracepoints 2.5-2.8 s
+    → 0.45-0.67 s; uprobe perf events do not share them, uprobe_multi links do)."""
     from bcc import libbcc  # imported late, as in Program
 
     fds = {**getattr(bpf, "tracepoint_fds", {}), **getattr(bpf, "uprobe_fds", {})}
-    if len(fds) < 2:
+    jobs = [*((libbcc.lib.bpf_close_perf_event_fd, fd) for fd in fds.values()),
+            *((os.close, fd) for fd in links or ())]
+    if len(jobs) < 2 and not links:
         return
-    with ThreadPoolExecutor(min(len(fds), CLOSE_THREADS)) as pool:
-        results = dict(zip(fds, pool.map(libbcc.lib.bpf_close_perf_event_fd, fds.values()),
-                           strict=True))
+    with ThreadPoolExecutor(min(len(jobs), CLOSE_THREADS)) as pool:
+        done = list(pool.map(_close_one, jobs))
+    results = dict(zip(fds, done, strict=False))  # the perf events come first
     for name in list(getattr(bpf, "tracepoint_fds", {})):
         if results.get(name, -1) >= 0:
             del bpf.tracepoint_fds[name]  # closed: bcc's cleanup must not close the number again

@@ -17,6 +17,7 @@ or non-ELF input gives "nothing exported", never an exception.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import shutil
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from libobs.kernel import bpflink
 from libobs.tls import judgements, stacks
+from libobs.tls.elf import load_segments
 from libobs.tls.points import ProbePoint
 
 __all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
@@ -459,6 +462,23 @@ class Finder:
         return self.new_libraries(self.from_processes())
 
 
+def _file_offsets(elf: ElfData, groups: dict[tuple[str, bool], list[int]]
+                  ) -> dict[tuple[str, bool], list[int]] | None:
+    """Each group's virtual addresses as file offsets (what uprobes take), through the code
+    segment holding each; None if one lies in none."""
+    segments = [seg for seg in load_segments(elf) if seg[0] & _PF_X]
+    out: dict[tuple[str, bool], list[int]] = {}
+    for key, addrs in groups.items():
+        offs = []
+        for a in addrs:
+            seg = next(((off, va) for _f, off, va, size in segments if va <= a < va + size), None)
+            if seg is None:
+                return None
+            offs.append(a - seg[1] + seg[0])
+        out[key] = offs
+    return out
+
+
 def uprobes_missing() -> str | None:
     """Why this kernel cannot take uprobes, or None."""
     if Path("/sys/bus/event_source/devices/uprobe/type").exists():
@@ -470,7 +490,15 @@ def uprobes_missing() -> str | None:
 
 
 class Attacher:
-    """Puts the entry/return probes of bpf/ssl.bpf.c on libraries, one slot each."""
+    """Puts the entry/return probes of bpf/ssl.bpf.c on libraries, one slot each.
+
+    Through uprobe_multi links, one per program and library, or, on kernels without them
+    (before 6.6) or with OBS_UPROBE_MULTI=0, a uprobe perf event per address. Both are made
+    here, not by bcc: Debian's bcc 0.26 Python binding calls bpf_attach_uprobe with one argument
+    fewer than its library takes, so every uprobe it made carried a stray ref_ctr_offset
+    (seen: 6) — a USDT "semaphore" the kernel would increment in each watched process wherever
+    that file offset is mapped writable, and a mismatch that makes the kernel refuse any other
+    tool's probe at the same address (EINVAL, "ref_ctr_offset mismatch" in dmesg)."""
 
     ENTRY = {"SSL_read": "ssl_read_enter_", "SSL_read_ex": "ssl_read_ex_enter_",
              "SSL_write": "ssl_write_enter_", "SSL_write_ex": "ssl_write_ex_enter_",
@@ -478,21 +506,49 @@ class Attacher:
                                               "go_read", "go_write")}}
     RETURN = {"go_read": "go_read_return"}  # programs for uprobes on RET instructions
 
-    def __init__(self, bpf: Any):
+    def __init__(self, bpf: Any, links: list[int]):
         self.bpf = bpf
+        self.links = links  # link and perf event fds (their Program closes them all at once)
+        self.multi: bool | None = None if os.environ.get("OBS_UPROBE_MULTI", "1") != "0" else False
+        self.fallback: str | None = None  # why links are not used, to be said once
         self.libs: list[str] = []        # slot -> path (the `lib` of SslContent)
         self.probe_names: list[str] = []  # for the heartbeat's attached_probes
         self._tail_ready = False
 
+    def _load(self, name: str) -> Any:
+        from bcc import BPF
+
+        if self.multi is None:
+            self.multi = self._multi_works(name)
+        return self.bpf.load_func(name.encode(), BPF.KPROBE,
+                                  attach_type=bpflink.TRACE_UPROBE_MULTI if self.multi else -1)
+
+    def _multi_works(self, name: str) -> bool:
+        """Whether this kernel makes uprobe_multi links: asked for one on a directory, it says
+        EBADF (not a regular file); a kernel without them refuses the program or the attach
+        type first."""
+        from bcc import BPF
+
+        try:
+            fn = self.bpf.load_func(name.encode(), BPF.KPROBE,
+                                    attach_type=bpflink.TRACE_UPROBE_MULTI)
+            os.close(bpflink.uprobe_multi(fn.fd, "/", [0]))
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EBADF:
+                return True
+            self.fallback = f"a uprobe perf event per address: no uprobe_multi links ({e})"
+            for loaded in list(self.bpf.funcs):  # perf events take them loaded plainly
+                os.close(self.bpf.funcs.pop(loaded).fd)
+            return False
+        return True  # not reached: no link on a directory
+
     def _go_tail(self) -> None:
-        """Go's Write entries tail-call one emitting program (bpf/ssl.bpf.c go_tail)."""
+        """Go's Write entries tail-call one emitting program (bpf/ssl.bpf.c go_tail), loaded as
+        they are (a tail call must not cross attach types)."""
         if not self._tail_ready:
             import ctypes
 
-            from bcc import BPF
-
-            fn = self.bpf.load_func(b"go_write_emit", BPF.KPROBE)
-            self.bpf[b"go_tail"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
+            self.bpf[b"go_tail"][ctypes.c_int(0)] = ctypes.c_int(self._load("go_write_emit").fd)
             self._tail_ready = True
 
     def attach(self, lib: Library) -> str | None:
@@ -500,37 +556,39 @@ class Attacher:
         if len(self.libs) >= MAX_SLOTS:
             return f"{lib.path}: not attached, all {MAX_SLOTS} library slots are in use"
         slot = len(self.libs)
-        done: list[int] = []  # addresses with a uprobe or uretprobe
+        groups: dict[tuple[str, bool], list[int]] = {}  # (program, on return) -> addresses
         names: list[str] = []
-        path = lib.path.encode()
         for p in lib.probes:
-            try:
-                if p.fn == "go_write":
-                    self._go_tail()
-                done.append(p.addr)
-                self.bpf.attach_uprobe(name=path, addr=p.addr,
-                                       fn_name=f"{self.ENTRY[p.fn]}{slot}".encode())
-                names.append(f"uprobe:{lib.path}:{p.label}")
-                if p.uretprobe:
-                    self.bpf.attach_uretprobe(name=path, addr=p.addr, fn_name=b"ssl_return")
-                    names.append(f"uretprobe:{lib.path}:{p.label}")
-                for at in p.returns:
-                    done.append(at)
-                    self.bpf.attach_uprobe(name=path, addr=at,
-                                           fn_name=self.RETURN[p.fn].encode())
-                    names.append(f"uprobe:{lib.path}:{p.label}:ret@{at:#x}")
-            except Exception as e:
-                for addr in done:  # leave nothing half-attached
-                    self._detach(lib.path, addr)
-                return f"{lib.path}: cannot attach at {p.label}: {e}"
+            groups.setdefault((f"{self.ENTRY[p.fn]}{slot}", False), []).append(p.addr)
+            names.append(f"uprobe:{lib.path}:{p.label}")
+            if p.uretprobe:
+                groups.setdefault(("ssl_return", True), []).append(p.addr)
+                names.append(f"uretprobe:{lib.path}:{p.label}")
+            for at in p.returns:
+                groups.setdefault((self.RETURN[p.fn], False), []).append(at)
+                names.append(f"uprobe:{lib.path}:{p.label}:ret@{at:#x}")
+        offsets = _with_file(lib.path, lambda m: _file_offsets(m, groups), None)
+        if offsets is None:
+            return f"{lib.path}: cannot attach: a probe address lies in no code segment"
+        made: list[int] = []
+        try:
+            if any(p.fn == "go_write" for p in lib.probes):
+                self._go_tail()
+            for (prog, ret), offs in offsets.items():
+                fd = self._load(prog).fd
+                if self.multi:
+                    made.append(bpflink.uprobe_multi(fd, lib.path, offs, ret))
+                    continue
+                for off in offs:
+                    made.append(bpflink.uprobe_event(fd, lib.path, off, ret))
+        except Exception as e:
+            for fd in made:  # leave nothing half-attached
+                os.close(fd)
+            return f"{lib.path}: cannot attach: {e}"
+        self.links += made
         self.libs.append(lib.path)
         self.probe_names += names
         return None
-
-    def _detach(self, path: str, addr: int) -> None:
-        for detach in (self.bpf.detach_uprobe, self.bpf.detach_uretprobe):
-            with contextlib.suppress(Exception):  # best effort: cleanup() detaches the rest
-                detach(name=path.encode(), addr=addr)
 
 
 class SslProbes:
@@ -547,7 +605,7 @@ class SslProbes:
 
         self.program = Program("ssl.bpf.c", defines)
         self.finder = Finder(exported_only=exported_only)
-        self.attacher = Attacher(self.program.bpf)
+        self.attacher = Attacher(self.program.bpf, self.program.links)
         self.problems: list[str] = []
         self.attached: list[Library] = []
         # file identity → (wall ns, library) of attaches after start-up: a program first met
@@ -622,6 +680,10 @@ class SslProbes:
         notes = []
         for lib in libs:
             problem = self.attacher.attach(lib)
+            if self.attacher.fallback:
+                notes.append(self.attacher.fallback)
+                self.problems.append(self.attacher.fallback)
+                self.attacher.fallback = None
             if problem:
                 self.problems.append(problem)
             else:

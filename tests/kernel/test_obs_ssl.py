@@ -370,6 +370,43 @@ def test_twice_cold_then_warm_from_the_start_up_cache(server, tmp_path):
     assert all(SYSTEM_LIBSSL_NAME in e and "(OpenSSL" in e for e in stderr), stderr
 
 
+def _uprobe_multi_links(pid: int) -> int:
+    """bpf links of that type among the process's file descriptors."""
+    n = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            n += "link_type:\tuprobe_multi" in info.read_text()
+        except OSError:
+            continue
+    return n
+
+
+def test_uprobe_multi_links_and_perf_events_read_the_same_side_by_side(server):
+    """obs-ssl puts its probes on through uprobe_multi links (one per program and library,
+    detached at once on exit), or, with OBS_UPROBE_MULTI=0 as on kernels before 6.6, a perf
+    event each. Run at once on the same library (the kernel refuses a second probe at an
+    address with another ref_ctr_offset: neither sets one), both read the same request, with
+    the same probes named."""
+    api = ps.APIS[0]
+    env = {"OBS_UPROBE_MULTI": "0"}
+    with running("obs-ssl", "--heartbeat-interval", "0.5", "--comm", COMM) as multi, \
+            running("obs-ssl", "--heartbeat-interval", "0.5", "--comm", COMM, env=env) as perf:
+        assert _uprobe_multi_links(multi.proc.pid) > 0
+        assert _uprobe_multi_links(perf.proc.pid) == 0
+        pid = run_client("curl", server, api, False, "identity")
+        probes = []
+        for r in (multi, perf):
+            req, resp = api_events(r, pid)
+            assert strip(req) == expected_request(api, False)
+            assert strip(resp) == expected_response(api, False)
+            hb = r.wait_events("CollectorHeartbeat")[0]
+            probes.append(sorted(p for p in hb["attached_probes"] if SYSTEM_LIBSSL_NAME in p
+                                 and p.split(":")[1].startswith(("/lib/", "/usr/lib/"))))
+            assert "cannot attach" not in r.stderr(), r.stderr()
+    assert multi.status == perf.status == 0, multi.stderr() + perf.stderr()
+    assert probes[0] and probes[0] == probes[1]
+
+
 def test_record_layout_matches_the_c_struct():
     """libobs.tls.decode reads struct ssl_rec at fixed offsets: check them against what clang
     compiled (a map with the struct as its value gives bcc's ctypes mirror of it)."""
