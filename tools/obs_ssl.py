@@ -4,7 +4,7 @@ GnuTLS, NSS and Go's crypto/tls."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ from libobs.events import Clock, hostname
 from libobs.tls import attach
 from libobs.tls.decode import SslDecoder
 from libobs.tool import options, start
-from libobs.tool.loop import Loop
+from libobs.tool.loop import Event, Loop
 
 TOOL = "obs-ssl"
 EXAMPLES = """Examples:
@@ -69,10 +69,10 @@ def main(
     ssl = attach.attach(TOOL, job, lib or [], exported_only=exported_only,
                         defines={"MAX_CAPTURE": max_capture << 10})
     decoder = SslDecoder(Clock.now(), hostname(), ssl.libs, content=content, api=True,
-                         redact_content=redact)
+                         redact_content=redact, lines=job.cfg.fmt == "json")
     rescanner = attach.Rescanner(TOOL, ssl, rescan)
 
-    def tick(now: float) -> list[dict[str, Any]]:
+    def tick(now: float) -> list[Event]:
         rescanner(now)
         return decoder.tick(now)
 

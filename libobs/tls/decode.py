@@ -44,6 +44,7 @@ from libobs.tls.message import HttpMessage
 from libobs.tls.order import CallOrder
 from libobs.tls.redact import redact
 from libobs.tls.websocket import WebSocketStream
+from libobs.tool.sink import Line, as_line, envelope_middle
 
 _H = layout.read("ssl.h")
 K_SSL = KIND["K_SSL"]
@@ -441,28 +442,34 @@ def _after_101(data: bytes) -> bytes:
 
 # ---- envelope events for obs-ssl ------------------------------------------------------------
 
-Event = dict[str, Any]
+Event = dict[str, Any] | Line
 CALL_WAIT = 1.0  # seconds a call may wait for chunks that the ring buffer lost
+MAX_MIDDLES = 4096  # rendered envelopes kept (one per process, kind and provider)
 
 
 class SslDecoder:
     """Ring-buffer records in, SslContent (with `content`) and LlmApi (with `api`) out.
-    `libs` maps a record's library slot to its path; it may grow while running."""
+    `libs` maps a record's library slot to its path; it may grow while running.
+    With `lines`, events come as NDJSON `Line`s (json output): each process's envelope is
+    rendered once and reused, not built and serialised again for every SSL call."""
 
     def __init__(self, clock: Clock, host: str, libs: list[str], *, content: bool = True,
                  api: bool = True, redact_content: bool = True,
-                 identities: Identities | None = None):
+                 identities: Identities | None = None, lines: bool = False):
         self.clock = clock
         self.host = host
         self.libs = libs
         self.content = content
         self.api = api
+        self.lines = lines
         self.scrub: Callable[[bytes], bytes] = redact if redact_content else bytes
         self.ids = identities or Identities()
         self.calls = CallAssembler()
         self.order = CallOrder()
         self.tracker = ApiTracker()
         self._expired = 0.0
+        # (kind, pid, provider) -> (the identity it was rendered with, envelope middle)
+        self._middles: dict[tuple[str, int, str | None], tuple[object, bytes]] = {}
 
     def __call__(self, raw: bytes) -> list[Event]:
         # lists rather than generators: this runs once per SSL call
@@ -504,13 +511,29 @@ class SslDecoder:
         fields = {"pid": h.pid, "tid": h.tid, "is_read": call.is_read,
                   "content": text(self.scrub(data)), "len": call.total,
                   "truncated": call.truncated, "lib": lib}
-        identity, process = self.ids.of(h)
         provider = provider_of(self.tracker.host_of(h.pid, call.ssl))
-        return envelope("SslContent", fields, ts=self.clock.wall(h.ts), host=self.host,
-                        identity=identity, process=process, provider=provider)
+        return self._event("SslContent", h, h.ts, fields, provider)
 
     def llm_api(self, fact: ApiFact) -> Event:
-        identity, process = self.ids.of(fact.h)
         fields = {"pid": fact.h.pid, "is_request": fact.is_request, **fact.fields}
-        return envelope("LlmApi", fields, ts=self.clock.wall(fact.ts), host=self.host,
-                        identity=identity, process=process, provider=fact.provider)
+        return self._event("LlmApi", fact.h, fact.ts, fields, fact.provider)
+
+    def _event(self, kind: str, h: Hdr, ts: int, fields: dict[str, Any],
+               provider: str | None) -> Event:
+        identity, process = self.ids.of(h)
+        if not self.lines:
+            return envelope(kind, fields, ts=self.clock.wall(ts), host=self.host,
+                            identity=identity, process=process, provider=provider)
+        # Identities gives a cached process the same objects every time: the same identity
+        # object means the same envelope (exec changes comm, a reused pid other objects).
+        key = (kind, h.pid, provider)
+        hit = self._middles.get(key)
+        if hit is not None and hit[0] is identity:
+            middle = hit[1]
+        else:
+            middle = envelope_middle(kind, host=self.host, identity=identity, process=process,
+                                     provider=provider)
+            if len(self._middles) >= MAX_MIDDLES:
+                self._middles.clear()
+            self._middles[key] = (identity, middle)
+        return as_line(kind, self.clock.wall(ts), middle, fields)

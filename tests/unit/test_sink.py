@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from libobs.events import envelope
-from libobs.tool.sink import Sink, dumps, human
+from libobs.tool.sink import Sink, as_line, dumps, envelope_middle, human
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,6 +41,36 @@ def test_human_line():
                          ts=0, host="h"))
     assert b"ProcessExit" in out and b"pid=5" in out and b"exit_code=3" in out
     assert b"duration=1500.0ms" in out and out.endswith(b"\n")
+
+
+@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.binary(), st.none())),
+       st.text(), st.one_of(st.none(), st.text()), st.integers(0, 2**63))
+def test_a_line_is_its_event_dumped(fields, comm, provider, ts):
+    """A Line from an envelope's rendered middle is what dumps makes of that envelope, whatever
+    the values (surrogates, bytes, big ints sanitised the same way)."""
+    identity = {"agent": comm, "task": "7", "session": None}
+    process = {"pid": 7, "comm": comm}
+    for proc in (process, None):
+        kw = {"host": "h", "identity": identity, "process": proc, "provider": provider}
+        line = as_line("SslContent", ts, envelope_middle("SslContent", **kw), fields)
+        assert line.kind == "SslContent"
+        assert line.json == dumps(envelope("SslContent", fields, ts=ts, **kw))
+
+
+def test_a_sink_takes_lines_as_events(tmp_path):
+    event = envelope("LlmApi", {"pid": 5, "model": "m x"}, ts=1, host="h")
+    middle = envelope_middle("LlmApi", host="h", identity=event["identity"], process=None,
+                             provider=None)
+    for fmt in ("json", "human"):
+        path = tmp_path / fmt
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        s = Sink(fmt, fd=fd)
+        s.emit(event)
+        s.emit(as_line("LlmApi", 1, middle, event["event"]["LlmApi"]))
+        s.close()
+        os.close(fd)
+        first, second = path.read_bytes().splitlines()
+        assert first == second and s.counts["LlmApi"] == 2
 
 
 def test_counts_and_writes_to_fd(tmp_path):

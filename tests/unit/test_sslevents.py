@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.events import NS, Clock
+from libobs.events import NS, Clock, event_kind
 from libobs.kernel.records import HDR
 from libobs.kernel.records import hdr as parse_hdr
 from libobs.tls import attach
@@ -27,6 +27,7 @@ from libobs.tls.decode import (
     host_name,
 )
 from libobs.tls.order import WRITE_WAIT_NS
+from libobs.tool.sink import Line, dumps
 
 PID, SSL = 4242, 0x5555_0000_1000
 READ_EX, WRITE_EX, READ, WRITE = 1, 3, 0, 2
@@ -34,10 +35,11 @@ READ_EX, WRITE_EX, READ, WRITE = 1, 3, 0, 2
 
 def record(data: bytes, *, ts: int, fn: int, off: int = 0, total: int | None = None,
            chunk: int = 0, captured: int | None = None, tid: int = PID, pid: int = PID,
-           ssl: int = SSL, lib: int = 0, kind: int = K_SSL, failed: int = 0) -> bytes:
+           ssl: int = SSL, lib: int = 0, kind: int = K_SSL, failed: int = 0,
+           comm: bytes = b"agent") -> bytes:
     total = len(data) if total is None else total
     captured = total if captured is None else captured
-    head = HDR.pack(kind, pid, tid, 1, 1000, len(data), pid, 0, ts, 7, 0, b"agent")
+    head = HDR.pack(kind, pid, tid, 1, 1000, len(data), pid, 0, ts, 7, 0, comm)
     return head + REC.pack(ssl, off, total, captured, chunk, fn, lib, failed) + data
 
 
@@ -327,6 +329,30 @@ def test_ssl_content_and_llm_api_events_redacted():
                    "completion_tokens": 4, "cache_read_tokens": None,
                    "cache_creation_tokens": None, "stream": False, "path": "/v1/messages"}
     assert events[3]["identity"]["task"] == str(PID)
+
+
+def test_lines_are_the_events_dumped():
+    """With `lines` (json output) the decoder renders each process's envelope once: its lines
+    are byte for byte what dumps makes of the events it gives otherwise, also once the process
+    exec'd (another comm), for another provider, a process without identity and bad UTF-8."""
+    resp = json_response({"model": "claude-x", "usage": {"input_tokens": 3, "output_tokens": 4}})
+    other = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"
+    raws = [record(anthropic_request(False), ts=2000, fn=WRITE_EX),
+            record(resp[0], ts=3000, fn=READ),
+            record(b"\xff\xfe not text", ts=4000, fn=WRITE_EX, off=5000, total=9000),
+            record(other, ts=5000, fn=WRITE, ssl=SSL + 1, comm=b"after-exec"),
+            record(b"x", ts=6000, fn=WRITE, pid=PID + 1, tid=PID + 1, ssl=SSL + 2),
+            record(anthropic_request(True), ts=7000, fn=WRITE_EX, ssl=SSL + 3)]
+
+    def events(**kw) -> list:
+        dec = decoder(**kw)
+        return [e for raw in raws for e in dec(raw)] + dec.tick(float("inf"))
+
+    lines, dicts = events(lines=True), events()
+    assert all(isinstance(line, Line) for line in lines) and len(lines) == len(dicts) == 10
+    assert [line.kind for line in lines] == [event_kind(e) for e in dicts]
+    assert [line.json for line in lines] == [dumps(e) for e in dicts]
+    assert len({e["process"]["comm"] for e in dicts}) == 2
 
 
 def test_no_redact_and_api_only():
