@@ -428,7 +428,7 @@ def decode_fields(data: bytes) -> tuple[dict[str, Any] | None, str | None,
     if (data.count(b"{") + data.count(b"[") > shape.MAX_DEPTH
             and shape.depth(ev) > shape.MAX_DEPTH):
         return None, None, None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
-    why = shape.problem(ev, kind)
+    why = None if shape.well_formed(ev, kind, body) else shape.problem(ev, kind)
     if why is not None:
         return None, None, None, ("bad_shape", why)
     if kind not in _KNOWN:

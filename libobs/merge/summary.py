@@ -182,7 +182,12 @@ class Summary:
             s.last_ts = ts
         if ts < s.first_ts:
             s.first_ts = ts
-        if kind == "ToolExec":
+        if kind == "FileAccess":  # the most frequent kind first: one comparison for it
+            if fields.get("write", True):
+                count = fields.get("count")  # opens folded into one event (--fold-window)
+                s.written.add(str(fields.get("path")),
+                              count if type(count) is int and count > 0 else 1)
+        elif kind == "ToolExec":
             if event_pid(ev, fields) != root.pid:  # the agent's own exec is not a tool
                 self._tool(s, fields).runs += 1
         elif kind == "ProcessExit":
@@ -199,9 +204,6 @@ class Summary:
         elif kind == "Egress":
             host = fields.get("hostname") or fields.get("sni") or fields.get("peer")
             s.endpoints.add(f"{_host_port(host, fields.get('port'))}")
-        elif kind == "FileAccess" and fields.get("write", True):
-            count = fields.get("count")  # opens folded into this event (obs-exec --fold-window)
-            s.written.add(str(fields.get("path")), count if type(count) is int and count > 0 else 1)
         elif kind == "FileDelete":
             s.deleted.add(str(fields.get("path")))
         elif kind == "SecurityAction":
@@ -214,14 +216,14 @@ class Summary:
         key = root.session
         assert key is not None
         s = self.sessions.get(key)
-        if s is None:
+        if s is not None:
+            self.sessions.move_to_end(key)
+        else:
             s = self.sessions[key] = SessionStats(key, root.pid, None, root.agent, ev["ts"],
                                                   ev["ts"])
             if len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
                 self.dropped_sessions += 1
-        else:
-            self.sessions.move_to_end(key)
         agent = (ev.get("identity") or {}).get("agent")
         if agent:
             s.agent = agent
