@@ -18,6 +18,7 @@ others in event time, so the reorder heap stays small when replaying big files).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import stat
@@ -42,6 +43,10 @@ class Line(NamedTuple):  # a tuple: made for every line read, so made cheaply
     sid: int
     lineno: int
     data: bytes
+
+
+_line = functools.partial(tuple.__new__, Line)  # Line(*t) in C: Line() is a Python call
+
 
 
 @dataclass(frozen=True)
@@ -353,7 +358,8 @@ class Reader:
 
     def _split(self, src: _Source, data: bytes, batch: Batch, eof: bool) -> None:
         lines, too_long = src.lines.feed(data, eof)
-        batch.lines += [Line(src.sid, n, line) for n, line in lines]
+        sid = src.sid
+        batch.lines += [_line((sid, n, line)) for n, line in lines]
         batch.problems += [Problem(src.name, n, "too_long",
                                    f"line longer than {self.max_line} bytes, skipped")
                            for n in too_long]
@@ -428,7 +434,7 @@ def decode_fields(data: bytes) -> tuple[dict[str, Any] | None, str | None,
     if (data.count(b"{") + data.count(b"[") > shape.MAX_DEPTH
             and shape.depth(ev) > shape.MAX_DEPTH):
         return None, None, None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
-    why = None if shape.well_formed(ev, kind, body) else shape.problem(ev, kind)
+    why = shape.problem(ev, kind)
     if why is not None:
         return None, None, None, ("bad_shape", why)
     if kind not in _KNOWN:

@@ -119,66 +119,6 @@ def depth(v: Any) -> int:
     return deepest
 
 
-# -- the fast path ---------------------------------------------------------------------------
-# problem() walks every field in Python; for an event orjson decoded, whose values can only
-# be of the seven JSON types, which (key, type) pairs it refuses can be listed up front. Then
-# one C-level pass per object (set.isdisjoint over (key, type(value)) pairs) says whether any
-# field's type is wrong; only string lists and durations still have their values looked at.
-_JSON_TYPES = (dict, list, str, int, float, bool, type(None))
-Refused = tuple[frozenset[tuple[str, type]], tuple[tuple[str, Want], ...]]
-
-
-def _refused(wants: dict[str, Want]) -> Refused:
-    """(The (key, type) pairs refused by their type alone, the keys whose value is looked
-    into: lists of strings and durations.)"""
-    bad, deep = set(), {}
-    for key, want in wants.items():
-        for t in _JSON_TYPES:
-            if t in want:
-                continue
-            if (want is _STRS and t is list) or (want is _DURATION and t is dict):
-                deep[key] = want
-            else:
-                bad.add((key, t))
-    return frozenset(bad), tuple(deep.items())
-
-
-_ENVELOPE_REFUSED = frozenset(
-    {(key, t) for key in ("host", "provider") for t in _JSON_TYPES if t not in _STR}
-    | {(key, t) for key in ("identity", "process") for t in _JSON_TYPES
-       if t not in (dict, type(None))})
-(_IDENTITY_REFUSED, _), (_PROCESS_REFUSED, _) = _refused(IDENTITY), _refused(PROCESS)
-assert not _refused(IDENTITY)[1] and not _refused(PROCESS)[1]  # nothing to look into there
-_FIELDS_REFUSED = {kind: _refused(wants) for kind, wants in FIELDS.items()}
-
-
-def well_formed(ev: dict[str, Any], kind: str, body: dict[str, Any]) -> bool:
-    """True only when problem(ev, kind) is None, for an event orjson decoded (`body`: its
-    fields, an object). False means: ask problem(), which says why (or, rarely, finds
-    nothing wrong)."""
-    if not 0 <= ev["ts"] < MAX_TS:
-        return False
-    if not _ENVELOPE_REFUSED.isdisjoint(zip(ev, map(type, ev.values()), strict=True)):
-        return False
-    for value, refused in ((ev.get("identity"), _IDENTITY_REFUSED),
-                           (ev.get("process"), _PROCESS_REFUSED)):
-        if value is not None and not refused.isdisjoint(
-                zip(value, map(type, value.values()), strict=True)):
-            return False
-    table = _FIELDS_REFUSED.get(kind)
-    if table is None:
-        return True
-    refused, deep = table
-    if not refused.isdisjoint(zip(body, map(type, body.values()), strict=True)):
-        return False
-    for key, want in deep:
-        value = body.get(key)  # None, a list (_STRS) or an object (_DURATION) by now
-        if value is not None and not (all(type(x) is str for x in value) if want is _STRS
-                                      else _duration(value)):
-            return False
-    return True
-
-
 def problem(ev: dict[str, Any], kind: str) -> str | None:
     """Why `ev` (a JSON object whose single event kind is `kind`) is not a well-formed obs
     event, or None. The caller has checked `ts` and found the kind."""

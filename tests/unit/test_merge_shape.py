@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libobs.merge import shape
 from libobs.merge.input import decode
 from libobs.merge.run import Config, Control, run
 
@@ -194,30 +193,3 @@ def test_any_json_in_any_field_never_breaks_the_merge(tmp_path: Path, changes) -
         else:
             assert b"obs-merge summary:" in out
             assert out.count(b"\n") > sum(accepted.values())
-
-
-@settings(max_examples=500, deadline=None)
-@given(changes=st.lists(st.tuples(SPOT, JSON), min_size=1, max_size=3))
-def test_the_fast_check_never_accepts_what_the_full_check_refuses(changes) -> None:
-    """shape.well_formed (one C pass per object) answers for problem() (a Python loop per
-    field) on the common path: it may send a good event to problem(), never pass a bad one."""
-    for (name, i, path), value in changes:
-        try:
-            ev = orjson.loads(orjson.dumps(with_value(EVENTS[name][i], path, value)))
-        except (TypeError, KeyError, IndexError):  # orjson cannot write it / the spot is gone
-            continue
-        inner = ev.get("event")
-        if type(ev.get("ts")) is not int or type(inner) is not dict or len(inner) != 1:
-            continue  # refused before the shape check
-        [(kind, body)] = inner.items()
-        if type(body) is not dict:
-            continue
-        if shape.well_formed(ev, kind, body):
-            assert shape.problem(ev, kind) is None, (path, value)
-
-
-def test_the_fast_check_passes_every_well_formed_fixture_event() -> None:
-    for events in EVENTS.values():
-        for ev in events:
-            [(kind, body)] = ev["event"].items()
-            assert shape.well_formed(ev, kind, body), ev
