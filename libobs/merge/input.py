@@ -102,16 +102,17 @@ class Lines:
                 self.buf += head
                 self.moved += len(head) + len(self.buf)
                 parts[0] = bytes(self.buf)
-            elif self.discarding:
+            elif self.discarding:  # the end of an over-long line already reported: counted
                 parts[0] = b""
+                self.discarding = False
+            lineno, max_line = self.lineno, self.max_line  # locals: this runs per line
             for part in parts:
-                self.lineno += 1
-                if self.discarding:  # the end of an over-long line already reported
-                    self.discarding = False
-                elif len(part) > self.max_line:
-                    too_long.append(self.lineno)
+                lineno += 1
+                if len(part) > max_line:
+                    too_long.append(lineno)
                 elif part and not part.isspace():
-                    out.append((self.lineno, part))
+                    out.append((lineno, part))
+            self.lineno = lineno
             self.buf.clear()
         if not self.discarding and tail:
             if len(self.buf) + len(tail) > self.max_line:
