@@ -195,18 +195,20 @@ class Sessions:
 
     def _learn(self, node: Proc, ev: dict[str, Any], kind: str, fields: dict[str, Any],
                ts: int) -> None:
-        ppid = fields.get("ppid")
         process = ev.get("process")
         if not isinstance(process, dict):
             process = {}
-        if node.ppid is None:
+        if node.ppid is None:  # (looked up only while unknown: this runs for every event)
+            ppid = fields.get("ppid")
             if type(ppid) is not int:
                 ppid = process.get("ppid")
             if type(ppid) is int and ppid >= 0:
                 node.ppid = ppid
-        comm = fields.get("comm") if kind in ("ToolExec", "ProcessExit") else process.get("comm")
-        if node.comm is None and isinstance(comm, str):
-            node.comm = comm
+        if node.comm is None:
+            comm = (fields.get("comm") if kind in ("ToolExec", "ProcessExit")
+                    else process.get("comm"))
+            if isinstance(comm, str):
+                node.comm = comm
         if kind == "ProcessExit" and (node.exit_ts is None or ts > node.exit_ts):
             node.exit_ts = ts
             self._seq += 1
