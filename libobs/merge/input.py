@@ -18,6 +18,7 @@ others in event time, so the reorder heap stays small when replaying big files).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import stat
@@ -42,6 +43,10 @@ class Line(NamedTuple):  # a tuple: made for every line read, so made cheaply
     sid: int
     lineno: int
     data: bytes
+
+
+_line = functools.partial(tuple.__new__, Line)  # Line(*t) in C: Line() is a Python call
+
 
 
 @dataclass(frozen=True)
@@ -97,16 +102,17 @@ class Lines:
                 self.buf += head
                 self.moved += len(head) + len(self.buf)
                 parts[0] = bytes(self.buf)
-            elif self.discarding:
+            elif self.discarding:  # the end of an over-long line already reported: counted
                 parts[0] = b""
+                self.discarding = False
+            lineno, max_line = self.lineno, self.max_line  # locals: this runs per line
             for part in parts:
-                self.lineno += 1
-                if self.discarding:  # the end of an over-long line already reported
-                    self.discarding = False
-                elif len(part) > self.max_line:
-                    too_long.append(self.lineno)
+                lineno += 1
+                if len(part) > max_line:
+                    too_long.append(lineno)
                 elif part and not part.isspace():
-                    out.append((self.lineno, part))
+                    out.append((lineno, part))
+            self.lineno = lineno
             self.buf.clear()
         if not self.discarding and tail:
             if len(self.buf) + len(tail) > self.max_line:
@@ -353,7 +359,8 @@ class Reader:
 
     def _split(self, src: _Source, data: bytes, batch: Batch, eof: bool) -> None:
         lines, too_long = src.lines.feed(data, eof)
-        batch.lines += [Line(src.sid, n, line) for n, line in lines]
+        sid = src.sid
+        batch.lines += [_line((sid, n, line)) for n, line in lines]
         batch.problems += [Problem(src.name, n, "too_long",
                                    f"line longer than {self.max_line} bytes, skipped")
                            for n in too_long]
@@ -394,39 +401,47 @@ def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     Never raises. A line that is JSON but not a well-formed event (libobs.merge.shape) is
     refused; an unknown event kind of the right shape is passed on *and* reported.
     """
-    ev, _, bad = decode_kind(data)
+    ev, _, _, bad = decode_fields(data)
     return ev, bad
 
 
 def decode_kind(data: bytes) -> tuple[dict[str, Any] | None, str | None,
                                       tuple[str, str] | None]:
     """decode(), with the event's kind (the single key under `event`) when it is passed on."""
+    ev, kind, _, bad = decode_fields(data)
+    return ev, kind, bad
+
+
+def decode_fields(data: bytes) -> tuple[dict[str, Any] | None, str | None,
+                                        dict[str, Any] | None, tuple[str, str] | None]:
+    """decode_kind(), with the event's fields (the object under its kind) too."""
     try:
         ev = loads(data)
     except JSONDecodeError as e:
-        return None, None, ("malformed", f"not JSON ({str(e).split(':')[0]})")
+        return None, None, None, ("malformed", f"not JSON ({str(e).split(':')[0]})")
     if type(ev) is not dict:
-        return None, None, ("not_object", f"not a JSON object ({type(ev).__name__})")
+        return None, None, None, ("not_object", f"not a JSON object ({type(ev).__name__})")
     ts = ev.get("ts")
     if type(ts) is not int:
         what = "missing ts" if ts is None else "ts is not an integer"
-        return None, None, ("missing_ts", what)
+        return None, None, None, ("missing_ts", what)
     inner = ev.get("event")
     if type(inner) is not dict or len(inner) != 1:
-        return None, None, ("not_event", "no single event kind under 'event'")
+        return None, None, None, ("not_event", "no single event kind under 'event'")
     [(kind, body)] = inner.items()
     if type(body) is not dict:  # of any kind: sinks render its fields
-        return None, None, ("not_event", f"{kind[:64]} fields are not an object")
+        return None, None, None, ("not_event", f"{kind[:64]} fields are not an object")
     # Counting brackets is cheap and bounds the depth; only a suspect line is walked.
     if (data.count(b"{") + data.count(b"[") > shape.MAX_DEPTH
             and shape.depth(ev) > shape.MAX_DEPTH):
-        return None, None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
+        return None, None, None, ("bad_shape", f"nested deeper than {shape.MAX_DEPTH} levels")
     why = shape.problem(ev, kind)
     if why is not None:
-        return None, None, ("bad_shape", why)
+        return None, None, None, ("bad_shape", why)
     if kind not in _KNOWN:
-        return ev, kind, ("unknown_kind", f"unknown event kind {kind[:64]!r} (passed through)")
-    return ev, kind, None
+        return ev, kind, body, ("unknown_kind",
+                                f"unknown event kind {kind[:64]!r} (passed through)")
+    return ev, kind, body, None
 
 
 _KNOWN = frozenset(KINDS)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import heapq
 import ipaddress
+import operator
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,10 +49,11 @@ from typing import Any
 import orjson
 
 from libobs.events import KINDS, NS, duration_ns, event_kind
-from libobs.merge.input import Batch, Problem, decode_kind
+from libobs.merge.input import Batch, Problem, decode_fields
 from libobs.merge.sessions import Proc, Sessions, cached_classify, event_pid
 
 DEFAULT_WINDOW_NS = 2 * NS
+_SEQ = 1 << 64  # arrival numbers stay below this: see Reorder.heap
 DEDUP_KEYS = 1 << 16
 JOIN_SLACK_NS = NS // 2
 LLM_HORIZON_NS = 600 * NS  # the longest LLM exchange a join is kept for
@@ -60,8 +62,11 @@ DNS_KEYS = 1 << 16
 API_PER_PID = 64
 
 _KNOWN = frozenset(KINDS)
+_JOINER_OBSERVES = frozenset({"LlmApi", "Dns", "Egress"})  # what Joiner.observe looks at
+_JOINER_ENRICHES = frozenset({"LlmCall", "Egress"})  # and Joiner.enrich
 _ENVELOPE = ("ts", "host", "provider", "process", "event")
 _ENVELOPE_KEYS = frozenset(_ENVELOPE) | {"identity"}
+_envelope = operator.itemgetter(*_ENVELOPE)  # a tuple: orjson writes it as the same list
 
 Out = tuple[dict[str, Any], Proc | None]  # an event leaving the merge and its agent root
 
@@ -81,7 +86,7 @@ class Dedup:
 
     def seen(self, ev: dict[str, Any]) -> bool:
         # The common envelope as a list is the same canonical form, and cheaper to build.
-        body: Any = ([ev[k] for k in _ENVELOPE] if ev.keys() == _ENVELOPE_KEYS
+        body: Any = (_envelope(ev) if ev.keys() == _ENVELOPE_KEYS
                      else {k: v for k, v in ev.items() if k != "identity"})
         try:
             key = hash(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
@@ -97,13 +102,18 @@ class Dedup:
 
 
 class Reorder:
-    """A heap released by per-source watermarks; see the module docstring."""
+    """A heap released by per-source watermarks; see the module docstring. It holds events
+    (push) or anything with a ts (hold: the merge keeps an event's kind and fields with it)."""
 
     def __init__(self, window_ns: int, sources: Iterable[int], idle_ns: int | None = None,
                  now: int = 0) -> None:
         self.window_ns = window_ns
         self.idle_ns = window_ns if idle_ns is None else idle_ns
-        self.heap: list[tuple[int, int, dict[str, Any]]] = []
+        # The heap holds keys ts * _SEQ + seq, so one int comparison orders by (ts, arrival):
+        # (ts, seq, item) tuples took two, each through a tuple, and popping them was a
+        # tenth of obs-merge's time. What is held sits in `items` under its key.
+        self.heap: list[int] = []
+        self.items: dict[int, Any] = {}
         self.seq = 0
         self.hi: dict[int, int | None] = {sid: None for sid in sources}
         self.heard: dict[int, int] = dict.fromkeys(self.hi, now)
@@ -115,7 +125,10 @@ class Reorder:
 
     def push(self, ev: dict[str, Any], sid: int, now: int) -> bool:
         """Hold `ev`; False when it is late (older than what already left) and was not held."""
-        ts: int = ev["ts"]
+        return self.hold(ev["ts"], ev, sid, now)
+
+    def hold(self, ts: int, item: Any, sid: int, now: int) -> bool:
+        """push() of an `item` stamped `ts`: release() and drain() give items back."""
         if sid in self.hi:
             hi = self.hi[sid]
             self.hi[sid] = ts if hi is None or ts > hi else hi
@@ -123,7 +136,9 @@ class Reorder:
         if self.released_ts is not None and ts < self.released_ts:
             return False
         self.seq += 1
-        heapq.heappush(self.heap, (ts, self.seq, ev))
+        key = ts * _SEQ + self.seq
+        self.items[key] = item
+        heapq.heappush(self.heap, key)
         return True
 
     def _floor(self, now: int) -> int | None:
@@ -140,24 +155,29 @@ class Reorder:
                 floor = hi
         return None if quiet else floor
 
-    def release(self, now: int) -> list[dict[str, Any]]:
+    def release(self, now: int) -> list[Any]:
         floor = self._floor(now)
         if floor is None:
             return self.drain()
-        mark = floor - self.window_ns
+        mark = (floor - self.window_ns) * _SEQ  # key < mark exactly when ts < floor - window
+        heap, items, pop = self.heap, self.items, heapq.heappop
         out = []
-        heap = self.heap
-        while heap and heap[0][0] < mark:
-            out.append(heapq.heappop(heap)[2])
-        if out:
-            self.released_ts = out[-1]["ts"]
+        key = None
+        while heap and heap[0] < mark:
+            key = pop(heap)
+            out.append(items.pop(key))
+        if key is not None:
+            self.released_ts = key // _SEQ
         return out
 
-    def drain(self) -> list[dict[str, Any]]:
-        out = [heapq.heappop(self.heap)[2] for _ in range(len(self.heap))]
-        if out:
-            self.released_ts = out[-1]["ts"]
-        return out
+    def drain(self) -> list[Any]:
+        if not self.heap:
+            return []
+        keys = sorted(self.heap)
+        self.heap.clear()
+        self.released_ts = keys[-1] // _SEQ
+        items = self.items
+        return [items.pop(key) for key in keys]
 
     def ahead(self, now: int) -> set[int]:
         """Sources more than a window ahead of the slowest: reading them can wait."""
@@ -316,21 +336,25 @@ class Merge:
 
     def push(self, ev: dict[str, Any], sid: int, now: int) -> list[Out]:
         """Take one decoded event (it must have an int ts and an event kind)."""
-        return self._push(ev, event_kind(ev), sid, now)
+        kind = event_kind(ev)
+        return self._push(ev, kind, fields_of(ev, kind) if kind in _KNOWN else {}, sid, now)
 
-    def _push(self, ev: dict[str, Any], kind: str | None, sid: int, now: int) -> list[Out]:
+    def _push(self, ev: dict[str, Any], kind: str | None, fields: dict[str, Any], sid: int,
+              now: int) -> list[Out]:
+        """push() with the kind and fields decoding found: they travel with the event through
+        the reorder heap, so no later step looks them up again."""
         if self.dedup.seen(ev):
             self.counts["duplicates"] += 1
             return []
         self.counts["events_in"] += 1
         if kind in _KNOWN:
-            fields = fields_of(ev, kind)
-            self.joiner.observe(ev, kind, fields)
+            if kind in _JOINER_OBSERVES:  # a set lookup, not a call, for most events
+                self.joiner.observe(ev, kind, fields)
             self.sessions.observe(ev, kind, fields)
-        if self.reorder.push(ev, sid, now):
+        if self.reorder.hold(ev["ts"], (ev, kind, fields), sid, now):
             return []
         self.counts["late"] += 1
-        return self._done([self._finish(ev)])
+        return self._done([self._finish(ev, kind, fields)])
 
     def feed(self, batch: Batch, name: Callable[[int], str], now: int
              ) -> tuple[list[Out], list[Problem]]:
@@ -339,11 +363,12 @@ class Merge:
         problems = list(batch.problems)
         push = self._push
         for sid, lineno, data in batch.lines:
-            ev, kind, bad = decode_kind(data)
+            ev, kind, fields, bad = decode_fields(data)
             if bad is not None:
                 problems.append(Problem(name(sid), lineno, *bad))
             if ev is not None:
-                late = push(ev, kind, sid, now)
+                assert fields is not None
+                late = push(ev, kind, fields, sid, now)
                 if late:
                     out += late
         for sid in batch.ended:
@@ -361,21 +386,22 @@ class Merge:
         return self.reorder.ahead(now)
 
     def release(self, now: int) -> list[Out]:
-        return self._done([self._finish(ev) for ev in self.reorder.release(now)])
+        finish = self._finish
+        return self._done([finish(*held) for held in self.reorder.release(now)])
 
     def drain(self) -> list[Out]:
-        return self._done([self._finish(ev) for ev in self.reorder.drain()])
+        finish = self._finish
+        return self._done([finish(*held) for held in self.reorder.drain()])
 
     @property
     def held(self) -> int:
         return len(self.reorder.heap)
 
-    def _finish(self, ev: dict[str, Any]) -> Out:
-        kind = event_kind(ev)
+    def _finish(self, ev: dict[str, Any], kind: str | None, fields: dict[str, Any]) -> Out:
         if kind not in _KNOWN:
             return ev, None
-        fields = fields_of(ev, kind)
-        self.joiner.enrich(ev, kind, fields)
+        if kind in _JOINER_ENRICHES:
+            self.joiner.enrich(ev, kind, fields)
         return ev, self.sessions.attribute(ev, kind, fields)
 
     def _done(self, out: list[Out]) -> list[Out]:

@@ -44,6 +44,7 @@ IDLE_NS = 24 * 3600 * NS
 LIVE_NS = 60 * NS  # an event this recent, from this host, may be completed from /proc
 MAX_DEPTH = 512
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: the kernel truncates comm to this
+_EVIDENCE_KINDS = frozenset({"LlmCall", "LlmApi", "Egress"})  # see Sessions._evidence
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ class Sessions:
     # -- arrival --------------------------------------------------------------------------
     def observe(self, ev: dict[str, Any], kind: str, fields: dict[str, Any]) -> None:
         """Learn tree facts and agent evidence from an event as it arrives."""
-        pid = event_pid(ev, fields)
+        pid = fields.get("pid")
+        if type(pid) is not int or pid <= 0:  # event_pid(), its common case inlined
+            pid = event_pid(ev, fields)
         if pid is None or kind == "CollectorHeartbeat":
             return
         ts: int = ev["ts"]
@@ -181,28 +184,31 @@ class Sessions:
             node = self._find(pid, ts) or self._add(pid, ts, live)
             if ts < node.born and not node.execs and node.proc_start is None:
                 node.born = ts  # an implicit node starts at the earliest event seen
-        node.last_ts = max(node.last_ts, ts)
+        if ts > node.last_ts:
+            node.last_ts = ts
         self._learn(node, ev, kind, fields, ts)
         if live and node.parent is None and not node.walked:
             node.walked = True  # once: a parent gone from /proc stays gone
             self._complete_from_proc(node)
-        if node.agent is None:
+        if node.agent is None and (kind in _EVIDENCE_KINDS or self.selectors):
             node.agent = self._evidence(ev, kind, fields, node)
 
     def _learn(self, node: Proc, ev: dict[str, Any], kind: str, fields: dict[str, Any],
                ts: int) -> None:
-        ppid = fields.get("ppid")
         process = ev.get("process")
         if not isinstance(process, dict):
             process = {}
-        if node.ppid is None:
+        if node.ppid is None:  # (looked up only while unknown: this runs for every event)
+            ppid = fields.get("ppid")
             if type(ppid) is not int:
                 ppid = process.get("ppid")
             if type(ppid) is int and ppid >= 0:
                 node.ppid = ppid
-        comm = fields.get("comm") if kind in ("ToolExec", "ProcessExit") else process.get("comm")
-        if node.comm is None and isinstance(comm, str):
-            node.comm = comm
+        if node.comm is None:
+            comm = (fields.get("comm") if kind in ("ToolExec", "ProcessExit")
+                    else process.get("comm"))
+            if isinstance(comm, str):
+                node.comm = comm
         if kind == "ProcessExit" and (node.exit_ts is None or ts > node.exit_ts):
             node.exit_ts = ts
             self._seq += 1
@@ -218,7 +224,9 @@ class Sessions:
         if isinstance(ident, dict):
             if node.pod_uid and node.pod_name is None and isinstance(ident.get("agent"), str):
                 node.pod_name = ident["agent"]
-            self._hint(ident.get("session"), ts)
+            session = ident.get("session")
+            if session is not None:  # mostly null: no call for it
+                self._hint(session, ts)
 
     def _hint(self, session: object, ts: int) -> None:
         """Remember the start part of a producer's `<pid>@<start>` session for that pid."""
@@ -233,6 +241,8 @@ class Sessions:
 
     def _evidence(self, ev: dict[str, Any], kind: str, fields: dict[str, Any],
                   node: Proc) -> str | None:
+        """Why `node` is an agent root (None: no evidence); only events of _EVIDENCE_KINDS
+        and the selectors can say so."""
         if kind in ("LlmCall", "LlmApi"):
             return kind
         if kind == "Egress" and egress_provider(ev, fields):
@@ -265,8 +275,9 @@ class Sessions:
         if not nodes:
             return None
         for node in reversed(nodes):
-            if node.born <= ts:
-                return node if node.alive_at(ts) else None
+            if node.born <= ts:  # alive_at(), inlined: this runs twice per event
+                exit_ts = node.exit_ts
+                return node if exit_ts is None or ts <= exit_ts + EXIT_SLACK_NS else None
         return nodes[0]  # before every known start: pre-exec activity of the first one
 
     def _add(self, pid: int, ts: int, live: bool) -> Proc:
@@ -306,7 +317,9 @@ class Sessions:
     # -- departure ------------------------------------------------------------------------
     def attribute(self, ev: dict[str, Any], kind: str, fields: dict[str, Any]) -> Proc | None:
         """Set identity.session/agent from the nearest agent ancestor; returns that root."""
-        pid = event_pid(ev, fields)
+        pid = fields.get("pid")
+        if type(pid) is not int or pid <= 0:  # event_pid(), its common case inlined
+            pid = event_pid(ev, fields)
         if pid is None or kind == "CollectorHeartbeat":
             return None
         ts: int = ev["ts"]
@@ -316,7 +329,7 @@ class Sessions:
         ident = ev.get("identity")
         if not isinstance(ident, dict):
             ident = ev["identity"] = {"agent": None, "task": None, "session": None}
-        ident["session"] = self.session_of(root)
+        ident["session"] = root.session or self.session_of(root)  # set once, then kept
         ident["agent"] = (root.pod_name or root.container_id or root.comm_at(ts)
                           or ident.get("agent"))
         if ident.get("task") is None:
@@ -329,7 +342,7 @@ class Sessions:
         while node is not None and depth < MAX_DEPTH:
             if node.agent is not None:
                 return node
-            node, depth = self._parent(node), depth + 1
+            node, depth = node.parent or self._parent(node), depth + 1
         return None
 
     def _parent(self, node: Proc) -> Proc | None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from libobs.events import duration_ns, event_kind
+from libobs.events import duration_ns
 from libobs.export.cost import CATALOGUE, cost_usd
 from libobs.export.genai import Once, usage
 from libobs.merge.sessions import Proc, event_pid
@@ -169,7 +169,8 @@ class Summary:
         self.once = Once()
 
     def add(self, ev: dict[str, Any], root: Proc | None) -> None:
-        kind = event_kind(ev) or "?"
+        inner = ev.get("event")  # event_kind(), inlined: this runs for every event
+        kind = next(iter(inner)) if isinstance(inner, dict) and len(inner) == 1 else "?"
         if root is None or root.session is None:
             if kind != "CollectorHeartbeat":
                 self.unattributed[kind] += 1
@@ -182,7 +183,12 @@ class Summary:
             s.last_ts = ts
         if ts < s.first_ts:
             s.first_ts = ts
-        if kind == "ToolExec":
+        if kind == "FileAccess":  # the most frequent kind first: one comparison for it
+            if fields.get("write", True):
+                count = fields.get("count")  # opens folded into one event (--fold-window)
+                s.written.add(str(fields.get("path")),
+                              count if type(count) is int and count > 0 else 1)
+        elif kind == "ToolExec":
             if event_pid(ev, fields) != root.pid:  # the agent's own exec is not a tool
                 self._tool(s, fields).runs += 1
         elif kind == "ProcessExit":
@@ -199,9 +205,6 @@ class Summary:
         elif kind == "Egress":
             host = fields.get("hostname") or fields.get("sni") or fields.get("peer")
             s.endpoints.add(f"{_host_port(host, fields.get('port'))}")
-        elif kind == "FileAccess" and fields.get("write", True):
-            count = fields.get("count")  # opens folded into this event (obs-exec --fold-window)
-            s.written.add(str(fields.get("path")), count if type(count) is int and count > 0 else 1)
         elif kind == "FileDelete":
             s.deleted.add(str(fields.get("path")))
         elif kind == "SecurityAction":
@@ -214,14 +217,14 @@ class Summary:
         key = root.session
         assert key is not None
         s = self.sessions.get(key)
-        if s is None:
+        if s is not None:
+            self.sessions.move_to_end(key)
+        else:
             s = self.sessions[key] = SessionStats(key, root.pid, None, root.agent, ev["ts"],
                                                   ev["ts"])
             if len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
                 self.dropped_sessions += 1
-        else:
-            self.sessions.move_to_end(key)
         agent = (ev.get("identity") or {}).get("agent")
         if agent:
             s.agent = agent
