@@ -64,6 +64,19 @@ def test_restart_8_times_leaves_nothing_attached():
     wait_for(lambda: not ours & loaded_programs(), 10, "programs to be released")
 
 
+@pytest.mark.parametrize("multi", ["1", "0"], ids=["uprobe_multi", "perf_events"])
+def test_obs_ssl_stopped_leaves_no_uprobe_program_loaded(multi):
+    """Whether its uprobes went on as links or as perf events, obs-ssl's programs are gone
+    once it stops (a link or event kept open would keep its program loaded)."""
+    ours: set[int] = set()
+    for _ in range(2):
+        with running("obs-ssl", env={"OBS_UPROBE_MULTI": multi}) as r:
+            ours |= programs_of(r.proc.pid)
+            assert r.stop() == 0
+    assert ours
+    wait_for(lambda: not ours & loaded_programs(), 10, "programs to be released")
+
+
 def test_sigterm_mid_burst_exits_cleanly_with_whole_lines(openloop, tmp_path):
     # --fold-window 0: one line per open, so the burst is a burst of lines
     with running("obs-exec", "--files", "--fold-window", "0", "--comm", COMM) as r:
