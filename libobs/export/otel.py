@@ -104,6 +104,28 @@ def llm_span(ev: dict[str, Any], fields: dict[str, Any], trace: int, parent: int
     return span
 
 
+def request_span(ev: dict[str, Any], fields: dict[str, Any], trace: int, parent: int | None
+                 ) -> Span:
+    """The CLIENT span of an LlmCall that was no model call (`model_call: false`: an agent's
+    settings or telemetry request): an HTTP span, kept out of the GenAI spans and metrics."""
+    ts: int = ev["ts"]
+    request = fields.get("request")
+    method, _, path = request.partition(" ") if isinstance(request, str) else ("", "", "")
+    span = Span(trace, span_id("llm", trace, fields.get("pid"), ts), parent,
+                request if isinstance(request, str) and request else "HTTP", "client", ts,
+                ts + _ns(fields.get("latency")))
+    attrs = semconv_attributes(ev, fields)
+    span.attributes.update({k: v for k, v in attrs.items() if k.startswith("server.")})
+    if method and path:
+        span.attributes["http.request.method"] = method
+        span.attributes["url.path"] = path
+    for name in ("req_bytes", "resp_bytes"):
+        if type(fields.get(name)) is int:
+            span.attributes[f"obs.{name}"] = fields[name]
+    span.attributes["obs.model_call"] = False
+    return span
+
+
 def semconv_attributes(ev: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """The GenAI attributes an LlmCall's span and its metric points share."""
     attrs: dict[str, Any] = {"gen_ai.operation.name": operation_name(fields),
@@ -186,7 +208,8 @@ class Tracer:
         fields = ev["event"][kind] if isinstance(ev["event"][kind], dict) else {}
         points: list[Point] = []
         counted, request = False, None
-        if kind in ("LlmCall", "LlmApi"):
+        other = kind == "LlmCall" and fields.get("model_call") is False  # not GenAI: HTTP
+        if kind in ("LlmCall", "LlmApi") and not other:
             counted = self.once.counts(ev, kind, fields)
             points = llm_points(ev, kind, fields, counted)
             used = usage(ev.get("provider"), fields) if counted else None
@@ -203,7 +226,9 @@ class Tracer:
         s = self._session(key, ev, done)
         s.last_ts = max(s.last_ts, ev["ts"])
         pid = fields.get("pid")
-        if kind == "LlmCall" and counted:  # not counted: its LlmApi response made the span
+        if other:
+            done.append(request_span(ev, fields, s.trace, self._parent(s, pid)))
+        elif kind == "LlmCall" and counted:  # not counted: its LlmApi response made the span
             done.append(llm_span(ev, fields, s.trace, self._parent(s, pid)))
         elif kind == "LlmApi" and counted:  # a response no LlmCall had: obs-ssl without obs-llm
             done.append(self._api_span(ev, fields, request, s))

@@ -219,9 +219,8 @@ class ApiJoin:
         if not self.unanswered or self._unanswered_said:
             return []
         self._unanswered_said = True
-        return ["an HTTP/2 request's response never came (stream reset, lost or too slow): its "
-                "LlmCall has no model or tokens from the wire (counted in the heartbeat's "
-                "h2_unanswered)"]
+        return ["an HTTP/2 request's response never came (stream reset, lost or too slow): no "
+                "LlmCall was made for it (counted in the heartbeat's h2_unanswered)"]
 
     def _resolve(self, ev: Event) -> list[Event] | None:
         """What an exchange becomes now: its streams' calls (HTTP/2), itself joined with its

@@ -207,6 +207,36 @@ def test_a_request_seen_both_ways_is_one_span() -> None:
     assert len([s for s in spans if s.kind == "client"]) == 3
 
 
+def test_a_request_that_is_no_model_call_is_an_http_span_without_genai_metrics() -> None:
+    """Claude Code's settings GET (`model_call: false`) is an HTTP CLIENT span named by its
+    request, with no gen_ai attributes, and counts in no GenAI metric."""
+    tracer = Tracer()
+    for ev in merged(["agent_exec"]):
+        tracer.feed(ev)
+    fields = {"pid": 4100, "sni": "api.anthropic.com", "peer": "160.79.104.10", "port": 443,
+              "req_bytes": 900, "resp_bytes": 2000, "latency": {"secs": 0, "nanos": 80_000_000},
+              "ttft": {"secs": 0, "nanos": 70_000_000}, "exchange": 1, "model": None,
+              "model_call": False, "request": "GET /api/claude_code/settings"}
+    call = envelope("LlmCall", fields, ts=1764100000100000000, host="h",
+                    identity={"agent": "claude", "task": "4100", "session": SESSION},
+                    process={"pid": 4100}, provider="Anthropic")
+    spans, points = tracer.feed(call)
+    assert points == []
+    [span] = spans
+    assert (span.name, span.kind) == ("GET /api/claude_code/settings", "client")
+    assert span.end_ns - span.start_ns == 80_000_000
+    assert span.attributes["http.request.method"] == "GET"
+    assert span.attributes["url.path"] == "/api/claude_code/settings"
+    assert span.attributes["server.address"] == "api.anthropic.com"
+    assert not any(k.startswith("gen_ai.") for k in span.attributes)
+    fields["model_call"] = True  # the same call as a model call: a GenAI span and points
+    spans, points = tracer.feed(envelope("LlmCall", fields, ts=1764100000200000000, host="h",
+                                         identity={"agent": "claude", "task": "4100",
+                                                   "session": SESSION},
+                                         process={"pid": 4100}, provider="Anthropic"))
+    assert spans[0].attributes["gen_ai.operation.name"] == "chat" and points
+
+
 def test_live_input_heartbeats_then_sigterm_flushes(run_file: Path, tmp_path: Path) -> None:
     """A stream that stays open: heartbeats on time, the liveness file, and on SIGTERM the
     open spans end, everything is flushed and the last heartbeat says so."""
