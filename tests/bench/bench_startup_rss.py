@@ -79,12 +79,15 @@ def cache_dir(d: Path):
             os.environ["OBS_CACHE_DIR"] = old
 
 
-def attached_once(name: str) -> tuple[float, int]:
-    """Launch → attached, and how many programs the heartbeat says came from the cache."""
+def attached_once(name: str) -> tuple[float, int, float]:
+    """Launch → attached, how many programs the heartbeat says came from the cache, and
+    SIGTERM → exited (every probe detached)."""
     tool = Tool(name)
     try:
         hb = json.loads(tool.hb.read_text())["event"]["CollectorHeartbeat"]
-        return tool.ready_s, int(hb.get("programs_cached", 0))
+        t0 = time.monotonic()
+        tool.stop()
+        return tool.ready_s, int(hb.get("programs_cached", 0)), time.monotonic() - t0
     finally:
         tool.stop()
         tool.cleanup()
@@ -92,19 +95,21 @@ def attached_once(name: str) -> tuple[float, int]:
 
 def cold_warm(name: str) -> dict[str, list[float]]:
     """Each round: an empty cache (cold), then the same cache again (warm)."""
-    cold, warm = [], []
+    cold, warm, stops = [], [], []
     for _ in range(STARTS):
         d = Path(tempfile.mkdtemp(prefix="obs-bench-cache-"))
         d.chmod(0o755)  # the cache is used only when root alone can write it
         with cache_dir(d):
-            t, hits = attached_once(name)
+            t, hits, stop = attached_once(name)
             assert hits == 0, f"{name}: a cold start loaded {hits} cached programs"
             cold.append(t)
-            t, hits = attached_once(name)
+            stops.append(stop)
+            t, hits, stop = attached_once(name)
             assert hits > 0, f"{name}: the warm start compiled"
             warm.append(t)
+            stops.append(stop)
         shutil.rmtree(d, ignore_errors=True)
-    return {"cold_s": cold, "warm_s": warm}
+    return {"cold_s": cold, "warm_s": warm, "stop_s": stops}
 
 
 def bare_bcc_ready() -> float:
@@ -152,9 +157,10 @@ def main() -> None:
         r = result["tools"][name]
         cold, warm = median(r["cold_s"]), median(r["warm_s"])
         rows.append([name, f"{cold:.2f}", f"{warm:.2f}", f"{warm / bare_ready:.2f}",
-                     f"{r['first_event_s']:.2f}"])
+                     f"{r['first_event_s']:.2f}", f"{median(r['stop_s']):.2f}"])
     print(table(rows, ["tool", f"launch→attached s, cold (median of {STARTS})",
-                       "warm (cached program)", "warm vs bare bcc", "launch→first event s"]))
+                       "warm (cached program)", "warm vs bare bcc", "launch→first event s",
+                       "SIGTERM→exited s"]))
     print(f"bare bcc program launch→attached: median {bare_ready:.2f} s of {len(bare)}")
     result["bare_bcc_ready_s"] = bare
 
