@@ -72,7 +72,13 @@ def run_bpftrace(gen: Path, target: Path, rate: int, seconds: float) -> dict[str
     n, achieved = generate(gen, target, rate, seconds)
     time.sleep(1.5)
     proc.terminate()
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # seen once at the storm's full rate: kill, count its file
+        proc.kill()
+        _, err = proc.communicate()
+        err += "\nbpftrace did not exit within 60 s of SIGTERM: killed"
+        print(f"[throughput] bpftrace at rate {rate}: killed 60 s after SIGTERM", flush=True)
     lines = out.read_text(errors="replace").splitlines()
     delivered = sum(1 for ln in lines if ln[:1].isdigit())
     reported = sum(int(w) for ln in (lines + err.splitlines()) if "Lost" in ln
