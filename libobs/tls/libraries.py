@@ -537,8 +537,9 @@ class Attacher:
             if isinstance(e, OSError) and e.errno == errno.EBADF:
                 return True
             self.fallback = f"a uprobe perf event per address: no uprobe_multi links ({e})"
-            for loaded in list(self.bpf.funcs):  # perf events take them loaded plainly
-                os.close(self.bpf.funcs.pop(loaded).fd)
+            tried = self.bpf.funcs.pop(name.encode(), None)
+            if tried is not None:  # loaded for links: a perf event takes it loaded plainly
+                os.close(tried.fd)
             return False
         return True  # not reached: no link on a directory
 
