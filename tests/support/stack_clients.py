@@ -47,7 +47,8 @@ def run_go(obs: Running, server: ps.Server, binary: Path, api: str, stream: bool
         env={**os.environ, "GOCLIENT_STEP": "1"})
     assert proc.stdin and proc.stdout
     try:
-        wait_for(lambda: f"attached to {binary} " in obs.stderr(), timeout=20,
+        # attached as it started, or at obs-ssl's start (a program met before is remembered)
+        wait_for(lambda: f"{binary} (Go crypto/tls" in obs.stderr(), timeout=20,
                  what=f"obs-ssl to attach to {binary}")
         for _ in range(repeat):
             proc.stdin.write("go\n")
