@@ -93,15 +93,19 @@ def llm_span(ev: dict[str, Any], fields: dict[str, Any], trace: int, parent: int
         if usd is not None:
             span.attributes["obs.cost.usd"] = float(usd)
     span.attributes.update(attrs)
-    for name in ("req_bytes", "resp_bytes"):
-        if type(fields.get(name)) is int:
-            span.attributes[f"obs.{name}"] = fields[name]
+    _byte_counts(span, fields)
     if fields.get("ttft") is not None:
         ttft = _ns(fields["ttft"])
         span.attributes["obs.time_to_first_chunk"] = ttft / NS
         span.events.append(("gen_ai.first_chunk", min(ts + ttft, span.end_ns or ts), {}))
     span.error = attrs.get("error.type")
     return span
+
+
+def _byte_counts(span: Span, fields: dict[str, Any]) -> None:
+    for name in ("req_bytes", "resp_bytes"):
+        if type(fields.get(name)) is int:
+            span.attributes[f"obs.{name}"] = fields[name]
 
 
 def request_span(ev: dict[str, Any], fields: dict[str, Any], trace: int, parent: int | None
@@ -119,9 +123,7 @@ def request_span(ev: dict[str, Any], fields: dict[str, Any], trace: int, parent:
     if method and path:
         span.attributes["http.request.method"] = method
         span.attributes["url.path"] = path
-    for name in ("req_bytes", "resp_bytes"):
-        if type(fields.get(name)) is int:
-            span.attributes[f"obs.{name}"] = fields[name]
+    _byte_counts(span, fields)
     span.attributes["obs.model_call"] = False
     return span
 

@@ -13,6 +13,7 @@ pinned in bpffs, which is how ``--pin`` keeps a guard across restarts on purpose
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
 from pathlib import Path
@@ -34,6 +35,7 @@ SYS_PERF_EVENT_OPEN = 298  # x86_64
 PERF_FLAG_FD_CLOEXEC = 8
 PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
 _PERF_ATTR_SIZE = 72  # PERF_ATTR_SIZE_VER1: up to config2
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")  # its perf event type
 
 _ATTR_SIZE = 64  # bytes of union bpf_attr we fill; the kernel zero-extends the rest
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -100,8 +102,9 @@ def uprobe_event(prog_fd: int, path: str, offset: int, ret: bool = False) -> int
     return int(fd)
 
 
+@functools.cache
 def _uprobe_pmu() -> int:
-    return int(Path("/sys/bus/event_source/devices/uprobe/type").read_text())
+    return int(UPROBE_PMU.read_text())
 
 
 def link_update(link_fd: int, prog_fd: int) -> None:

@@ -107,18 +107,25 @@ def _load_segments(elf: ElfData) -> list[tuple[int, int, int, int]]:
 load_segments: Callable[[ElfData], list[tuple[int, int, int, int]]] = total(_load_segments, [])
 
 
-def read_vaddr(elf: ElfData, vaddr: int, size: int, code_only: bool = False) -> bytes:
-    """Up to `size` file bytes at virtual address `vaddr` (b"" where no segment has them)."""
-    data = view(elf)
-    if data is None:
-        return b""
+def file_offset(elf: ElfData, vaddr: int, code_only: bool = False) -> tuple[int, int] | None:
+    """Where virtual address `vaddr` lies in the file, and how many of its segment's file
+    bytes follow it there; None where no (executable, with code_only) segment has it."""
     for flags, offset, pvaddr, filesz in load_segments(elf):
         if code_only and not flags & _PF_X:
             continue
         if pvaddr <= vaddr < pvaddr + filesz:
-            start = offset + vaddr - pvaddr
-            return bytes(data[start:start + min(size, pvaddr + filesz - vaddr)])
-    return b""
+            return offset + vaddr - pvaddr, pvaddr + filesz - vaddr
+    return None
+
+
+def read_vaddr(elf: ElfData, vaddr: int, size: int, code_only: bool = False) -> bytes:
+    """Up to `size` file bytes at virtual address `vaddr` (b"" where no segment has them)."""
+    data = view(elf)
+    at = None if data is None else file_offset(elf, vaddr, code_only)
+    if data is None or at is None:
+        return b""
+    start, left = at
+    return bytes(data[start:start + min(size, left)])
 
 
 def _symbols(elf: ElfData, table: str, wanted: frozenset[bytes]

@@ -30,7 +30,7 @@ from typing import Any
 
 from libobs.kernel import bpflink
 from libobs.tls import judgements, stacks
-from libobs.tls.elf import load_segments
+from libobs.tls.elf import file_offset
 from libobs.tls.points import ProbePoint
 
 __all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
@@ -466,22 +466,18 @@ def _file_offsets(elf: ElfData, groups: dict[tuple[str, bool], list[int]]
                   ) -> dict[tuple[str, bool], list[int]] | None:
     """Each group's virtual addresses as file offsets (what uprobes take), through the code
     segment holding each; None if one lies in none."""
-    segments = [seg for seg in load_segments(elf) if seg[0] & _PF_X]
     out: dict[tuple[str, bool], list[int]] = {}
     for key, addrs in groups.items():
-        offs = []
-        for a in addrs:
-            seg = next(((off, va) for _f, off, va, size in segments if va <= a < va + size), None)
-            if seg is None:
-                return None
-            offs.append(a - seg[1] + seg[0])
-        out[key] = offs
+        offs = [file_offset(elf, a, code_only=True) for a in addrs]
+        if None in offs:
+            return None
+        out[key] = [at[0] for at in offs if at is not None]
     return out
 
 
 def uprobes_missing() -> str | None:
     """Why this kernel cannot take uprobes, or None."""
-    if Path("/sys/bus/event_source/devices/uprobe/type").exists():
+    if bpflink.UPROBE_PMU.exists():
         return None
     for tracefs in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if Path(tracefs, "uprobe_events").exists():
