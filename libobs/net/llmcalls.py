@@ -237,6 +237,15 @@ class Connection:
         self.post_hs_until = ts + self.hs_rtt * 3 // 2 + POST_HS_SLACK_NS
         self.late_until = ts + self.hs_rtt * 2 + LATE_TICKET_NS
 
+    def _post_handshake(self, ts: int, nbytes: int) -> bool:
+        """Whether a segment is in the window after our TLS 1.3 Finished: the server's answer
+        to it (session tickets)… (counted; the caller decides what else it may be)."""
+        if ts > self.post_hs_until or self.post_hs_bytes + nbytes > POST_HS_MAX_BYTES:
+            return False
+        self.post_hs_bytes += nbytes
+        self.ticket_len = -1 if self.ticket_len else nbytes  # Nagle lets only one through
+        return True
+
     def _late_ticket(self, ts: int, nbytes: int) -> bool:
         """Whether a segment after the window may be tickets a Nagle server held back (at
         most one such segment per connection)."""
@@ -303,13 +312,13 @@ class Connection:
         if self.handshaking:
             if self.hello_answered is False:
                 self.hello_answered, self.hs_rtt = True, seg.ts - self.hello_ts
+            else:  # after our Finished, before the request: the server's tickets
+                self._post_handshake(seg.ts, new)
             return []
         cur = self.current
         if cur is not None and self.bursts:
             cur.arrived(seg.ts)
-        if seg.ts <= self.post_hs_until and self.post_hs_bytes + new <= POST_HS_MAX_BYTES:
-            self.post_hs_bytes += new  # the server's answer to our Finished (session tickets)…
-            self.ticket_len = -1 if self.ticket_len else new  # Nagle lets only one through
+        if self._post_handshake(seg.ts, new):
             if cur is not None and cur.first_resp_ts is None and not seq_before(seg.ack,
                                                                                 cur.req_seq):
                 cur.held.append((seg.ts, new))  # …or a very fast server's response

@@ -22,7 +22,15 @@ import pytest
 from libobs.kernel import cache
 from libobs.tls import boringssl, elf, judgements, libraries
 from tests.support import agent_obs
-from tests.support.agent_obs import TOKENS, Observed, compare, latency_right, observe, ttft_right
+from tests.support.agent_obs import (
+    TOKENS,
+    Observed,
+    compare,
+    latency_right,
+    observe,
+    timing,
+    ttft_right,
+)
 from tests.support.agents import AGENTS, installed
 from tests.support.tools import tool_cmd
 
@@ -67,8 +75,8 @@ def test_one_llmcall_per_request_with_true_ttft_and_latency(agent: str) -> None:
     assert all(r["call"] is not None for r in rows)
     assert not agent_obs.shared_calls(rows), "two requests merged into one LlmCall"
     for r in model_rows(o):
-        assert ttft_right(r), r
-        assert latency_right(r), r
+        assert ttft_right(r), timing(r)
+        assert latency_right(r), timing(r)
 
 
 # Where the numbers come from: the wire (TLS plaintext) names the model the server served;
@@ -179,8 +187,8 @@ def test_first_call_ttft_with_a_nagle_server(agent: str) -> None:
     rows = model_rows(o)
     assert len(o.calls) == len(o.run.log) and rows
     for r in rows:
-        assert ttft_right(r), r
-        assert latency_right(r), r
+        assert ttft_right(r), timing(r)
+        assert latency_right(r), timing(r)
 
 
 # SSL_write / SSL_read file offsets, checked by hand with uprobes at them (every HTTP request

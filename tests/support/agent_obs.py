@@ -160,6 +160,14 @@ def ttft_right(r: dict[str, Any]) -> bool:
             <= r["server_ttft_max_ms"] + TOLERANCE_MS)
 
 
+def timing(r: dict[str, Any]) -> str:
+    """A row's clocks in one line, for an assertion's message (pytest cuts a long dict)."""
+    keys = ("method", "path", "req_body", "call", "server_ttft_ms", "obs_ttft_ms",
+            "server_ttft_max_ms", "server_latency_min_ms", "obs_latency_ms",
+            "server_latency_ms", "obs_req_bytes")
+    return " ".join(f"{k}={r.get(k)!r}" for k in keys)
+
+
 def latency_right(r: dict[str, Any]) -> bool:
     """obs's latency within TOLERANCE_MS of the server's bracket: the last byte arrived while
     the server's last write ran, however late a loaded server read its clock after it."""
