@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 ElfData = bytes | bytearray | memoryview | mmap.mmap
@@ -16,6 +16,9 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _PT_LOAD, _PF_X = 1, 1
 _SHT_NOBITS = 8
+_STT_NOTYPE, _STT_FUNC, _STT_GNU_IFUNC = 0, 2, 10
+_STB_GLOBAL, _STB_WEAK = 1, 2
+_STV_INTERNAL, _STV_HIDDEN = 1, 2
 ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError, TypeError)
 
 
@@ -128,31 +131,42 @@ def read_vaddr(elf: ElfData, vaddr: int, size: int, code_only: bool = False) -> 
     return bytes(data[start:start + min(size, left)])
 
 
-def _symbols(elf: ElfData, table: str, wanted: frozenset[bytes]
+def _symbols(elf: ElfData, table: str, wanted: frozenset[bytes], exported: bool = False
              ) -> dict[str, tuple[int, int, bool]]:
     """Of `wanted`, the function symbols of section `table` (".dynsym" or ".symtab"):
-    name -> (address, size, defined)."""
+    name -> (address, size, defined); with `exported`, only the functions the file defines
+    for others to call (global or weak, default or protected visibility)."""
     secs = sections(elf)
     tab = next((s for s in secs if s.name == table), None)
     if tab is None or tab.link >= len(secs) or tab.entsize < _SYM.size:
         return {}
     strtab = bytes(section_bytes(elf, secs[tab.link]))
     if not any(w + b"\0" in strtab for w in wanted):
-        return {}
+        return {}  # the common case, decided without walking the symbols
     syms = section_bytes(elf, tab)
     if tab.entsize != _SYM.size:
         return {}
     syms = syms[:len(syms) - len(syms) % _SYM.size]
     out: dict[str, tuple[int, int, bool]] = {}
-    for name_off, info, _other, shndx, value, size in _SYM.iter_unpack(syms):
-        if info & 0xF not in (0, 2, 10):  # NOTYPE (imports), FUNC, GNU_IFUNC
+    for name_off, info, other, shndx, value, size in _SYM.iter_unpack(syms):
+        kind = info & 0xF
+        if kind not in (_STT_NOTYPE, _STT_FUNC, _STT_GNU_IFUNC):  # NOTYPE: imports
+            continue
+        defined = shndx != 0 and value != 0
+        if exported and (not defined or kind == _STT_NOTYPE or other & 3 in (
+                _STV_INTERNAL, _STV_HIDDEN) or info >> 4 not in (_STB_GLOBAL, _STB_WEAK)):
             continue
         end = strtab.find(b"\0", name_off)
         name = strtab[name_off:end] if end >= 0 else b""
         if name in wanted:
-            out[name.decode()] = (value, size, shndx != 0 and value != 0)
+            out[name.decode()] = (value, size, defined)
     return out
 
 
-symbols: Callable[[ElfData, str, frozenset[bytes]], dict[str, tuple[int, int, bool]]] = \
-    total(_symbols, {})
+symbols: Callable[..., dict[str, tuple[int, int, bool]]] = total(_symbols, {})
+
+
+def exported(elf: ElfData, wanted: Iterable[str]) -> dict[str, int]:
+    """Of `wanted`, the functions the file exports (.dynsym), with their virtual addresses."""
+    found = symbols(elf, ".dynsym", frozenset(w.encode() for w in wanted), exported=True)
+    return {name: addr for name, (addr, _size, _defined) in found.items()}

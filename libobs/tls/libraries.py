@@ -21,7 +21,6 @@ import errno
 import mmap
 import os
 import shutil
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 
 from libobs.kernel import bpflink
 from libobs.tls import judgements, stacks
-from libobs.tls.elf import file_offset
+from libobs.tls.elf import ElfData, exported, file_offset, read_vaddr
 from libobs.tls.points import ProbePoint
 
 __all__ = ["ProbePoint", "SSL_FUNCTIONS", "Finder", "Library", "SslProbes"]
@@ -45,86 +44,15 @@ SYSTEM_LIBSSL = (
 RUNTIME_EXECUTABLES = ("node", "nodejs")  # known to ship OpenSSL statically, with exports
 MAX_SLOTS = 16  # entry-probe sets compiled into bpf/ssl.bpf.c (SSL_SLOT)
 
-ElfData = bytes | bytearray | memoryview | mmap.mmap
 
-_EHDR = struct.Struct("<16xHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_SYM = struct.Struct("<IBBHQQ")
-_PT_LOAD, _PF_X = 1, 1
-_SHT_DYNSYM = 11
-_STT_FUNC, _STT_GNU_IFUNC = 2, 10
-_STB_GLOBAL, _STB_WEAK = 1, 2
-_STV_HIDDEN, _STV_INTERNAL = 2, 1
-_ELF_ERRORS = (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError)
-
-
-# ---- ELF: exported functions and their code ----------------------------------------------------
+# ---- ELF: exported functions -------------------------------------------------------------------
 
 def exported_addresses(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> dict[str, int]:
-    """Of `wanted`, the functions an ELF64 little-endian file defines and exports (.dynsym),
-    with their virtual addresses."""
-    try:
-        return _exported(memoryview(elf).cast("B"), [w.encode() for w in wanted])
-    except _ELF_ERRORS:
-        return {}
+    return exported(elf, wanted)
 
 
 def exported_functions(elf: ElfData, wanted: Iterable[str] = SSL_FUNCTIONS) -> frozenset[str]:
-    return frozenset(exported_addresses(elf, wanted))
-
-
-def _exported(data: memoryview, wanted: list[bytes]) -> dict[str, int]:
-    if bytes(data[:6]) != b"\x7fELF\x02\x01":  # 64-bit, little-endian
-        return {}
-    (_type, _machine, _version, _entry, _phoff, shoff, _flags, _ehsize, _phentsize, _phnum,
-     shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data, 0)
-    if shentsize < _SHDR.size or shoff == 0:
-        return {}
-    sections = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-    for _name, kind, _fl, _addr, offset, size, link, _info, _align, entsize in sections:
-        if kind != _SHT_DYNSYM or link >= len(sections) or entsize < _SYM.size:
-            continue
-        str_off, str_size = sections[link][4], sections[link][5]
-        strtab = bytes(data[str_off:str_off + str_size])
-        if len(strtab) != str_size or not any(w + b"\0" in strtab for w in wanted):
-            return {}  # the common case, decided without walking the symbols
-        return _defined(data[offset:offset + size], entsize, strtab, set(wanted))
-    return {}
-
-
-def _defined(symtab: memoryview, entsize: int, strtab: bytes, wanted: set[bytes]
-             ) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for i in range(len(symtab) // entsize):
-        name_off, info, other, shndx, value, _size = _SYM.unpack_from(symtab, i * entsize)
-        if shndx == 0 or info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC):
-            continue  # undefined (imported) or not a function
-        if info >> 4 not in (_STB_GLOBAL, _STB_WEAK) or other & 3 in (_STV_HIDDEN, _STV_INTERNAL):
-            continue
-        end = strtab.find(b"\0", name_off)
-        name = strtab[name_off:end] if end >= 0 else b""
-        if name in wanted and value:
-            found[name.decode()] = value
-    return found
-
-
-def code_at(elf: ElfData, vaddr: int, size: int) -> bytes:
-    """Up to `size` bytes of an executable segment at virtual address `vaddr` (b"" if none)."""
-    try:
-        data = memoryview(elf).cast("B")
-        if bytes(data[:6]) != b"\x7fELF\x02\x01":
-            return b""
-        phoff, phentsize, phnum = (_EHDR.unpack_from(data, 0)[i] for i in (4, 8, 9))
-        for i in range(phnum):
-            kind, flags, offset, pvaddr, _pa, filesz, _memsz, _align = _PHDR.unpack_from(
-                data, phoff + i * phentsize)
-            if kind == _PT_LOAD and flags & _PF_X and pvaddr <= vaddr < pvaddr + filesz:
-                start = offset + vaddr - pvaddr
-                return bytes(data[start:start + min(size, pvaddr + filesz - vaddr)])
-    except _ELF_ERRORS:
-        pass
-    return b""
+    return frozenset(exported(elf, wanted))
 
 
 # ---- where to put the probes -------------------------------------------------------------------
@@ -203,7 +131,7 @@ def probe_points(elf: ElfData, exported_only: bool = False) -> tuple[ProbePoint,
             continue
         for name in (plain, ex):
             if name in addrs:
-                code = code_at(elf, addrs[name], 8)
+                code = read_vaddr(elf, addrs[name], 8, code_only=True)
                 points.append(ProbePoint(name, addrs[name] + _skip_endbr(code), name, (name,)))
     return tuple(points)
 
@@ -212,14 +140,15 @@ def _internal(elf: ElfData, addrs: dict[str, int], plain: str, ex: str, internal
               ) -> ProbePoint | None:
     if plain not in addrs or ex not in addrs:
         return None
-    ex_code = code_at(elf, addrs[ex], 64)
+    ex_code = read_vaddr(elf, addrs[ex], 64, code_only=True)
     skip = _skip_endbr(ex_code)
     if _emulated(ex_code[skip:]):
         return None  # the exported functions are cheap already
     target = wrapper_call_target(ex_code, addrs[ex])
-    if target is None or not _calls(code_at(elf, addrs[plain], 512), addrs[plain], target):
+    body = read_vaddr(elf, addrs[plain], 512, code_only=True)
+    if target is None or not _calls(body, addrs[plain], target):
         return None
-    code = code_at(elf, target, 8)
+    code = read_vaddr(elf, target, 8, code_only=True)
     skip = _skip_endbr(code)
     if not _emulated(code[skip:]) or code[skip:skip + 1] == b"\xe8":
         return None

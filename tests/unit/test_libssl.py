@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libobs.tls import libraries
+from libobs.tls import elf, libraries
 from tests.support.tools import tool_cmd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_truncated_and_garbled_elf_never_raise(libssl_bytes):
     for cut in (0, 5, 16, 63, 64, 200, 4096, len(libssl_bytes) // 2, len(libssl_bytes) - 1):
         assert libraries.exported_functions(libssl_bytes[:cut]) <= frozenset(libraries.SSL_FUNCTIONS)
         libraries.probe_points(libssl_bytes[:cut])
-        libraries.code_at(libssl_bytes[:cut], 0x1000, 16)
+        elf.read_vaddr(libssl_bytes[:cut], 0x1000, 16, code_only=True)
     garbled = bytearray(libssl_bytes[:8192])
     garbled[0x28:0x30] = (2**63).to_bytes(8, "little")  # section headers "far away"
     assert libraries.exported_functions(bytes(garbled)) == frozenset()
@@ -69,18 +69,18 @@ def test_truncated_and_garbled_elf_never_raise(libssl_bytes):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_random_bytes(data):
-    elf = b"\x7fELF\x02\x01" + data  # past the magic, into the header parsing
-    assert libraries.exported_functions(elf) <= frozenset(libraries.SSL_FUNCTIONS)
-    assert all(p.fn in libraries.SSL_FUNCTIONS for p in libraries.probe_points(elf))
-    assert isinstance(libraries.code_at(elf, 0, 8), bytes)
+    blob = b"\x7fELF\x02\x01" + data  # past the magic, into the header parsing
+    assert libraries.exported_functions(blob) <= frozenset(libraries.SSL_FUNCTIONS)
+    assert all(p.fn in libraries.SSL_FUNCTIONS for p in libraries.probe_points(blob))
+    assert isinstance(elf.read_vaddr(blob, 0, 8, code_only=True), bytes)
     if not data.startswith(b"\x7fELF"):
         assert libraries.exported_functions(data) == frozenset()
         assert libraries.probe_points(data) == ()
 
 
-def test_code_at_reads_the_function(libssl_bytes):
+def test_code_is_read_at_the_functions_address(libssl_bytes):
     addr = libraries.exported_addresses(libssl_bytes)["SSL_write"]
-    code = libraries.code_at(libssl_bytes, addr, 16)
+    code = elf.read_vaddr(libssl_bytes, addr, 16, code_only=True)
     dump = subprocess.run(["objdump", "-d", f"--start-address={addr}",
                            f"--stop-address={addr + 4}", str(LIBSSL)],
                           capture_output=True, text=True).stdout
@@ -89,7 +89,7 @@ def test_code_at_reads_the_function(libssl_bytes):
         hex_bytes = first[0].split("\t")[1].split()
         assert code[:len(hex_bytes)] == bytes(int(b, 16) for b in hex_bytes)
     assert len(code) == 16
-    assert libraries.code_at(libssl_bytes, 0x7FFF_FFFF_FFFF, 16) == b""
+    assert elf.read_vaddr(libssl_bytes, 0x7FFF_FFFF_FFFF, 16, code_only=True) == b""
 
 
 # ---- probe placement --------------------------------------------------------------------------
@@ -118,10 +118,10 @@ def test_probe_points_cover_all_four_functions(libssl_bytes):
     assert sorted(covered) == sorted(libraries.SSL_FUNCTIONS)
     for p in points:
         assert p.fn in libraries.SSL_FUNCTIONS
-        assert libraries.code_at(libssl_bytes, p.addr, 1) != b""
+        assert elf.read_vaddr(libssl_bytes, p.addr, 1, code_only=True) != b""
         if len(p.covers) == 2:  # the shared internal function: it starts with a push
             assert p.fn.endswith("_ex") and p.label.startswith("ssl_")
-            code = libraries.code_at(libssl_bytes, p.addr, 2)
+            code = elf.read_vaddr(libssl_bytes, p.addr, 2, code_only=True)
             assert 0x50 <= code[0] <= 0x57 or (code[0] == 0x41 and 0x50 <= code[1] <= 0x57)
     exported = libraries.probe_points(libssl_bytes, exported_only=True)
     assert {p.label: p.addr for p in exported} == libraries.exported_addresses(libssl_bytes)
