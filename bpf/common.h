@@ -112,7 +112,7 @@ static __always_inline void obs_fill_hdr(struct obs_hdr *h, u32 kind)
 /* ---- in-kernel filters: pid (with descendants), comm, cgroup subtree ---------------------- */
 
 #ifdef FILTER_PID
-/* tgids being watched; seeded from user space, extended on fork (obs_track_fork). */
+/* tgids being watched; seeded from user space, extended on fork (below). */
 BPF_HASH(tracked, u32, u8, 65536);
 #endif
 #ifdef FILTER_COMM
@@ -154,11 +154,14 @@ static __always_inline int obs_filtered_out(void)
 }
 
 #ifdef FILTER_PID
-static __always_inline void obs_track_fork(u32 parent, u32 child)
+/* A watched process's children are watched too (every program that filters by pid). */
+TRACEPOINT_PROBE(sched, sched_process_fork)
 {
+    u32 parent = bpf_get_current_pid_tgid() >> 32, child = args->child_pid;
     u8 one = 1;
     if (tracked.lookup(&parent))
         tracked.update(&child, &one);
+    return 0;
 }
 #endif
 

@@ -78,14 +78,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
-#ifdef FILTER_PID
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    obs_track_fork(bpf_get_current_pid_tgid() >> 32, args->child_pid);
-    return 0;
-}
-#endif
-
 /* ---- SecurityAction: emitted at syscall exit with the result ------------------------------ */
 
 BPF_HASH(sec_pending, u32, struct sec_rec, 16384);

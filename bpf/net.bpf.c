@@ -167,14 +167,6 @@ static __always_inline void emit_payload(u32 kind, s32 fd, u64 sk, struct peer *
     obs_output(r, size);
 }
 
-#ifdef FILTER_PID
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    obs_track_fork(bpf_get_current_pid_tgid() >> 32, args->child_pid);
-    return 0;
-}
-#endif
-
 /* ---- connect(): Egress, and the start of tracking -------------------------------------------- */
 struct conn_args {
     u64 uaddr;

@@ -332,11 +332,3 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     execs.update(&tgid, &one);
     return 0;
 }
-
-#ifdef FILTER_PID
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    obs_track_fork(bpf_get_current_pid_tgid() >> 32, args->child_pid);
-    return 0;
-}
-#endif
