@@ -33,7 +33,7 @@ arriving data segment (bytes, arrival time, its seq and the peer's ack_seq). Fro
   client acknowledges the first; a client done sending delays that ACK (40 ms or more), so
   they arrive after the request, outside the window, acking it, like a fast answer's first
   segment: TLS 1.3 encrypts the record type. What sets them apart: Nagle let exactly one
-  segment through in the window; the tickets of one server are records of one length, so the
+  segment through in the window (before the request or after it); the tickets of one server are records of one length, so the
   late segment is a whole number of that segment's size; and more data follows. Such a
   segment, arriving within 2 handshake round trips + LATE_TICKET_NS of the Finished, is held
   like an in-window one: tickets if more data comes, the response if nothing does. Known

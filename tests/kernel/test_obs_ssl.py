@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -264,6 +265,29 @@ def test_no_redact_and_api_only(server, tmp_path):
     assert any(f"x-api-key: {key}" in w for w in writes)
     assert api_only.of_kind("SslContent") == []
     assert {f["pid"] for f in raw.of_kind("LlmApi")} == {pid}  # the comm filter held
+
+
+def test_pid_filter_follows_the_children(server, tmp_path):
+    """--pid watches the process and what it forks after obs started (bpf/common.h's fork
+    probe): a shell's curl child is read, a curl outside that tree is not."""
+    curl = [shutil.which("curl") or "/usr/bin/curl", "-sS", "--fail", "--cacert",
+            str(server.ca), "-o", "/dev/null",
+            server.url("api.anthropic.com", "/v1/messages"),
+            "--data-binary", ps.request_body("anthropic", False).decode()]
+    go = tmp_path / "go"
+    script = f"while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.05; done; {shlex.join(curl)}; true"
+    parent = subprocess.Popen(["sh", "-c", script])
+    try:
+        with running("obs-ssl", "--api-only", "--pid", str(parent.pid)) as obs:
+            outside = run(curl, client=False)
+            go.touch()
+            assert parent.wait(timeout=60) == 0
+            facts = obs.wait_events("LlmApi", lambda f: f["pid"] not in (parent.pid, outside),
+                                    count=2)
+    finally:
+        parent.kill()
+    assert len({f["pid"] for f in facts}) == 1
+    assert outside not in {f["pid"] for f in obs.of_kind("LlmApi")}
 
 
 STEPPED_CLIENT = r"""
