@@ -165,12 +165,12 @@ def nagle(w: Wire, late: int = 271, late_ms: int = 40, ack_request: bool = True,
 
 
 @pytest.mark.parametrize("late", [271, 3 * 271])  # OpenSSL's second ticket; rustls' last three
-@pytest.mark.parametrize("first", ["acking the request", "acking the Finished",
+@pytest.mark.parametrize("early", ["acking the request", "acking the Finished",
                                    "before the request"])
-def test_tickets_a_nagle_server_held_back_are_not_the_first_byte(late, first):
+def test_tickets_a_nagle_server_held_back_are_not_the_first_byte(late, early):
     w = Wire()
-    req = nagle(w, late, ack_request=first == "acking the request",
-                first_before_request=first == "before the request")
+    req = nagle(w, late, ack_request=early == "acking the request",
+                first_before_request=early == "before the request")
     first = w.recv(446, dt=210 * MS)
     w.recv(900, dt=5 * MS)
     w.close(dt=MS)
