@@ -48,7 +48,6 @@ class Line(NamedTuple):  # a tuple: made for every line read, so made cheaply
 _line = functools.partial(tuple.__new__, Line)  # Line(*t) in C: Line() is a Python call
 
 
-
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the input, reported as `source:line: what`."""
@@ -405,16 +404,10 @@ def decode(data: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
     return ev, bad
 
 
-def decode_kind(data: bytes) -> tuple[dict[str, Any] | None, str | None,
-                                      tuple[str, str] | None]:
-    """decode(), with the event's kind (the single key under `event`) when it is passed on."""
-    ev, kind, _, bad = decode_fields(data)
-    return ev, kind, bad
-
-
 def decode_fields(data: bytes) -> tuple[dict[str, Any] | None, str | None,
                                         dict[str, Any] | None, tuple[str, str] | None]:
-    """decode_kind(), with the event's fields (the object under its kind) too."""
+    """decode(), with the event's kind (the single key under `event`) and its fields (the
+    object under it) when it is passed on."""
     try:
         ev = loads(data)
     except JSONDecodeError as e:
