@@ -76,6 +76,7 @@ class Memo:
         self._judge = judge
         self._old: dict[str, Any] | None = None
         self._new: dict[str, Any] = {}
+        self._saved: dict[str, Any] | None = None  # what the last save() stored
         self._key: str | None = None
         self.hits = 0
 
@@ -104,9 +105,12 @@ class Memo:
         return found
 
     def save(self) -> None:
-        """Keep this run's judgements (when any was new or any old one is gone)."""
-        if self._key is not None and self._new != self._old:
+        """Keep this run's judgements (when any was new or any old one is gone, and they
+        changed since the last save: a late attach saves them again)."""
+        if self._key is not None and self._new != (
+                self._old if self._saved is None else self._saved):
             cache.store_json(KIND, self._key, self._new)
+            self._saved = dict(self._new)
 
 
 def _programs() -> list[list[str]]:

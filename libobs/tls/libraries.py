@@ -603,7 +603,7 @@ class SslProbes:
         return None
 
     def _attach(self, libs: list[Library]) -> list[str]:
-        notes = []
+        notes, late = [], False
         for lib in libs:
             problem = self.attacher.attach(lib)
             if self.attacher.fallback:
@@ -617,8 +617,10 @@ class SslProbes:
                 if self._started:
                     self.late.setdefault(lib.key, (time.time_ns(), lib))
                     judgements.remember(lib.path)  # attached at the next start
-                    self.finder.memo.save()
+                    late = True
             notes.append(problem or f"attached to {lib.describe()}")
+        if late:
+            self.finder.memo.save()  # their judgements too, once for all attached now
         fresh = [f"not read: {u.line()}" for u in self.finder.unreadable[self._named:]]
         self._named = len(self.finder.unreadable)
         self.problems += fresh

@@ -63,6 +63,30 @@ def test_same_file_found_again_changed_file_judged_again(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the start-up cache is root-only")
+def test_saved_again_only_when_changed(tmp_path, monkeypatch):
+    """A late attach saves the judgements again: unchanged since the last save, nothing is
+    written; a file judged since, the whole run's entry."""
+    monkeypatch.setattr(cache, "ROOT", tmp_path / "cache")
+    stored: list[dict[str, object]] = []
+    real_store = cache.store_json
+    monkeypatch.setattr(cache, "store_json",
+                        lambda kind, key, value, **kw: (stored.append(dict(value)),
+                                                        real_store(kind, key, value, **kw)))
+    libs = [tmp_path / f"lib{i}.so" for i in range(2)]
+    for lib in libs:
+        lib.write_bytes(b"x" * 100)
+    memo = judgements.Memo(lambda path, exported_only: Judgement(None))
+    memo.judge(str(libs[0]), False)
+    memo.save()
+    memo.save()
+    assert len(stored) == 1
+    memo.judge(str(libs[1]), False)
+    memo.save()
+    memo.save()
+    assert len(stored) == 2 and len(stored[1]) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the start-up cache is root-only")
 def test_programs_met_are_remembered_newest_first_while_the_same_file(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "ROOT", tmp_path / "cache")
     progs = [tmp_path / f"prog{i}" for i in range(6)]
