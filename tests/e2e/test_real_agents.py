@@ -131,9 +131,9 @@ def test_calls_whose_tls_cannot_be_read_are_marked(agent: str) -> None:
 
 def test_calls_a_new_program_made_before_it_was_read_say_so() -> None:
     """Claude Code run as if for the first time on the host (the located BoringSSL functions
-    and the programs met before forgotten): obs attaches to it once it has exec'd, and its first requests (the settings
-    GETs) can come before that. Every call was read or says why: never a null with no
-    reason."""
+    and the programs met before forgotten): obs attaches to it once it has exec'd, and its
+    first requests (the settings GETs) can come before that. Every call was read or says why:
+    never a null with no reason."""
     for kind in ("boringssl", judgements.PROGRAMS):
         for entry in (cache.ROOT / kind).glob("*.json"):
             entry.unlink()

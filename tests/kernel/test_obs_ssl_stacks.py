@@ -5,7 +5,6 @@ stacks obs cannot read are named, once."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from tests.support import fakeboringssl, fakestack, gobuild
 from tests.support import provider_server as ps
-from tests.support.stack_clients import COMM, LIBCURL, as_client, headers_for, run_curl, run_go
+from tests.support.stack_clients import COMM, LIBCURL, run_curl, run_go
 from tests.support.tools import Running, running, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -187,21 +186,7 @@ def test_static_boringssl_at_located_addresses(variant, how):
          "cache_creation_tokens": 2}]
 
 
-
 # ---- a program met after the start is attached at the next one ---------------------------------
-
-def _go_once(server: ps.Server, binary: Path) -> int:
-    """The Go client makes one request once told to; its pid."""
-    api = ps.APIS[0]
-    proc = subprocess.Popen(
-        [as_client(binary), str(server.ca), server.url(ps.HOST_OF[api], ps.request_path(api, False)),
-         json.dumps(headers_for(api)), ps.request_body(api, False).decode(), "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "GOCLIENT_STEP": "1"})
-    out, err = proc.communicate("go\n", timeout=30)
-    assert proc.returncode == 0 and out == "done\n", err
-    return proc.pid
-
 
 def test_a_program_met_after_the_start_is_read_from_its_first_request_next_time(server, tmp_path):
     """obs-ssl attaches to a program it met only when it exec'd (its first requests can come
@@ -218,7 +203,7 @@ def test_a_program_met_after_the_start_is_read_from_its_first_request_next_time(
     assert r.status == 0, r.stderr()
     with running("obs-ssl", "--rescan", "0", "--comm", COMM, env=env) as r:
         assert f"{binary} (Go crypto/tls" in r.stderr(), r.stderr()
-        check_exchanges(r, _go_once(server, binary), api, False, 1)
+        check_exchanges(r, run_go(r, server, binary, api, False, repeat=1), api, False, 1)
     assert r.status == 0, r.stderr()
     os.utime(binary)  # another file now, as far as obs can tell
     with running("obs-ssl", "--rescan", "0", "--comm", COMM, env=env) as r:
